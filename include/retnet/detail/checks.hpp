@@ -1,0 +1,35 @@
+// Argument checks shared by the public entry points. Always on: they guard callers' mistakes.
+#pragma once
+
+#include <cmath>
+#include <string>
+
+#include "retnet/errors.hpp"
+#include "retnet/tensor.hpp"
+
+namespace retnet::detail {
+
+inline std::string shapeString(Index a, Index b, Index c) {
+  return concat("(", a, ", ", b, ", ", c, ")");
+}
+
+/// Every dimension of a (batch, time, features) input must be at least 1.
+template <typename Scalar>
+void requireNonEmpty(const char* where, const char* name, const ConstTensor3Ref<Scalar>& t) {
+  require(t.batch() >= 1 && t.time() >= 1 && t.features() >= 1, where, name,
+          " must be non-empty (batch, time, features all >= 1), got shape ",
+          shapeString(t.batch(), t.time(), t.features()));
+  require(t.data() != nullptr, where, name, " has a null data pointer");
+}
+
+inline void requireChunkSize(const char* where, Index chunkSize) {
+  require(chunkSize >= 1, where, "chunkSize must be >= 1, got ", chunkSize);
+}
+
+/// A decay γ must be a finite number in [0, 1] (paper eq. 1: γ scales the state every step).
+inline void requireDecay(const char* where, double gamma) {
+  require(std::isfinite(gamma) && gamma >= 0.0 && gamma <= 1.0, where,
+          "gamma must be a finite value in [0, 1], got ", gamma);
+}
+
+}  // namespace retnet::detail

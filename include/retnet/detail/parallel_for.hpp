@@ -1,0 +1,60 @@
+// Optional OpenMP parallelism over independent work items (batch x heads).
+//
+// Each item is computed by exactly one thread with single-threaded GEMMs inside, so results are
+// bitwise identical for any thread count. Without OpenMP (the default for consumers) the loop
+// runs serially; `-fopenmp` on the consumer's side is what turns it on.
+#pragma once
+
+#include <Eigen/Core>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace retnet {
+
+/// Number of threads retnet's loops use: OpenMP's current setting, or 1 without OpenMP.
+inline int numThreads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Sets the thread count for retnet's loops (and every other OpenMP region of the process).
+/// Without OpenMP this is a no-op: the library is then single-threaded.
+inline void setNumThreads(int threads) {
+#ifdef _OPENMP
+  if (threads >= 1) omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+}
+
+namespace detail {
+
+/// Calls body(i, thread) for i in [0, count); `thread` indexes per-thread scratch space.
+template <typename Body>
+void parallelFor(Eigen::Index count, Body&& body) {
+#ifdef _OPENMP
+  if (count > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (Eigen::Index i = 0; i < count; ++i) body(i, omp_get_thread_num());
+    return;
+  }
+#endif
+  for (Eigen::Index i = 0; i < count; ++i) body(i, 0);
+}
+
+/// Upper bound on the `thread` argument parallelFor passes, for sizing per-thread scratch.
+inline int maxThreadSlots() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace detail
+}  // namespace retnet

@@ -1,0 +1,160 @@
+// The retention kernels for one (batch item, head) slice.
+//
+// Notation (paper §2.1): q, k are (time x dk), v is (time x dv); γ is the decay; S is the
+// *unnormalised* state Σ_s γ^(n-s) k_sᵀ v_s (dk x dv). Every form computes, for position i of a
+// chunk that starts after the state S,
+//
+//   U_i = Σ_{j<=i in chunk} γ^(i-j) (q_i·k_j) v_j  +  γ^(i+1) q_i S          (paper eq. 7)
+//
+// and then divides row i by a positive factor f_i that depends on the form (1 for plain
+// retention; torchscale's normalisations for multi-scale retention, see RowScaling). The
+// parallel form is one chunk spanning the input, so parallel and chunkwise share this code.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "retnet/detail/decay.hpp"
+#include "retnet/detail/matrix_views.hpp"
+
+namespace retnet::detail {
+
+template <typename Scalar>
+using StateMap = Eigen::Map<RowMatrix<Scalar>>;
+template <typename Scalar>
+using ConstStateMap = Eigen::Map<const RowMatrix<Scalar>>;
+
+/// How a chunk's rows are divided after U is formed.
+enum class RowScaling {
+  kNone,       ///< plain retention: o_i = U_i
+  kChunkwise,  ///< torchscale chunkwise: o_i = U_i / (r_i · max(iota_i, sigma))
+  kParallel,   ///< torchscale parallel: the same with the factor clamped to at most 5e4
+};
+
+/// Decay tables for one head and one chunk length C, shared by all chunks and batch items.
+template <typename Scalar>
+struct ChunkPlan {
+  Index rows = 0;          ///< rows in the largest chunk processed: min(C, T)
+  Vector<Scalar> powers;   ///< γ^m, m = 0 … rows
+  RowMatrix<Scalar> mask;  ///< (rows x rows): γ^(i-j) for j <= i, else 0 (eq. 5's D)
+  Vector<Scalar> rowNorm;  ///< r_i = sqrt(Σ_{j<=i} γ^(i-j)): torchscale's mask row normaliser
+  Scalar windowSum = 1;    ///< L = Σ_{j<C} γ^j: torchscale's chunk state is S / L
+
+  ChunkPlan(const DecayPowers& decay, Index chunkSize, Index time) {
+    rows = std::min(chunkSize, time);
+    powers.resize(rows + 1);
+    for (Index m = 0; m <= rows; ++m) powers(m) = static_cast<Scalar>(decay(m));
+    mask.setZero(rows, rows);
+    rowNorm.resize(rows);
+    double rowSum = 0;
+    for (Index i = 0; i < rows; ++i) {
+      for (Index j = 0; j <= i; ++j) mask(i, j) = powers(i - j);
+      rowSum += decay(i);  // Σ_{m<=i} γ^m, the sum of row i of the mask
+      rowNorm(i) = static_cast<Scalar>(std::sqrt(rowSum));
+    }
+    windowSum = static_cast<Scalar>(decay.windowSum(chunkSize));
+  }
+};
+
+/// Per-thread workspace of the chunk kernel; sized on first use, reused for every chunk.
+template <typename Scalar>
+struct ChunkScratch {
+  RowMatrix<Scalar> scores;        // (c x c) decayed q·k
+  RowMatrix<Scalar> crossTerm;     // (c x dv) q S
+  RowMatrix<Scalar> weightedKeys;  // (c x dk) γ^(c-1-j) k_j
+  Vector<Scalar> rowAbsSum;        // (c) Σ_j |scores(i, j)|
+};
+
+/// One chunk of c <= plan.rows positions: writes out (c x dv) and advances S by c positions.
+/// `stateIsZero` skips the cross-chunk product when S is known to be zero.
+template <typename Scalar>
+void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k,
+                    const ConstRowsMap<Scalar>& v, const ChunkPlan<Scalar>& plan,
+                    RowScaling scaling, StateMap<Scalar>& state, bool stateIsZero,
+                    RowsMap<Scalar>& out, ChunkScratch<Scalar>& scratch) {
+  const Index c = q.rows();
+  // q is (c x dk), k (c x dk), v (c x dv), state (dk x dv), out (c x dv)
+
+  // torchscale's cross-chunk normaliser, read from the state before this chunk: the largest
+  // column abs-sum of R = S / L, floored at 1.
+  Scalar sigma = 1;
+  if (scaling != RowScaling::kNone && !stateIsZero) {
+    sigma = std::max<Scalar>(state.cwiseAbs().colwise().sum().maxCoeff() / plan.windowSum, 1);
+  }
+
+  // Inner-chunk term (QKᵀ ⊙ D) V.
+  scratch.scores.noalias() = q * k.transpose();
+  scratch.scores.array() *= plan.mask.topLeftCorner(c, c).array();
+  if (scaling != RowScaling::kNone) {
+    scratch.rowAbsSum.noalias() = scratch.scores.cwiseAbs().rowwise().sum();
+  }
+  out.noalias() = scratch.scores * v;
+
+  // Cross-chunk term γ^(i+1) q_i S.
+  if (!stateIsZero) {
+    scratch.crossTerm.noalias() = q * state;
+    out.noalias() += plan.powers.segment(1, c).asDiagonal() * scratch.crossTerm;
+  }
+
+  if (scaling != RowScaling::kNone) {
+    // f_i = r_i · a_i with a_i = max(iota_i, sigma), iota_i = max(Σ_j |q_i·k_j| γ^(i-j) / r_i, 1)
+    // (golden README §3.3); the parallel form also caps a_i at 5e4 as torchscale does.
+    for (Index i = 0; i < c; ++i) {
+      const Scalar r = plan.rowNorm(i);
+      const Scalar iota = std::max<Scalar>(scratch.rowAbsSum(i) / r, 1);
+      Scalar a = std::max(iota, sigma);
+      if (scaling == RowScaling::kParallel) a = std::min<Scalar>(a, Scalar(5e4));
+      out.row(i) /= r * a;
+    }
+  }
+
+  // S <- γ^c S + Σ_j γ^(c-1-j) k_jᵀ v_j: each key decays to the end of the chunk before entering.
+  scratch.weightedKeys.noalias() = plan.powers.segment(0, c).reverse().asDiagonal() * k;
+  if (stateIsZero) {
+    state.noalias() = scratch.weightedKeys.transpose() * v;
+  } else {
+    state *= plan.powers(c);
+    state.noalias() += scratch.weightedKeys.transpose() * v;
+  }
+}
+
+/// Runs consecutive chunks of `chunkSize` over the (time x ·) slices, the last one possibly
+/// shorter; `state` enters as the state before the first row and leaves after the last.
+template <typename Scalar>
+void retentionChunks(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k,
+                     const ConstRowsMap<Scalar>& v, const ChunkPlan<Scalar>& plan,
+                     RowScaling scaling, StateMap<Scalar>& state, bool stateIsZero,
+                     RowsMap<Scalar>& out, ChunkScratch<Scalar>& scratch) {
+  const Index time = q.rows();
+  for (Index start = 0; start < time; start += plan.rows) {
+    const Index c = std::min(plan.rows, time - start);
+    const auto rowsOf = [&](const ConstRowsMap<Scalar>& m) {
+      return ConstRowsMap<Scalar>(m.data() + start * m.outerStride(), c, m.cols(),
+                                  Eigen::OuterStride<>(m.outerStride()));
+    };
+    RowsMap<Scalar> outChunk(out.data() + start * out.outerStride(), c, out.cols(),
+                             Eigen::OuterStride<>(out.outerStride()));
+    retentionChunk(rowsOf(q), rowsOf(k), rowsOf(v), plan, scaling, state, stateIsZero && start == 0,
+                   outChunk, scratch);
+  }
+}
+
+/// One recurrent step (paper eq. 6): S <- γ S + kᵀ v, out = (q S) · outScale, in one pass over S.
+/// q, k have dk entries; v and out dv; state is (dk x dv) row-major.
+template <typename Scalar>
+void recurrentStep(const Scalar* q, const Scalar* k, const Scalar* v, Index keyDim, Index valueDim,
+                   Scalar gamma, Scalar* state, Scalar* out, Scalar outScale) {
+  using RowVec = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+  const Eigen::Map<const RowVec> value(v, valueDim);
+  Eigen::Map<RowVec> output(out, valueDim);
+  output.setZero();
+  for (Index a = 0; a < keyDim; ++a) {
+    Eigen::Map<RowVec> row(state + a * valueDim, valueDim);
+    row = gamma * row + k[a] * value;
+    output += q[a] * row;
+  }
+  output *= outScale;
+}
+
+}  // namespace retnet::detail

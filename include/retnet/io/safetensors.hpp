@@ -1,0 +1,735 @@
+// Reader and minimal writer for safetensors files (https://github.com/huggingface/safetensors).
+//
+// Layout: an 8-byte little-endian uint64 N, then N bytes of JSON (possibly padded with trailing
+// spaces), then the data section. The JSON object maps each tensor name to
+// {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the data section) and may
+// hold "__metadata__", an object of string -> string. Tensor data is little-endian and row-major.
+//
+// The reader loads the whole file and validates the header completely before anything is read, so
+// every later read is in bounds. Every problem is a retnet::FormatError naming the file, the
+// tensor when there is one, and what was expected against what was found.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <tuple>
+#include <type_traits>
+#include <unsupported/Eigen/CXX11/Tensor>
+#include <utility>
+#include <vector>
+
+#include "retnet/errors.hpp"
+
+namespace retnet::io {
+
+// Values are moved through integers of the same width with memcpy; that is only meaningful for
+// IEEE-754 binary32/binary64, which is what safetensors stores.
+static_assert(std::numeric_limits<float>::is_iec559 && sizeof(float) == 4,
+              "retnet::io needs IEEE-754 binary32 float");
+static_assert(std::numeric_limits<double>::is_iec559 && sizeof(double) == 8,
+              "retnet::io needs IEEE-754 binary64 double");
+
+/// Element types this reader understands (the safetensors spelling is dtypeName()).
+enum class Dtype { F64, F32, F16, BF16, I64 };
+
+/// The safetensors spelling: "F64", "F32", "F16", "BF16", "I64".
+inline const char* dtypeName(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::F64:
+      return "F64";
+    case Dtype::F32:
+      return "F32";
+    case Dtype::F16:
+      return "F16";
+    case Dtype::BF16:
+      return "BF16";
+    case Dtype::I64:
+      return "I64";
+  }
+  return "?";  // Only reachable through a cast of an out-of-range value.
+}
+
+/// Bytes per element.
+inline std::size_t dtypeSize(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::F64:
+    case Dtype::I64:
+      return 8;
+    case Dtype::F32:
+      return 4;
+    case Dtype::F16:
+    case Dtype::BF16:
+      return 2;
+  }
+  return 0;
+}
+
+/// The Dtype spelled `name`, or nothing for a dtype this reader does not support.
+inline std::optional<Dtype> dtypeFromName(const std::string& name) {
+  for (Dtype dtype : {Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::I64}) {
+    if (name == dtypeName(dtype)) return dtype;
+  }
+  return std::nullopt;
+}
+
+/// One tensor of a safetensors file, as described by its header.
+struct TensorInfo {
+  std::string name;
+  Dtype dtype = Dtype::F64;
+  std::vector<Eigen::Index> shape;
+  std::size_t begin = 0, end = 0;  ///< Byte offsets into the data section (after the header).
+
+  /// Number of elements (1 for a rank-0 tensor). Overflow-checked when the header was read.
+  Eigen::Index numel() const {
+    Eigen::Index count = 1;
+    for (Eigen::Index extent : shape) count *= extent;
+    return count;
+  }
+};
+
+namespace detail {
+
+/// "[2, 32, 64]", the way shapes appear in messages.
+inline std::string shapeString(const std::vector<Eigen::Index>& shape) {
+  std::ostringstream out;
+  out << '[';
+  for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ']';
+  return out.str();
+}
+
+template <typename To, typename From>
+To bitCast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bitCast needs equal sizes");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
+/// Reads a little-endian unsigned integer byte by byte: no alignment needed, and correct on any
+/// host byte order (so no big-endian special case is needed).
+template <typename UInt>
+UInt loadLittleEndian(const unsigned char* bytes) {
+  static_assert(std::is_unsigned_v<UInt>, "loadLittleEndian reads unsigned integers");
+  std::uint64_t value = 0;
+  for (std::size_t i = 0; i < sizeof(UInt); ++i) value |= std::uint64_t{bytes[i]} << (8 * i);
+  return static_cast<UInt>(value);
+}
+
+template <typename UInt>
+void storeLittleEndian(UInt value, unsigned char* bytes) {
+  static_assert(std::is_unsigned_v<UInt>, "storeLittleEndian writes unsigned integers");
+  for (std::size_t i = 0; i < sizeof(UInt); ++i) {
+    bytes[i] = static_cast<unsigned char>((std::uint64_t{value} >> (8 * i)) & 0xFFu);
+  }
+}
+
+/// Decodes a 16-bit IEEE-style float with `exponentBits` exponent and `mantissaBits` mantissa
+/// bits (F16: 5/10, BF16: 8/7). Every such value is exact in double.
+inline double decodeSmallFloat(std::uint16_t bits, int exponentBits, int mantissaBits) {
+  const unsigned mantissaMask = (1u << mantissaBits) - 1u;
+  const unsigned exponentMask = (1u << exponentBits) - 1u;
+  const bool negative = (bits >> (exponentBits + mantissaBits)) & 1u;
+  const unsigned exponent = (bits >> mantissaBits) & exponentMask;
+  const unsigned mantissa = bits & mantissaMask;
+  const int bias = (1 << (exponentBits - 1)) - 1;
+  double magnitude;
+  if (exponent == exponentMask) {
+    magnitude = mantissa == 0 ? std::numeric_limits<double>::infinity()
+                              : std::numeric_limits<double>::quiet_NaN();
+  } else if (exponent == 0) {  // Zero or subnormal: no implicit leading one.
+    magnitude = std::ldexp(static_cast<double>(mantissa), 1 - bias - mantissaBits);
+  } else {
+    magnitude = std::ldexp(static_cast<double>(mantissa | (1u << mantissaBits)),
+                           static_cast<int>(exponent) - bias - mantissaBits);
+  }
+  return negative ? -magnitude : magnitude;
+}
+
+/// Encodes `value` as a 16-bit IEEE-style float, rounding to nearest, ties to even, straight from
+/// double (going through float first would round twice and can be off by one ulp). Overflow gives
+/// infinity, underflow a subnormal or zero; NaN becomes a quiet NaN with the same sign.
+inline std::uint16_t encodeSmallFloat(double value, int exponentBits, int mantissaBits) {
+  const unsigned signBit = std::signbit(value) ? 1u << (exponentBits + mantissaBits) : 0u;
+  const unsigned infinityBits = ((1u << exponentBits) - 1u) << mantissaBits;
+  if (std::isnan(value)) {
+    return static_cast<std::uint16_t>(signBit | infinityBits | (1u << (mantissaBits - 1)));
+  }
+  const double magnitude = std::fabs(value);
+  if (magnitude == 0.0) return static_cast<std::uint16_t>(signBit);
+  const int bias = (1 << (exponentBits - 1)) - 1;
+  if (std::isinf(magnitude)) return static_cast<std::uint16_t>(signBit | infinityBits);
+  int frexpExponent = 0;
+  std::frexp(magnitude, &frexpExponent);
+  const int exponent = frexpExponent - 1;  // magnitude in [2^exponent, 2^(exponent + 1)).
+  if (exponent > bias) return static_cast<std::uint16_t>(signBit | infinityBits);
+  // Below the normal range the spacing stays that of the smallest normal binade (subnormals).
+  const int binade = std::max(exponent, 1 - bias);
+  // In units of the target's ulp: at most 2^(mantissaBits + 1), so exact, as is the fraction.
+  const double scaled = std::ldexp(magnitude, mantissaBits - binade);
+  double rounded = std::floor(scaled);
+  const double fraction = scaled - rounded;
+  if (fraction > 0.5 || (fraction == 0.5 && std::fmod(rounded, 2.0) != 0.0)) rounded += 1.0;
+  // Adding the (biased exponent - 1) field to the significand lets a carry out of the mantissa
+  // bump the exponent (out of the largest binade that lands exactly on infinity), and makes a
+  // subnormal (field 0) come out right too.
+  const unsigned magnitudeBits =
+      (static_cast<unsigned>(binade + bias - 1) << mantissaBits) + static_cast<unsigned>(rounded);
+  return static_cast<std::uint16_t>(signBit | magnitudeBits);
+}
+
+inline double halfToDouble(std::uint16_t bits) { return decodeSmallFloat(bits, 5, 10); }
+inline double bfloat16ToDouble(std::uint16_t bits) { return decodeSmallFloat(bits, 8, 7); }
+inline std::uint16_t doubleToHalf(double value) { return encodeSmallFloat(value, 5, 10); }
+inline std::uint16_t doubleToBfloat16(double value) { return encodeSmallFloat(value, 8, 7); }
+
+/// Product of `shape`, or nothing if an extent is negative or the product exceeds Eigen::Index.
+inline std::optional<Eigen::Index> checkedNumel(const std::vector<Eigen::Index>& shape) {
+  Eigen::Index count = 1;
+  for (Eigen::Index extent : shape) {
+    if (extent < 0) return std::nullopt;
+    if (extent != 0 && count > std::numeric_limits<Eigen::Index>::max() / extent) {
+      return std::nullopt;
+    }
+    count *= extent;
+  }
+  return count;
+}
+
+/// Whether nlohmann can serialize `text` (it must be valid UTF-8 to go into the JSON header).
+inline bool isValidUtf8(const std::string& text) {
+  try {
+    (void)nlohmann::json(text).dump();
+    return true;
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+}
+
+}  // namespace detail
+
+/// A safetensors file loaded into memory and validated.
+class SafetensorsFile {
+ public:
+  template <typename Scalar>
+  using RowMajorMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  template <typename Scalar>
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  template <typename Scalar, int Rank>
+  using RowMajorTensor = Eigen::Tensor<Scalar, Rank, Eigen::RowMajor>;
+
+  /// Reads the whole file at `path`; FormatError if it cannot be read or is malformed.
+  static SafetensorsFile open(const std::string& path) {
+    // A directory opens fine as a stream on Linux; say what is wrong instead of reading nothing.
+    std::error_code error;
+    if (std::filesystem::is_directory(path, error)) {
+      throw FormatError(retnet::detail::concat(path, ": is a directory, not a file"));
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw FormatError(retnet::detail::concat(path, ": cannot open file for reading"));
+    std::vector<unsigned char> bytes;
+    const std::uintmax_t size = std::filesystem::file_size(path, error);
+    if (!error) bytes.reserve(static_cast<std::size_t>(size));
+    // Read in chunks rather than trusting a size up front: works for pipes and special files too.
+    std::array<char, 1 << 16> chunk;
+    while (in) {
+      in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+      bytes.insert(bytes.end(), chunk.data(), chunk.data() + in.gcount());
+    }
+    if (in.bad()) {
+      throw FormatError(
+          retnet::detail::concat(path, ": read failed after ", bytes.size(), " bytes"));
+    }
+    return fromBytes(std::move(bytes), path);
+  }
+
+  /// Parses an in-memory file; `displayName` is what error messages call it.
+  static SafetensorsFile fromBytes(std::vector<unsigned char> bytes,
+                                   std::string displayName = "<memory>") {
+    SafetensorsFile file(std::move(bytes), std::move(displayName));
+    file.parseHeader();
+    return file;
+  }
+
+  const std::string& displayName() const { return displayName_; }
+
+  bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
+
+  /// The header entry of `name`; FormatError "<file>: no tensor 'name'" if there is none.
+  const TensorInfo& info(const std::string& name) const {
+    const auto found = tensors_.find(name);
+    if (found == tensors_.end()) fail("no tensor '", name, "'");
+    return found->second;
+  }
+
+  /// Tensor names in order of their data offset.
+  const std::vector<std::string>& names() const { return names_; }
+
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  std::optional<std::string> metadataValue(const std::string& key) const {
+    const auto found = metadata_.find(key);
+    if (found == metadata_.end()) return std::nullopt;
+    return found->second;
+  }
+
+  /// Throws FormatError naming the tensor, `expected` and the stored shape unless they are equal.
+  void requireShape(const std::string& name, const std::vector<Eigen::Index>& expected) const {
+    const TensorInfo& tensor = info(name);
+    if (tensor.shape != expected) {
+      failTensor(name, "expected shape ", detail::shapeString(expected), ", got ",
+                 detail::shapeString(tensor.shape));
+    }
+  }
+
+  /// All elements in row-major order, converted to Scalar (float or double) from any dtype.
+  template <typename Scalar>
+  std::vector<Scalar> readFlat(const std::string& name) const {
+    const TensorInfo& tensor = info(name);
+    std::vector<Scalar> values(static_cast<std::size_t>(tensor.numel()));
+    decode(tensor, values.data());
+    return values;
+  }
+
+  /// A rank-2 tensor as a row-major matrix.
+  template <typename Scalar>
+  RowMajorMatrix<Scalar> readMatrix(const std::string& name) const {
+    const TensorInfo& tensor = requireRank(name, 2);
+    RowMajorMatrix<Scalar> matrix(tensor.shape[0], tensor.shape[1]);
+    decode(tensor, matrix.data());
+    return matrix;
+  }
+
+  /// As readMatrix(name), and the shape must be (rows, cols).
+  template <typename Scalar>
+  RowMajorMatrix<Scalar> readMatrix(const std::string& name, Eigen::Index rows,
+                                    Eigen::Index cols) const {
+    requireShape(name, {rows, cols});
+    return readMatrix<Scalar>(name);
+  }
+
+  /// A rank-1 tensor as a column vector.
+  template <typename Scalar>
+  Vector<Scalar> readVector(const std::string& name) const {
+    const TensorInfo& tensor = requireRank(name, 1);
+    Vector<Scalar> vector(tensor.shape[0]);
+    decode(tensor, vector.data());
+    return vector;
+  }
+
+  /// As readVector(name), and the length must be `size`.
+  template <typename Scalar>
+  Vector<Scalar> readVector(const std::string& name, Eigen::Index size) const {
+    requireShape(name, {size});
+    return readVector<Scalar>(name);
+  }
+
+  /// A tensor of rank `Rank` as a row-major Eigen::Tensor (same element order as the file).
+  template <typename Scalar, int Rank>
+  RowMajorTensor<Scalar, Rank> readTensor(const std::string& name) const {
+    static_assert(Rank >= 0, "Rank must be non-negative");
+    const TensorInfo& tensor = requireRank(name, Rank);
+    Eigen::array<Eigen::Index, Rank> dimensions;
+    for (int i = 0; i < Rank; ++i) dimensions[i] = tensor.shape[static_cast<std::size_t>(i)];
+    RowMajorTensor<Scalar, Rank> result(dimensions);
+    decode(tensor, result.data());
+    return result;
+  }
+
+  /// As readTensor(name), and the shape must be `expected`.
+  template <typename Scalar, int Rank>
+  RowMajorTensor<Scalar, Rank> readTensor(const std::string& name,
+                                          const std::array<Eigen::Index, Rank>& expected) const {
+    requireShape(name, std::vector<Eigen::Index>(expected.begin(), expected.end()));
+    return readTensor<Scalar, Rank>(name);
+  }
+
+  /// The elements of an I64 tensor, row-major; FormatError for any other dtype.
+  std::vector<std::int64_t> readIntegers(const std::string& name) const {
+    const TensorInfo& tensor = info(name);
+    if (tensor.dtype != Dtype::I64) {
+      failTensor(name, "expected dtype I64, got ", dtypeName(tensor.dtype));
+    }
+    std::vector<std::int64_t> values(static_cast<std::size_t>(tensor.numel()));
+    const unsigned char* source = bytes_.data() + dataStart_ + tensor.begin;
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      values[i] = detail::bitCast<std::int64_t>(detail::loadLittleEndian<std::uint64_t>(source));
+      source += 8;
+    }
+    return values;
+  }
+
+ private:
+  SafetensorsFile(std::vector<unsigned char> bytes, std::string displayName)
+      : bytes_(std::move(bytes)), displayName_(std::move(displayName)) {}
+
+  template <typename... Parts>
+  [[noreturn]] void fail(Parts&&... parts) const {
+    throw FormatError(retnet::detail::concat(displayName_, ": ", std::forward<Parts>(parts)...));
+  }
+
+  template <typename... Parts>
+  [[noreturn]] void failTensor(const std::string& name, Parts&&... parts) const {
+    fail("tensor '", name, "': ", std::forward<Parts>(parts)...);
+  }
+
+  const TensorInfo& requireRank(const std::string& name, int rank) const {
+    const TensorInfo& tensor = info(name);
+    if (tensor.shape.size() != static_cast<std::size_t>(rank)) {
+      failTensor(name, "expected rank ", rank, ", got rank ", tensor.shape.size(), " (shape ",
+                 detail::shapeString(tensor.shape), ")");
+    }
+    return tensor;
+  }
+
+  /// Converts the tensor's elements into `out` (numel() of them). Bounds were checked on load.
+  template <typename Scalar>
+  void decode(const TensorInfo& tensor, Scalar* out) const {
+    static_assert(std::is_floating_point_v<Scalar>, "tensors are read as float or double");
+    const unsigned char* source = bytes_.data() + dataStart_ + tensor.begin;
+    const std::size_t count = static_cast<std::size_t>(tensor.numel());
+    const std::size_t stride = dtypeSize(tensor.dtype);
+    switch (tensor.dtype) {
+      case Dtype::F64:
+        return convert(source, count, stride, out, [](const unsigned char* element) {
+          return detail::bitCast<double>(detail::loadLittleEndian<std::uint64_t>(element));
+        });
+      case Dtype::F32:
+        return convert(source, count, stride, out, [](const unsigned char* element) {
+          return detail::bitCast<float>(detail::loadLittleEndian<std::uint32_t>(element));
+        });
+      case Dtype::F16:
+        return convert(source, count, stride, out, [](const unsigned char* element) {
+          return detail::halfToDouble(detail::loadLittleEndian<std::uint16_t>(element));
+        });
+      case Dtype::BF16:
+        return convert(source, count, stride, out, [](const unsigned char* element) {
+          return detail::bfloat16ToDouble(detail::loadLittleEndian<std::uint16_t>(element));
+        });
+      case Dtype::I64:
+        return convert(source, count, stride, out, [](const unsigned char* element) {
+          return detail::bitCast<std::int64_t>(detail::loadLittleEndian<std::uint64_t>(element));
+        });
+    }
+  }
+
+  /// out[i] = load(source + i * stride) for `count` elements.
+  template <typename Scalar, typename Load>
+  static void convert(const unsigned char* source, std::size_t count, std::size_t stride,
+                      Scalar* out, Load load) {
+    for (std::size_t i = 0; i < count; ++i) out[i] = static_cast<Scalar>(load(source + i * stride));
+  }
+
+  /// A non-negative JSON integer, or nothing (negative, fractional, not a number, > uint64).
+  static std::optional<std::uint64_t> unsignedValue(const nlohmann::json& value) {
+    if (value.is_number_unsigned()) return value.get<std::uint64_t>();
+    if (value.is_number_integer() && value.get<std::int64_t>() == 0) return 0;  // "-0"
+    return std::nullopt;
+  }
+
+  void parseHeader() {
+    if (bytes_.size() < 8) {
+      fail("file is ", bytes_.size(), " bytes, shorter than the 8-byte header length");
+    }
+    const std::uint64_t headerLength = detail::loadLittleEndian<std::uint64_t>(bytes_.data());
+    // Checked before the length is used for anything, so a corrupt length allocates nothing.
+    const std::size_t available = bytes_.size() - 8;
+    if (headerLength > available) {
+      fail("header length ", headerLength, " exceeds the ", available,
+           " bytes after the 8-byte length (file size ", bytes_.size(), ")");
+    }
+    dataStart_ = 8 + static_cast<std::size_t>(headerLength);
+    const std::size_t dataSize = bytes_.size() - dataStart_;
+
+    nlohmann::json header;
+    std::string duplicateKey;
+    try {
+      // nlohmann keeps the last of duplicate keys silently; a duplicated tensor name would hide
+      // a tensor, so the keys of every object are tracked while parsing.
+      std::vector<std::set<std::string>> openObjects;
+      auto trackKeys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+        if (event == nlohmann::json::parse_event_t::object_start) {
+          openObjects.emplace_back();
+        } else if (event == nlohmann::json::parse_event_t::object_end) {
+          openObjects.pop_back();
+        } else if (event == nlohmann::json::parse_event_t::key && !openObjects.empty()) {
+          const std::string& key = parsed.get_ref<const std::string&>();
+          if (!openObjects.back().insert(key).second && duplicateKey.empty()) duplicateKey = key;
+        }
+        return true;
+      };
+      header = nlohmann::json::parse(bytes_.data() + 8, bytes_.data() + dataStart_, trackKeys);
+    } catch (const nlohmann::json::exception& error) {
+      fail("header is not valid JSON: ", error.what());
+    }
+    if (!duplicateKey.empty()) fail("header has duplicate key '", duplicateKey, "'");
+    if (!header.is_object()) fail("header must be a JSON object, got ", header.type_name());
+
+    std::vector<const TensorInfo*> byOffset;
+    for (auto entry = header.begin(); entry != header.end(); ++entry) {
+      if (entry.key() == "__metadata__") {
+        parseMetadata(entry.value());
+        continue;
+      }
+      TensorInfo tensor = parseEntry(entry.key(), entry.value(), dataSize);
+      const auto inserted = tensors_.emplace(tensor.name, std::move(tensor));
+      byOffset.push_back(&inserted.first->second);
+    }
+
+    std::sort(byOffset.begin(), byOffset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+      return std::tie(a->begin, a->end, a->name) < std::tie(b->begin, b->end, b->name);
+    });
+    // Sorted by begin, if any two spans overlap then so do two neighbours. Empty tensors own no
+    // bytes and are skipped.
+    const TensorInfo* previous = nullptr;
+    for (const TensorInfo* tensor : byOffset) {
+      names_.push_back(tensor->name);
+      if (tensor->begin == tensor->end) continue;
+      if (previous != nullptr && tensor->begin < previous->end) {
+        fail("tensors '", previous->name, "' (data_offsets [", previous->begin, ", ", previous->end,
+             "]) and '", tensor->name, "' (data_offsets [", tensor->begin, ", ", tensor->end,
+             "]) overlap");
+      }
+      previous = tensor;
+    }
+  }
+
+  void parseMetadata(const nlohmann::json& metadata) {
+    if (!metadata.is_object()) {
+      fail("__metadata__ must be an object of strings, got ", metadata.type_name());
+    }
+    for (auto item = metadata.begin(); item != metadata.end(); ++item) {
+      if (!item.value().is_string()) {
+        fail("__metadata__ value of '", item.key(), "' must be a string, got ",
+             item.value().type_name(), " ", item.value().dump());
+      }
+      metadata_.emplace(item.key(), item.value().get<std::string>());
+    }
+  }
+
+  TensorInfo parseEntry(const std::string& name, const nlohmann::json& entry,
+                        std::size_t dataSize) const {
+    if (!entry.is_object()) failTensor(name, "entry must be an object, got ", entry.type_name());
+    TensorInfo tensor;
+    tensor.name = name;
+
+    const auto dtype = entry.find("dtype");
+    if (dtype == entry.end()) failTensor(name, "missing \"dtype\"");
+    if (!dtype->is_string()) {
+      failTensor(name, "\"dtype\" must be a string, got ", dtype->type_name(), " ", dtype->dump());
+    }
+    const auto parsedDtype = dtypeFromName(dtype->get<std::string>());
+    if (!parsedDtype) {
+      failTensor(name, "unknown dtype '", dtype->get<std::string>(),
+                 "' (supported: F64, F32, F16, BF16, I64)");
+    }
+    tensor.dtype = *parsedDtype;
+
+    const auto shape = entry.find("shape");
+    if (shape == entry.end()) failTensor(name, "missing \"shape\"");
+    if (!shape->is_array()) {
+      failTensor(name, "\"shape\" must be an array, got ", shape->type_name(), " ", shape->dump());
+    }
+    for (const nlohmann::json& extent : *shape) {
+      const auto value = unsignedValue(extent);
+      if (!value) {
+        failTensor(name, "shape entries must be non-negative integers, got ", extent.dump(), " in ",
+                   shape->dump());
+      }
+      if (*value > static_cast<std::uint64_t>(std::numeric_limits<Eigen::Index>::max())) {
+        failTensor(name, "shape entry ", *value, " does not fit in Eigen::Index");
+      }
+      tensor.shape.push_back(static_cast<Eigen::Index>(*value));
+    }
+    const auto numel = detail::checkedNumel(tensor.shape);
+    if (!numel) {
+      failTensor(name, "element count of shape ", detail::shapeString(tensor.shape),
+                 " overflows Eigen::Index");
+    }
+    const std::size_t elementSize = dtypeSize(tensor.dtype);
+    if (static_cast<std::uint64_t>(*numel) >
+        std::numeric_limits<std::size_t>::max() / elementSize) {
+      failTensor(name, "byte size of shape ", detail::shapeString(tensor.shape), " with dtype ",
+                 dtypeName(tensor.dtype), " overflows size_t");
+    }
+    const std::size_t byteSize = static_cast<std::size_t>(*numel) * elementSize;
+
+    const auto offsets = entry.find("data_offsets");
+    if (offsets == entry.end()) failTensor(name, "missing \"data_offsets\"");
+    if (!offsets->is_array() || offsets->size() != 2) {
+      failTensor(name, "\"data_offsets\" must be an array [begin, end], got ", offsets->dump());
+    }
+    const auto begin = unsignedValue((*offsets)[0]);
+    const auto end = unsignedValue((*offsets)[1]);
+    if (!begin || !end) {
+      failTensor(name, "\"data_offsets\" must be non-negative integers, got ", offsets->dump());
+    }
+    if (*begin > *end) {
+      failTensor(name, "data_offsets begin ", *begin, " is greater than end ", *end);
+    }
+    if (*end > dataSize) {
+      failTensor(name, "data_offsets [", *begin, ", ", *end, "] end beyond the data section of ",
+                 dataSize, " bytes");
+    }
+    tensor.begin = static_cast<std::size_t>(*begin);
+    tensor.end = static_cast<std::size_t>(*end);
+    if (tensor.end - tensor.begin != byteSize) {
+      failTensor(name, "shape ", detail::shapeString(tensor.shape), " with dtype ",
+                 dtypeName(tensor.dtype), " needs ", byteSize, " bytes, but data_offsets [",
+                 tensor.begin, ", ", tensor.end, "] span ", tensor.end - tensor.begin);
+    }
+    return tensor;
+  }
+
+  std::vector<unsigned char> bytes_;
+  std::string displayName_;
+  std::size_t dataStart_ = 0;  ///< 8 + header length: where data offsets count from.
+  std::map<std::string, TensorInfo> tensors_;
+  std::vector<std::string> names_;
+  std::map<std::string, std::string> metadata_;
+};
+
+/// Builds a safetensors file in memory. Tensors are laid out in the order they were added.
+class SafetensorsWriter {
+ public:
+  /// Adds a "__metadata__" entry; InvalidArgument if `key` is already there or not UTF-8.
+  void addMetadata(std::string key, std::string value) {
+    retnet::detail::require(detail::isValidUtf8(key) && detail::isValidUtf8(value),
+                            "SafetensorsWriter::addMetadata",
+                            "key and value must be valid UTF-8 (key '", key, "')");
+    retnet::detail::require(metadata_.count(key) == 0, "SafetensorsWriter::addMetadata",
+                            "duplicate metadata key '", key, "'");
+    metadata_.emplace(std::move(key), std::move(value));
+  }
+
+  /// Adds a floating-point tensor of `shape` from numel row-major doubles, converted to `dtype`
+  /// (F64, F32, F16 or BF16; narrower types round to nearest even). Use addIntegers for I64.
+  void addTensor(std::string name, Dtype dtype, std::vector<Eigen::Index> shape,
+                 const double* values) {
+    retnet::detail::require(dtype != Dtype::I64, "SafetensorsWriter::addTensor", "tensor '", name,
+                            "': use addIntegers for I64");
+    const std::size_t count = checkEntry(name, shape, values, "SafetensorsWriter::addTensor");
+    const std::size_t size = dtypeSize(dtype);
+    std::vector<unsigned char> data(count * size);
+    for (std::size_t i = 0; i < count; ++i) {
+      unsigned char* target = data.data() + i * size;
+      switch (dtype) {
+        case Dtype::F64:
+          detail::storeLittleEndian(detail::bitCast<std::uint64_t>(values[i]), target);
+          break;
+        case Dtype::F32:  // IEEE conversion rounds to nearest even.
+          detail::storeLittleEndian(detail::bitCast<std::uint32_t>(static_cast<float>(values[i])),
+                                    target);
+          break;
+        case Dtype::F16:
+          detail::storeLittleEndian(detail::doubleToHalf(values[i]), target);
+          break;
+        case Dtype::BF16:
+          detail::storeLittleEndian(detail::doubleToBfloat16(values[i]), target);
+          break;
+        case Dtype::I64:
+          break;  // Rejected above.
+      }
+    }
+    entries_.push_back({std::move(name), dtype, std::move(shape), std::move(data)});
+  }
+
+  /// Adds an I64 tensor of `shape` from numel row-major values.
+  void addIntegers(std::string name, std::vector<Eigen::Index> shape, const std::int64_t* values) {
+    const std::size_t count = checkEntry(name, shape, values, "SafetensorsWriter::addIntegers");
+    std::vector<unsigned char> data(count * 8);
+    for (std::size_t i = 0; i < count; ++i) {
+      detail::storeLittleEndian(detail::bitCast<std::uint64_t>(values[i]), data.data() + i * 8);
+    }
+    entries_.push_back({std::move(name), Dtype::I64, std::move(shape), std::move(data)});
+  }
+
+  /// The file: length, JSON header padded with spaces so the data starts at a multiple of 8
+  /// (keeps elements aligned for readers that map the file), then the data.
+  std::vector<unsigned char> bytes() const {
+    nlohmann::json header = nlohmann::json::object();
+    std::size_t offset = 0;
+    for (const Entry& entry : entries_) {
+      header[entry.name] = {{"dtype", dtypeName(entry.dtype)},
+                            {"shape", entry.shape},
+                            {"data_offsets", {offset, offset + entry.data.size()}}};
+      offset += entry.data.size();
+    }
+    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    std::string text = header.dump();
+    text.append((8 - (8 + text.size()) % 8) % 8, ' ');
+
+    std::vector<unsigned char> file(8 + text.size() + offset);
+    detail::storeLittleEndian(static_cast<std::uint64_t>(text.size()), file.data());
+    std::copy(text.begin(), text.end(), file.begin() + 8);
+    auto data = file.begin() + static_cast<std::ptrdiff_t>(8 + text.size());
+    for (const Entry& entry : entries_) {
+      data = std::copy(entry.data.begin(), entry.data.end(), data);
+    }
+    return file;
+  }
+
+  /// Writes bytes() to `path`; FormatError if the file cannot be written.
+  void write(const std::string& path) const {
+    const std::vector<unsigned char> file = bytes();
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) throw FormatError(retnet::detail::concat(path, ": cannot open file for writing"));
+    out.write(reinterpret_cast<const char*>(file.data()),
+              static_cast<std::streamsize>(file.size()));
+    out.close();
+    if (!out) {
+      throw FormatError(retnet::detail::concat(path, ": cannot write ", file.size(), " bytes"));
+    }
+  }
+
+ private:
+  struct Entry {
+    std::string name;
+    Dtype dtype;
+    std::vector<Eigen::Index> shape;
+    std::vector<unsigned char> data;
+  };
+
+  /// Validates name, shape and values of a new tensor; returns its element count.
+  template <typename T>
+  std::size_t checkEntry(const std::string& name, const std::vector<Eigen::Index>& shape,
+                         const T* values, const char* where) const {
+    retnet::detail::require(name != "__metadata__", where,
+                            "'__metadata__' is reserved and cannot name a tensor");
+    retnet::detail::require(detail::isValidUtf8(name), where, "tensor name must be valid UTF-8");
+    const bool duplicate = std::any_of(entries_.begin(), entries_.end(),
+                                       [&](const Entry& entry) { return entry.name == name; });
+    retnet::detail::require(!duplicate, where, "duplicate tensor '", name, "'");
+    const auto numel = detail::checkedNumel(shape);
+    retnet::detail::require(numel.has_value(), where, "tensor '", name, "': shape ",
+                            detail::shapeString(shape),
+                            " must have non-negative extents and a representable element count");
+    // 8 bytes is the widest element; refuse sizes whose byte count would overflow.
+    retnet::detail::require(
+        static_cast<std::uint64_t>(*numel) <= std::numeric_limits<std::size_t>::max() / 8, where,
+        "tensor '", name, "': shape ", detail::shapeString(shape), " is too large");
+    retnet::detail::require(values != nullptr || *numel == 0, where, "tensor '", name,
+                            "': values must not be null");
+    return static_cast<std::size_t>(*numel);
+  }
+
+  std::vector<Entry> entries_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace retnet::io

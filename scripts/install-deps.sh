@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs, from Debian's archive, whatever retnet's build, tests, benchmarks and examples need
+# and this machine lacks. Safe to run again: it installs nothing that is already there.
+set -euo pipefail
+
+packages=(cmake make g++ clang libomp-dev clang-format libeigen3-dev libgtest-dev libbenchmark-dev
+          nlohmann-json3-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
