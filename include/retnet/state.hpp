@@ -1,6 +1,9 @@
 // The recurrent state of single-head retention.
 #pragma once
 
+#include <vector>
+
+#include "retnet/detail/workspace.hpp"
 #include "retnet/errors.hpp"
 #include "retnet/tensor.hpp"
 
@@ -75,6 +78,101 @@ class RetentionState {
 
   Tensor3<Scalar> values_;  // (batch, dk, dv)
   Index position_ = 0;
+};
+
+/// What multi-scale retention (and a RetNet block, whose only state is its retention's) carries
+/// from one part of a sequence to the next: for every batch item and head the unnormalised
+/// state S = Σ_s γ_h^(n-s) k_sᵀ v_s (dk x dv), and every batch item's position (the number of
+/// positions it has consumed). torchscale's normalised states are functions of these two: its
+/// recurrent state is S / sqrt(Σ_{m<=n} γ^m) and its chunkwise state S / Σ_{j<C} γ^j, so one
+/// state serves every form, in any order.
+///
+/// A default-constructed state is empty: the first form that uses it sizes it. Position 0 means
+/// S is zero. Batch items may sit at different positions (each is rotated and normalised at its
+/// own); every form advances each item by the length of its input.
+template <typename Scalar>
+class MultiScaleRetentionState {
+ public:
+  using Values = Eigen::Tensor<Scalar, 4, Eigen::RowMajor>;  // (batch, heads, dk, dv)
+  using StateMatrix = Eigen::Map<RowMatrix<Scalar>>;
+  using ConstStateMatrix = Eigen::Map<const RowMatrix<Scalar>>;
+
+  MultiScaleRetentionState() = default;
+  MultiScaleRetentionState(Index batch, Index heads, Index keyDim, Index valueDim) {
+    reset(batch, heads, keyDim, valueDim);
+  }
+
+  /// Zeros and sizes the state; every position becomes 0.
+  void reset(Index batch, Index heads, Index keyDim, Index valueDim) {
+    detail::require(batch >= 1 && heads >= 1 && keyDim >= 1 && valueDim >= 1,
+                    "MultiScaleRetentionState",
+                    "batch, heads, keyDim and valueDim must all be >= 1, got ", batch, ", ", heads,
+                    ", ", keyDim, ", ", valueDim);
+    values_.resize(batch, heads, keyDim, valueDim);
+    values_.setZero();
+    positions_.assign(static_cast<std::size_t>(batch), 0);
+  }
+
+  /// Forgets everything: the state becomes empty again.
+  void clear() {
+    values_ = Values();
+    positions_.clear();
+  }
+
+  bool empty() const { return values_.size() == 0; }
+  Index batch() const { return values_.dimension(0); }
+  Index heads() const { return values_.dimension(1); }
+  Index keyDim() const { return values_.dimension(2); }
+  Index valueDim() const { return values_.dimension(3); }
+
+  /// Bytes of state proper (S), independent of the sequence length.
+  Index bytes() const { return values_.size() * static_cast<Index>(sizeof(Scalar)); }
+
+  Index position(Index b) const {
+    checkItem(b);
+    return positions_[static_cast<std::size_t>(b)];
+  }
+  const std::vector<Index>& positions() const { return positions_; }
+  void setPosition(Index b, Index position) {
+    checkItem(b);
+    detail::require(position >= 0, "MultiScaleRetentionState::setPosition",
+                    "position must be >= 0, got ", position);
+    positions_[static_cast<std::size_t>(b)] = position;
+  }
+
+  /// S of batch item b and head h as a (dk x dv) matrix.
+  StateMatrix matrix(Index b, Index h) {
+    checkItem(b, h);
+    return StateMatrix(data(b, h), keyDim(), valueDim());
+  }
+  ConstStateMatrix matrix(Index b, Index h) const {
+    checkItem(b, h);
+    return ConstStateMatrix(values_.data() + (b * heads() + h) * keyDim() * valueDim(), keyDim(),
+                            valueDim());
+  }
+
+  const Values& values() const { return values_; }
+  Values& values() { return values_; }
+
+  /// Unchecked pointer to S of (b, h), for the kernels.
+  Scalar* data(Index b, Index h) {
+    return values_.data() + (b * heads() + h) * keyDim() * valueDim();
+  }
+
+  /// Scratch space for single-position steps, so decoding allocates nothing after its first
+  /// step. Not part of the state's value.
+  detail::LayerWorkspace<Scalar>& workspace() const { return workspace_.get(); }
+
+ private:
+  void checkItem(Index b, Index h = 0) const {
+    detail::require(b >= 0 && b < batch() && h >= 0 && h < heads(), "MultiScaleRetentionState",
+                    "(batch item, head) must be in [0, ", batch(), ") x [0, ", heads(), "), got (",
+                    b, ", ", h, ")");
+  }
+
+  Values values_;
+  std::vector<Index> positions_;
+  detail::Scratch<detail::LayerWorkspace<Scalar>> workspace_;
 };
 
 }  // namespace retnet

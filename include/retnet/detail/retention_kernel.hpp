@@ -33,11 +33,11 @@ enum class RowScaling {
 };
 
 /// Decay tables for one head and one chunk length C, shared by all chunks and batch items.
+/// O(C) memory: the decay mask D (eq. 5) is applied row by row from `powers`, never stored.
 template <typename Scalar>
 struct ChunkPlan {
   Index rows = 0;          ///< rows in the largest chunk processed: min(C, T)
   Vector<Scalar> powers;   ///< γ^m, m = 0 … rows
-  RowMatrix<Scalar> mask;  ///< (rows x rows): γ^(i-j) for j <= i, else 0 (eq. 5's D)
   Vector<Scalar> rowNorm;  ///< r_i = sqrt(Σ_{j<=i} γ^(i-j)): torchscale's mask row normaliser
   Scalar windowSum = 1;    ///< L = Σ_{j<C} γ^j: torchscale's chunk state is S / L
 
@@ -45,11 +45,9 @@ struct ChunkPlan {
     rows = std::min(chunkSize, time);
     powers.resize(rows + 1);
     for (Index m = 0; m <= rows; ++m) powers(m) = static_cast<Scalar>(decay(m));
-    mask.setZero(rows, rows);
     rowNorm.resize(rows);
     double rowSum = 0;
     for (Index i = 0; i < rows; ++i) {
-      for (Index j = 0; j <= i; ++j) mask(i, j) = powers(i - j);
       rowSum += decay(i);  // Σ_{m<=i} γ^m, the sum of row i of the mask
       rowNorm(i) = static_cast<Scalar>(std::sqrt(rowSum));
     }
@@ -57,14 +55,35 @@ struct ChunkPlan {
   }
 };
 
-/// Per-thread workspace of the chunk kernel; sized on first use, reused for every chunk.
+/// Rows of a chunk are processed in blocks of this many, so a large chunk (the parallel form is
+/// one chunk of T rows) needs O(block · T) scratch and skips the zero upper triangle of D.
+inline constexpr Index kRowBlock = 128;
+
+/// Per-thread workspace of the chunk kernel: flat buffers that only grow, viewed as matrices
+/// of the current shape, so steady-state chunks allocate nothing.
 template <typename Scalar>
 struct ChunkScratch {
-  RowMatrix<Scalar> scores;        // (c x c) decayed q·k
-  RowMatrix<Scalar> crossTerm;     // (c x dv) q S
-  RowMatrix<Scalar> weightedKeys;  // (c x dk) γ^(c-1-j) k_j
-  Vector<Scalar> rowAbsSum;        // (c) Σ_j |scores(i, j)|
+  Vector<Scalar> scores;        // (rowBlock x c) decayed q·k
+  Vector<Scalar> crossTerm;     // (rowBlock x dv) q S
+  Vector<Scalar> weightedKeys;  // (c x dk) γ^(c-1-j) k_j
+  Vector<Scalar> rowAbsSum;     // (rowBlock) Σ_j |scores(i, j)|
+
+  static Eigen::Map<RowMatrix<Scalar>> view(Vector<Scalar>& buffer, Index rows, Index cols) {
+    if (buffer.size() < rows * cols) buffer.resize(rows * cols);
+    return Eigen::Map<RowMatrix<Scalar>>(buffer.data(), rows, cols);
+  }
 };
+
+template <typename Scalar>
+ConstRowsMap<Scalar> middleRows(const ConstRowsMap<Scalar>& m, Index start, Index count) {
+  return ConstRowsMap<Scalar>(m.data() + start * m.outerStride(), count, m.cols(),
+                              Eigen::OuterStride<>(m.outerStride()));
+}
+template <typename Scalar>
+RowsMap<Scalar> middleRows(RowsMap<Scalar>& m, Index start, Index count) {
+  return RowsMap<Scalar>(m.data() + start * m.outerStride(), count, m.cols(),
+                         Eigen::OuterStride<>(m.outerStride()));
+}
 
 /// One chunk of c <= plan.rows positions: writes out (c x dv) and advances S by c positions.
 /// `stateIsZero` skips the cross-chunk product when S is known to be zero.
@@ -83,39 +102,51 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     sigma = std::max<Scalar>(state.cwiseAbs().colwise().sum().maxCoeff() / plan.windowSum, 1);
   }
 
-  // Inner-chunk term (QKᵀ ⊙ D) V.
-  scratch.scores.noalias() = q * k.transpose();
-  scratch.scores.array() *= plan.mask.topLeftCorner(c, c).array();
-  if (scaling != RowScaling::kNone) {
-    scratch.rowAbsSum.noalias() = scratch.scores.cwiseAbs().rowwise().sum();
-  }
-  out.noalias() = scratch.scores * v;
+  for (Index r0 = 0; r0 < c; r0 += kRowBlock) {
+    const Index rb = std::min(kRowBlock, c - r0), r1 = r0 + rb;  // rows [r0, r1) see keys [0, r1)
+    const ConstRowsMap<Scalar> qBlock = middleRows(q, r0, rb);
+    RowsMap<Scalar> outBlock = middleRows(out, r0, rb);
 
-  // Cross-chunk term γ^(i+1) q_i S.
-  if (!stateIsZero) {
-    scratch.crossTerm.noalias() = q * state;
-    out.noalias() += plan.powers.segment(1, c).asDiagonal() * scratch.crossTerm;
-  }
+    // Inner-chunk term (QKᵀ ⊙ D) V, row i masked by γ^(i-j) for j <= i and 0 beyond.
+    auto scores = ChunkScratch<Scalar>::view(scratch.scores, rb, r1);
+    scores.noalias() = qBlock * middleRows(k, 0, r1).transpose();
+    for (Index i = r0; i < r1; ++i) {
+      auto row = scores.row(i - r0);
+      row.head(i + 1).array() *= plan.powers.head(i + 1).reverse().transpose().array();
+      row.tail(r1 - 1 - i).setZero();
+    }
+    auto rowAbsSum = ChunkScratch<Scalar>::view(scratch.rowAbsSum, rb, 1);
+    if (scaling != RowScaling::kNone) rowAbsSum.noalias() = scores.cwiseAbs().rowwise().sum();
+    outBlock.noalias() = scores * middleRows(v, 0, r1);
 
-  if (scaling != RowScaling::kNone) {
-    // f_i = r_i · a_i with a_i = max(iota_i, sigma), iota_i = max(Σ_j |q_i·k_j| γ^(i-j) / r_i, 1)
-    // (golden README §3.3); the parallel form also caps a_i at 5e4 as torchscale does.
-    for (Index i = 0; i < c; ++i) {
-      const Scalar r = plan.rowNorm(i);
-      const Scalar iota = std::max<Scalar>(scratch.rowAbsSum(i) / r, 1);
-      Scalar a = std::max(iota, sigma);
-      if (scaling == RowScaling::kParallel) a = std::min<Scalar>(a, Scalar(5e4));
-      out.row(i) /= r * a;
+    // Cross-chunk term γ^(i+1) q_i S.
+    if (!stateIsZero) {
+      auto crossTerm = ChunkScratch<Scalar>::view(scratch.crossTerm, rb, state.cols());
+      crossTerm.noalias() = qBlock * state;
+      outBlock.noalias() += plan.powers.segment(r0 + 1, rb).asDiagonal() * crossTerm;
+    }
+
+    if (scaling != RowScaling::kNone) {
+      // f_i = r_i · a_i with a_i = max(iota_i, sigma), iota_i = max(Σ_j |q_i·k_j| γ^(i-j) / r_i, 1)
+      // (golden README §3.3); the parallel form also caps a_i at 5e4 as torchscale does.
+      for (Index i = r0; i < r1; ++i) {
+        const Scalar r = plan.rowNorm(i);
+        const Scalar iota = std::max<Scalar>(rowAbsSum(i - r0) / r, 1);
+        Scalar a = std::max(iota, sigma);
+        if (scaling == RowScaling::kParallel) a = std::min<Scalar>(a, Scalar(5e4));
+        outBlock.row(i - r0) /= r * a;
+      }
     }
   }
 
   // S <- γ^c S + Σ_j γ^(c-1-j) k_jᵀ v_j: each key decays to the end of the chunk before entering.
-  scratch.weightedKeys.noalias() = plan.powers.segment(0, c).reverse().asDiagonal() * k;
+  auto weightedKeys = ChunkScratch<Scalar>::view(scratch.weightedKeys, c, k.cols());
+  weightedKeys.noalias() = plan.powers.head(c).reverse().asDiagonal() * k;
   if (stateIsZero) {
-    state.noalias() = scratch.weightedKeys.transpose() * v;
+    state.noalias() = weightedKeys.transpose() * v;
   } else {
     state *= plan.powers(c);
-    state.noalias() += scratch.weightedKeys.transpose() * v;
+    state.noalias() += weightedKeys.transpose() * v;
   }
 }
 

@@ -344,8 +344,9 @@ class SafetensorsFile {
   RowMajorTensor<Scalar, Rank> readTensor(const std::string& name) const {
     static_assert(Rank >= 0, "Rank must be non-negative");
     const TensorInfo& tensor = requireRank(name, Rank);
-    Eigen::array<Eigen::Index, Rank> dimensions;
-    for (int i = 0; i < Rank; ++i) dimensions[i] = tensor.shape[static_cast<std::size_t>(i)];
+    std::array<Eigen::Index, static_cast<std::size_t>(Rank)> dimensions{};
+    // Rank 0 skips the copy: g++ -O2 flags a copy into the (null) data of an empty std::array.
+    if constexpr (Rank > 0) std::copy(tensor.shape.begin(), tensor.shape.end(), dimensions.begin());
     RowMajorTensor<Scalar, Rank> result(dimensions);
     decode(tensor, result.data());
     return result;
@@ -353,8 +354,9 @@ class SafetensorsFile {
 
   /// As readTensor(name), and the shape must be `expected`.
   template <typename Scalar, int Rank>
-  RowMajorTensor<Scalar, Rank> readTensor(const std::string& name,
-                                          const std::array<Eigen::Index, Rank>& expected) const {
+  RowMajorTensor<Scalar, Rank> readTensor(
+      const std::string& name,
+      const std::array<Eigen::Index, static_cast<std::size_t>(Rank)>& expected) const {
     requireShape(name, std::vector<Eigen::Index>(expected.begin(), expected.end()));
     return readTensor<Scalar, Rank>(name);
   }

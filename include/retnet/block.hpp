@@ -1,0 +1,188 @@
+// The RetNet block (paper §2.3, eq. 10), matching torchscale's DecoderLayer with pre-norm.
+#pragma once
+
+#include "retnet/multiscale_retention.hpp"
+
+namespace retnet {
+
+template <typename Scalar>
+class RetNetModel;
+
+/// Shape of a RetNet block (torchscale's names in comments).
+struct RetNetBlockConfig {
+  Index embedDim = 0;  ///< D (decoder_embed_dim)
+  Index valueDim = 0;  ///< V (decoder_value_embed_dim)
+  Index heads = 0;     ///< H (decoder_retention_heads)
+  Index ffnDim = 0;    ///< F (decoder_ffn_embed_dim)
+  double eps = 1e-6;   ///< layernorm_eps: both RMSNorms and the retention group norm
+  Activation activation = Activation::kGelu;  ///< activation_fn of the FFN
+  Activation gate = Activation::kSwish;       ///< gate_fn of the retention
+
+  MultiScaleRetentionConfig retention() const { return {embedDim, valueDim, heads, eps, gate}; }
+
+  void validate(const char* where) const {
+    retention().validate(where);
+    detail::require(ffnDim >= 1, where, "ffnDim must be >= 1, got ", ffnDim);
+  }
+};
+
+/// Weights in PyTorch's layout (torchscale's state_dict names in comments); no biases.
+template <typename Scalar>
+struct RetNetBlockWeights {
+  MultiScaleRetentionWeights<Scalar> retention;  ///< retention.*
+  Vector<Scalar> retentionNorm;                  ///< retention_layer_norm.weight (D)
+  RowMatrix<Scalar> fc1;                         ///< ffn.fc1.weight  (F, D)
+  RowMatrix<Scalar> gate;                        ///< ffn.gate.weight (F, D)
+  RowMatrix<Scalar> fc2;                         ///< ffn.fc2.weight  (D, F)
+  Vector<Scalar> finalNorm;                      ///< final_layer_norm.weight (D)
+};
+
+/// One RetNet block, pre-norm with residuals and a gated (GLU) FFN:
+///
+///   h = x + MSR(RMSNorm(x; w_ret))
+///   y = h + fc2( act(fc1 z) ⊙ gate z ),  z = RMSNorm(h; w_final)
+///
+/// with the same three forms, state and handoff rules as MultiScaleRetention (its state is the
+/// retention's). Inputs and outputs are row-major (B, T, D).
+template <typename Scalar>
+class RetNetBlock {
+ public:
+  using Config = RetNetBlockConfig;
+  using Weights = RetNetBlockWeights<Scalar>;
+  using State = MultiScaleRetentionState<Scalar>;
+
+  RetNetBlock(const Config& config, const Weights& weights)
+      : config_(checkedConfig(config)), retention_(config.retention(), weights.retention) {
+    const Index D = config.embedDim, F = config.ffnDim;
+    checkVector("retentionNorm", weights.retentionNorm, D);
+    checkVector("finalNorm", weights.finalNorm, D);
+    checkMatrix("fc1", weights.fc1, F, D);
+    checkMatrix("gate", weights.gate, F, D);
+    checkMatrix("fc2", weights.fc2, D, F);
+    retentionNorm_ = weights.retentionNorm;
+    finalNorm_ = weights.finalNorm;
+    ffnInput_.resize(2 * F, D);  // fc1 and gate in one GEMM
+    ffnInput_ << weights.fc1, weights.gate;
+    ffnOutput_ = weights.fc2;
+  }
+
+  const Config& config() const { return config_; }
+  const MultiScaleRetention<Scalar>& retention() const { return retention_; }
+
+  Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x) const {
+    State state;
+    return forwardParallel(x, state);
+  }
+  Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x, State& state) const {
+    return forward("RetNetBlock::forwardParallel", Form::kParallel, x, 0, state);
+  }
+
+  Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize) const {
+    State state;
+    return forwardChunkwise(x, chunkSize, state);
+  }
+  Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize, State& state) const {
+    detail::requireChunkSize("RetNetBlock::forwardChunkwise", chunkSize);
+    return forward("RetNetBlock::forwardChunkwise", Form::kChunkwise, x, chunkSize, state);
+  }
+
+  Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x) const {
+    State state;
+    return forwardRecurrent(x, state);
+  }
+  Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state) const {
+    return forward("RetNetBlock::forwardRecurrent", Form::kRecurrent, x, 0, state);
+  }
+
+  /// The recurrent form writing into `out` (resized only if its shape differs): a decoding
+  /// loop that reuses `out` and `state` allocates nothing after its first step.
+  void forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state, Tensor3<Scalar>& out) const {
+    retention_.prepare("RetNetBlock::forwardRecurrent", x, state);
+    MultiScaleRetention<Scalar>::resizeIfNeeded(out, x.batch(), x.time(), config_.embedDim);
+    forwardRows(Form::kRecurrent, x.data(), x.batch(), x.time(), 0, state, out.data());
+  }
+
+  /// Any form by value: chunkSize is used by the chunkwise form only.
+  Tensor3<Scalar> forward(Form form, ConstTensor3Ref<Scalar> x, Index chunkSize,
+                          State& state) const {
+    switch (form) {
+      case Form::kParallel:
+        return forwardParallel(x, state);
+      case Form::kChunkwise:
+        return forwardChunkwise(x, chunkSize, state);
+      default:
+        return forwardRecurrent(x, state);
+    }
+  }
+
+ private:
+  template <typename>
+  friend class RetNetModel;
+
+  /// x (batch·time x D) -> y (batch·time x D) without checks, for composing blocks into a
+  /// model: the caller has validated x and sized the state (see MultiScaleRetention::prepare).
+  void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
+                   State& state, Scalar* y) const {
+    if (time == 1) {
+      forwardRows(form, x, batch, time, chunkSize, state, y, state.workspace());
+    } else {
+      detail::LayerWorkspace<Scalar> workspace;
+      forwardRows(form, x, batch, time, chunkSize, state, y, workspace);
+    }
+  }
+
+  static Config checkedConfig(const Config& config) {
+    config.validate("RetNetBlock");
+    return config;
+  }
+  static void checkMatrix(const char* name, const RowMatrix<Scalar>& w, Index rows, Index cols) {
+    detail::require(w.rows() == rows && w.cols() == cols, "RetNetBlock", "weight ", name,
+                    " must be (", rows, ", ", cols, "), got (", w.rows(), ", ", w.cols(), ")");
+  }
+  static void checkVector(const char* name, const Vector<Scalar>& w, Index size) {
+    detail::require(w.size() == size, "RetNetBlock", "weight ", name, " must have ", size,
+                    " entries, got ", w.size());
+  }
+
+  Tensor3<Scalar> forward(const char* where, Form form, const ConstTensor3Ref<Scalar>& x,
+                          Index chunkSize, State& state) const {
+    retention_.prepare(where, x, state);
+    Tensor3<Scalar> out(x.batch(), x.time(), config_.embedDim);
+    forwardRows(form, x.data(), x.batch(), x.time(), chunkSize, state, out.data());
+    return out;
+  }
+
+  void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
+                   State& state, Scalar* y, detail::LayerWorkspace<Scalar>& ws) const {
+    const Index D = config_.embedDim, F = config_.ffnDim, rows = batch * time;
+    const Eigen::Map<const RowMatrix<Scalar>> input(x, rows, D);  // (rows x D)
+
+    // h = x + MSR(RMSNorm(x))
+    auto normed = detail::bufferView(ws.normed, rows, D);
+    normed = input;
+    detail::rmsNormRows(normed, config_.eps, &retentionNorm_);
+    auto residual = detail::bufferView(ws.residual, rows, D);
+    retention_.forwardRows(form, normed.data(), batch, time, chunkSize, state, residual.data(), ws);
+    residual += input;
+
+    // y = h + fc2(act(fc1 z) ⊙ gate z), z = RMSNorm(h)
+    normed = residual;
+    detail::rmsNormRows(normed, config_.eps, &finalNorm_);
+    auto hidden = detail::bufferView(ws.hidden, rows, 2 * F);  // (rows x 2F): fc1 z | gate z
+    hidden.noalias() = normed * ffnInput_.transpose();
+    auto activated = hidden.leftCols(F);
+    detail::activateInPlace(activated.array(), config_.activation);
+    activated.array() *= hidden.rightCols(F).array();
+    Eigen::Map<RowMatrix<Scalar>> output(y, rows, D);
+    output = residual;
+    output.noalias() += activated * ffnOutput_.transpose();
+  }
+
+  Config config_;
+  MultiScaleRetention<Scalar> retention_;
+  Vector<Scalar> retentionNorm_, finalNorm_;  // (D)
+  RowMatrix<Scalar> ffnInput_;                // (2F, D): fc1 and gate stacked
+  RowMatrix<Scalar> ffnOutput_;               // (D, F)
+};
+
+}  // namespace retnet

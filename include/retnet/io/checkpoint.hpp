@@ -1,0 +1,215 @@
+// Building retnet layers from safetensors checkpoints by torchscale's state_dict names.
+//
+// A layer's configuration comes, in this order of precedence, from the caller, from the file's
+// `__metadata__` (torchscale's argument names: embed_dim, value_dim, heads, ffn_dim,
+// layernorm_eps, activation_fn, gate_fn), and from the tensor shapes; the head count, which no
+// weight shape reveals, may also come from the length of a stored `decay` buffer. Every weight
+// must have the shape the configuration implies, and stored `decay` / `angle` buffers must match
+// the ones the configuration produces; anything else is a FormatError naming file and tensor.
+#pragma once
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "retnet/block.hpp"
+#include "retnet/io/safetensors.hpp"
+#include "retnet/multiscale_retention.hpp"
+
+namespace retnet::io {
+
+namespace detail {
+
+template <typename... Parts>
+[[noreturn]] void failFile(const SafetensorsFile& file, Parts&&... parts) {
+  throw FormatError(
+      retnet::detail::concat(file.displayName(), ": ", std::forward<Parts>(parts)...));
+}
+
+/// A metadata value parsed as a number, or nullopt if the key is absent.
+template <typename Number>
+std::optional<Number> metadataNumber(const SafetensorsFile& file, const std::string& key) {
+  const std::optional<std::string> text = file.metadataValue(key);
+  if (!text) return std::nullopt;
+  try {
+    std::size_t used = 0;
+    Number value{};
+    if constexpr (std::is_integral_v<Number>) {
+      value = static_cast<Number>(std::stoll(*text, &used));
+    } else {
+      value = static_cast<Number>(std::stod(*text, &used));
+    }
+    if (used != text->size()) throw std::invalid_argument("trailing characters");
+    return value;
+  } catch (const std::exception&) {
+    failFile(file, "metadata '", key, "' must be a number, got \"", *text, "\"");
+  }
+}
+
+inline std::vector<Index> shapeOf(const SafetensorsFile& file, const std::string& name) {
+  return file.info(name).shape;
+}
+
+/// The first of `names` the file holds, or nullopt.
+inline std::optional<std::string> firstPresent(const SafetensorsFile& file,
+                                               const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    if (file.contains(name)) return name;
+  }
+  return std::nullopt;
+}
+
+/// Where a checkpoint may keep the relative-position buffers of a layer under `prefix`.
+inline std::vector<std::string> bufferCandidates(const std::string& prefix,
+                                                 const std::string& what) {
+  return {prefix + what, prefix + "retnet_rel_pos." + what, "retnet_rel_pos." + what, what};
+}
+
+/// Stored `decay` (ln γ_h) and `angle` buffers, when present, must be what the configuration
+/// computes. Relative tolerance 1e-6: stock torchscale stores them in float32.
+inline void checkPositionBuffers(const SafetensorsFile& file, const std::string& prefix,
+                                 const MultiScaleRetentionConfig& config) {
+  if (const auto name = firstPresent(file, bufferCandidates(prefix, "decay"))) {
+    const auto decay = file.readVector<double>(*name);
+    if (decay.size() != config.heads) {
+      failFile(file, "tensor '", *name, "' has ", decay.size(), " entries but the layer has ",
+               config.heads, " heads");
+    }
+    for (Index h = 0; h < config.heads; ++h) {
+      const double expected = std::log(MultiScaleRetention<double>::headGamma(h));
+      if (!(std::abs(decay(h) - expected) <= 1e-6 * std::abs(expected))) {
+        failFile(file, "tensor '", *name, "'[", h, "] is ", decay(h),
+                 " but torchscale's decay ln(1 - 2^(-5-h)) is ", expected);
+      }
+    }
+  }
+  if (const auto name = firstPresent(file, bufferCandidates(prefix, "angle"))) {
+    const auto angle = file.readVector<double>(*name);
+    const Vector<double> expected = RotaryEmbedding<double>(config.keyDim()).angle();
+    if (angle.size() != expected.size()) {
+      failFile(file, "tensor '", *name, "' has ", angle.size(),
+               " entries, expected dk = ", expected.size());
+    }
+    for (Index i = 0; i < angle.size(); ++i) {
+      if (!(std::abs(angle(i) - expected(i)) <= 1e-6 * expected(i))) {
+        failFile(file, "tensor '", *name, "'[", i, "] is ", angle(i), ", expected ", expected(i));
+      }
+    }
+  }
+}
+
+template <typename Scalar>
+RowMatrix<Scalar> readWeight(const SafetensorsFile& file, const std::string& name, Index rows,
+                             Index cols) {
+  if (!file.contains(name)) failFile(file, "missing tensor '", name, "'");
+  return file.readMatrix<Scalar>(name, rows, cols);
+}
+
+template <typename Scalar>
+Vector<Scalar> readVectorWeight(const SafetensorsFile& file, const std::string& name, Index size) {
+  if (!file.contains(name)) failFile(file, "missing tensor '", name, "'");
+  return file.readVector<Scalar>(name, size);
+}
+
+}  // namespace detail
+
+/// The multi-scale retention configuration of the layer under `prefix` ("", "retention.",
+/// "layers.3.retention." …), from metadata and shapes.
+inline MultiScaleRetentionConfig readMultiScaleRetentionConfig(const SafetensorsFile& file,
+                                                               const std::string& prefix = "") {
+  const std::string qName = prefix + "q_proj.weight", vName = prefix + "v_proj.weight";
+  if (!file.contains(qName)) detail::failFile(file, "missing tensor '", qName, "'");
+  if (!file.contains(vName)) detail::failFile(file, "missing tensor '", vName, "'");
+  const auto qShape = detail::shapeOf(file, qName), vShape = detail::shapeOf(file, vName);
+  if (qShape.size() != 2 || vShape.size() != 2) {
+    detail::failFile(file, "tensors '", qName, "' and '", vName, "' must be matrices");
+  }
+  MultiScaleRetentionConfig config;
+  config.embedDim = detail::metadataNumber<Index>(file, "embed_dim").value_or(qShape[1]);
+  config.valueDim = detail::metadataNumber<Index>(file, "value_dim").value_or(vShape[0]);
+  std::optional<Index> heads = detail::metadataNumber<Index>(file, "heads");
+  if (!heads) {
+    if (const auto decay = detail::firstPresent(
+            file,
+            detail::bufferCandidates(prefix.substr(0, prefix.rfind("retention.")), "decay"))) {
+      heads = detail::shapeOf(file, *decay).at(0);
+    }
+  }
+  if (!heads) {
+    detail::failFile(file,
+                     "the number of heads is neither in the metadata ('heads') nor given by a "
+                     "'decay' tensor; pass a configuration");
+  }
+  config.heads = *heads;
+  config.eps = detail::metadataNumber<double>(file, "layernorm_eps").value_or(1e-6);
+  if (const auto gate = file.metadataValue("gate_fn")) config.gate = parseActivation(*gate);
+  return config;
+}
+
+/// The RetNet block configuration of the layer under `prefix` ("", "layers.3." …).
+inline RetNetBlockConfig readRetNetBlockConfig(const SafetensorsFile& file,
+                                               const std::string& prefix = "") {
+  const MultiScaleRetentionConfig retention =
+      readMultiScaleRetentionConfig(file, prefix + "retention.");
+  RetNetBlockConfig config;
+  config.embedDim = retention.embedDim;
+  config.valueDim = retention.valueDim;
+  config.heads = retention.heads;
+  config.eps = retention.eps;
+  config.gate = retention.gate;
+  const std::string fc1 = prefix + "ffn.fc1.weight";
+  if (!file.contains(fc1)) detail::failFile(file, "missing tensor '", fc1, "'");
+  config.ffnDim =
+      detail::metadataNumber<Index>(file, "ffn_dim").value_or(detail::shapeOf(file, fc1).at(0));
+  if (const auto act = file.metadataValue("activation_fn"))
+    config.activation = parseActivation(*act);
+  return config;
+}
+
+/// Multi-scale retention from `file`, tensors `{prefix}q_proj.weight` … `{prefix}out_proj.weight`.
+template <typename Scalar>
+MultiScaleRetention<Scalar> loadMultiScaleRetention(
+    const SafetensorsFile& file, const std::string& prefix = "",
+    const std::optional<MultiScaleRetentionConfig>& config = std::nullopt) {
+  const MultiScaleRetentionConfig c =
+      config ? *config : readMultiScaleRetentionConfig(file, prefix);
+  c.validate("loadMultiScaleRetention");
+  detail::checkPositionBuffers(file, prefix.substr(0, prefix.rfind("retention.")), c);
+  const Index D = c.embedDim, V = c.valueDim;
+  MultiScaleRetentionWeights<Scalar> w;
+  w.q = detail::readWeight<Scalar>(file, prefix + "q_proj.weight", D, D);
+  w.k = detail::readWeight<Scalar>(file, prefix + "k_proj.weight", D, D);
+  w.v = detail::readWeight<Scalar>(file, prefix + "v_proj.weight", V, D);
+  w.g = detail::readWeight<Scalar>(file, prefix + "g_proj.weight", V, D);
+  w.out = detail::readWeight<Scalar>(file, prefix + "out_proj.weight", D, V);
+  return MultiScaleRetention<Scalar>(c, w);
+}
+
+/// A RetNet block from `file`, torchscale DecoderLayer names under `prefix`: `{prefix}retention.*`,
+/// `{prefix}retention_layer_norm.weight`, `{prefix}ffn.{fc1,gate,fc2}.weight`,
+/// `{prefix}final_layer_norm.weight`.
+template <typename Scalar>
+RetNetBlock<Scalar> loadRetNetBlock(const SafetensorsFile& file, const std::string& prefix = "",
+                                    const std::optional<RetNetBlockConfig>& config = std::nullopt) {
+  const RetNetBlockConfig c = config ? *config : readRetNetBlockConfig(file, prefix);
+  c.validate("loadRetNetBlock");
+  detail::checkPositionBuffers(file, prefix, c.retention());
+  const Index D = c.embedDim, V = c.valueDim, F = c.ffnDim;
+  const std::string r = prefix + "retention.";
+  RetNetBlockWeights<Scalar> w;
+  w.retention.q = detail::readWeight<Scalar>(file, r + "q_proj.weight", D, D);
+  w.retention.k = detail::readWeight<Scalar>(file, r + "k_proj.weight", D, D);
+  w.retention.v = detail::readWeight<Scalar>(file, r + "v_proj.weight", V, D);
+  w.retention.g = detail::readWeight<Scalar>(file, r + "g_proj.weight", V, D);
+  w.retention.out = detail::readWeight<Scalar>(file, r + "out_proj.weight", D, V);
+  w.retentionNorm =
+      detail::readVectorWeight<Scalar>(file, prefix + "retention_layer_norm.weight", D);
+  w.fc1 = detail::readWeight<Scalar>(file, prefix + "ffn.fc1.weight", F, D);
+  w.gate = detail::readWeight<Scalar>(file, prefix + "ffn.gate.weight", F, D);
+  w.fc2 = detail::readWeight<Scalar>(file, prefix + "ffn.fc2.weight", D, F);
+  w.finalNorm = detail::readVectorWeight<Scalar>(file, prefix + "final_layer_norm.weight", D);
+  return RetNetBlock<Scalar>(c, w);
+}
+
+}  // namespace retnet::io
