@@ -11,6 +11,7 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -260,8 +261,10 @@ TEST(SafetensorsRoundTrip, EveryDtypeAndMetadata) {
 }
 
 TEST(SafetensorsRoundTrip, WriteToDiskAndOpen) {
+  // A random suffix keeps concurrent runs of this binary (several build trees) apart.
   const std::filesystem::path path =
-      std::filesystem::temp_directory_path() / "retnet_test_safetensors_roundtrip.safetensors";
+      std::filesystem::temp_directory_path() /
+      ("retnet_test_safetensors_" + std::to_string(std::random_device{}()) + ".safetensors");
   const std::vector<double> values = {1.5, -2.25, 3.0};
   SafetensorsWriter writer;
   writer.addTensor("v", Dtype::F32, {3}, values.data());
