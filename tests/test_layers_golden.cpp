@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "golden_check.hpp"
 #include "retnet/io/checkpoint.hpp"
 #include "test_util.hpp"
 
@@ -13,16 +15,6 @@ namespace retnet {
 namespace {
 
 using testing::normwiseError;
-
-// Same form, same precision as the golden data: an independent float64 implementation matches
-// to ~7e-15, and mistakes in torchscale's per-form factors show up only through the group-norm
-// eps at 1e-6…1e-4 relative, so 1e-9 catches them with margin for rounding (golden README §4).
-// In float32, torchscale itself is within 3.3e-6 of the golden data; 1e-4 leaves room for
-// rounding in our different (but equally stable) summation orders.
-template <typename Scalar>
-constexpr double goldenTolerance() {
-  return std::is_same_v<Scalar, double> ? 1e-9 : 1e-4;
-}
 
 std::string dataFile(const std::string& name) {
   return std::string(RETNET_TEST_DATA_DIR) + "/" + name;
@@ -34,36 +26,16 @@ Tensor3<Scalar> runForm(const Layer& layer, Form form, const Tensor3<Scalar>& x,
   return layer.forward(form, x, chunk, state);
 }
 
-const char* goldenName(Form form) {
-  return form == Form::kParallel    ? "out_parallel"
-         : form == Form::kChunkwise ? "out_chunkwise"
-                                    : "out_recurrent";
-}
-
 template <typename Scalar>
 class GoldenLayers : public ::testing::Test {};
 TYPED_TEST_SUITE(GoldenLayers, testing::Scalars, testing::ScalarName);
-
-template <typename Scalar, typename Layer>
-void checkEveryForm(const io::SafetensorsFile& file, const Layer& layer) {
-  const auto x = file.readTensor<Scalar, 3>("x");
-  const auto chunk = static_cast<Index>(std::stol(*file.metadataValue("chunk_size")));
-  for (const Form form : {Form::kParallel, Form::kChunkwise, Form::kRecurrent}) {
-    const Tensor3<Scalar> y = runForm(layer, form, x, chunk);
-    const std::vector<double> ref = file.readFlat<double>(goldenName(form));
-    const double error = normwiseError(y, ref);
-    std::printf("%s %s %s: normwise error %.2e\n", file.displayName().c_str(), formName(form),
-                std::is_same_v<Scalar, double> ? "double" : "float", error);
-    EXPECT_LE(error, goldenTolerance<Scalar>()) << formName(form);
-  }
-}
 
 TYPED_TEST(GoldenLayers, MultiScaleRetentionMatchesTorchscaleInEveryForm) {
   const auto file = io::SafetensorsFile::open(dataFile("msr_small.safetensors"));
   const auto msr = io::loadMultiScaleRetention<TypeParam>(file);
   EXPECT_EQ(msr.config().heads, 4);
   EXPECT_EQ(msr.config().valueDim, 128);
-  checkEveryForm<TypeParam>(file, msr);
+  testing::checkLayerForms<TypeParam>(file, msr);
 }
 
 TYPED_TEST(GoldenLayers, RetNetBlockMatchesTorchscaleInEveryForm) {
@@ -71,7 +43,22 @@ TYPED_TEST(GoldenLayers, RetNetBlockMatchesTorchscaleInEveryForm) {
   const auto block = io::loadRetNetBlock<TypeParam>(file);
   EXPECT_EQ(block.config().ffnDim, 128);
   EXPECT_EQ(block.config().activation, Activation::kGelu);
-  checkEveryForm<TypeParam>(file, block);
+  testing::checkLayerForms<TypeParam>(file, block);
+}
+
+// Every layer-level golden file in tests/data (kind msr or layer), whatever its dimensions: drop
+// more files of torchscale's format there and they are checked too.
+TYPED_TEST(GoldenLayers, EveryLayerFileInTheDataFolder) {
+  int checked = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(RETNET_TEST_DATA_DIR)) {
+    if (entry.path().extension() != ".safetensors") continue;
+    const auto file = io::SafetensorsFile::open(entry.path().string());
+    const std::string kind = file.metadataValue("kind").value_or("");
+    if (kind != "msr" && kind != "layer") continue;
+    testing::checkGoldenLayerFile<TypeParam>(file);
+    ++checked;
+  }
+  EXPECT_GE(checked, 2);
 }
 
 // Our forms differ from each other exactly as torchscale's do (each reproduces its own form), so
