@@ -15,6 +15,7 @@
 
 #include "retnet/block.hpp"
 #include "retnet/io/safetensors.hpp"
+#include "retnet/model.hpp"
 #include "retnet/multiscale_retention.hpp"
 
 namespace retnet::io {
@@ -112,6 +113,26 @@ Vector<Scalar> readVectorWeight(const SafetensorsFile& file, const std::string& 
   return file.readVector<Scalar>(name, size);
 }
 
+/// The weights of the RetNet block under `prefix`, shapes as `c` implies.
+template <typename Scalar>
+RetNetBlockWeights<Scalar> readBlockWeights(const SafetensorsFile& file, const std::string& prefix,
+                                            const RetNetBlockConfig& c) {
+  const Index D = c.embedDim, V = c.valueDim, F = c.ffnDim;
+  const std::string r = prefix + "retention.";
+  RetNetBlockWeights<Scalar> w;
+  w.retention.q = readWeight<Scalar>(file, r + "q_proj.weight", D, D);
+  w.retention.k = readWeight<Scalar>(file, r + "k_proj.weight", D, D);
+  w.retention.v = readWeight<Scalar>(file, r + "v_proj.weight", V, D);
+  w.retention.g = readWeight<Scalar>(file, r + "g_proj.weight", V, D);
+  w.retention.out = readWeight<Scalar>(file, r + "out_proj.weight", D, V);
+  w.retentionNorm = readVectorWeight<Scalar>(file, prefix + "retention_layer_norm.weight", D);
+  w.fc1 = readWeight<Scalar>(file, prefix + "ffn.fc1.weight", F, D);
+  w.gate = readWeight<Scalar>(file, prefix + "ffn.gate.weight", F, D);
+  w.fc2 = readWeight<Scalar>(file, prefix + "ffn.fc2.weight", D, F);
+  w.finalNorm = readVectorWeight<Scalar>(file, prefix + "final_layer_norm.weight", D);
+  return w;
+}
+
 }  // namespace detail
 
 /// The multi-scale retention configuration of the layer under `prefix` ("", "retention.",
@@ -195,21 +216,69 @@ RetNetBlock<Scalar> loadRetNetBlock(const SafetensorsFile& file, const std::stri
   const RetNetBlockConfig c = config ? *config : readRetNetBlockConfig(file, prefix);
   c.validate("loadRetNetBlock");
   detail::checkPositionBuffers(file, prefix, c.retention());
-  const Index D = c.embedDim, V = c.valueDim, F = c.ffnDim;
-  const std::string r = prefix + "retention.";
-  RetNetBlockWeights<Scalar> w;
-  w.retention.q = detail::readWeight<Scalar>(file, r + "q_proj.weight", D, D);
-  w.retention.k = detail::readWeight<Scalar>(file, r + "k_proj.weight", D, D);
-  w.retention.v = detail::readWeight<Scalar>(file, r + "v_proj.weight", V, D);
-  w.retention.g = detail::readWeight<Scalar>(file, r + "g_proj.weight", V, D);
-  w.retention.out = detail::readWeight<Scalar>(file, r + "out_proj.weight", D, V);
-  w.retentionNorm =
-      detail::readVectorWeight<Scalar>(file, prefix + "retention_layer_norm.weight", D);
-  w.fc1 = detail::readWeight<Scalar>(file, prefix + "ffn.fc1.weight", F, D);
-  w.gate = detail::readWeight<Scalar>(file, prefix + "ffn.gate.weight", F, D);
-  w.fc2 = detail::readWeight<Scalar>(file, prefix + "ffn.fc2.weight", D, F);
-  w.finalNorm = detail::readVectorWeight<Scalar>(file, prefix + "final_layer_norm.weight", D);
-  return RetNetBlock<Scalar>(c, w);
+  return RetNetBlock<Scalar>(c, detail::readBlockWeights<Scalar>(file, prefix, c));
+}
+
+/// The configuration of a torchscale RetNetDecoder checkpoint: layers from the metadata or by
+/// counting `layers.{i}.` prefixes, each block's shape from layer 0, the vocabulary from the
+/// embedding, the embedding scale from `embed_scale` / `no_scale_embedding`, and tied output
+/// embeddings when `share_decoder_input_output_embed` says so or no output projection is stored.
+inline RetNetModelConfig readRetNetModelConfig(const SafetensorsFile& file) {
+  const auto flag = [&](const char* key) {
+    return file.metadataValue(key).value_or("False") == "True";
+  };
+  if (flag("layernorm_embedding")) {
+    detail::failFile(file,
+                     "layernorm_embedding=True is not supported (torchscale's default is False)");
+  }
+  if (flag("deepnorm"))
+    detail::failFile(file, "deepnorm=True is not supported (torchscale's default is False)");
+  RetNetModelConfig config;
+  if (const auto layers = detail::metadataNumber<Index>(file, "layers")) {
+    config.layers = *layers;
+  } else {
+    while (file.contains("layers." + std::to_string(config.layers) + ".retention.q_proj.weight"))
+      ++config.layers;
+  }
+  if (config.layers < 1)
+    detail::failFile(file, "no layers: missing tensor 'layers.0.retention.q_proj.weight'");
+  config.block = readRetNetBlockConfig(file, "layers.0.");
+  if (!file.contains("embed_tokens.weight"))
+    detail::failFile(file, "missing tensor 'embed_tokens.weight'");
+  const auto embedShape = detail::shapeOf(file, "embed_tokens.weight");
+  if (embedShape.size() != 2)
+    detail::failFile(file, "tensor 'embed_tokens.weight' must be a matrix");
+  config.vocab = detail::metadataNumber<Index>(file, "vocab").value_or(embedShape[0]);
+  if (const auto scale = detail::metadataNumber<double>(file, "embed_scale")) {
+    config.embedScale = *scale;
+  } else {
+    const bool noScale = file.metadataValue("no_scale_embedding").value_or("True") == "True";
+    config.embedScale = noScale ? 1.0 : std::sqrt(static_cast<double>(config.block.embedDim));
+  }
+  config.tiedEmbedding =
+      flag("share_decoder_input_output_embed") || !file.contains("output_projection.weight");
+  return config;
+}
+
+/// A RetNet language model from a torchscale RetNetDecoder checkpoint (`embed_tokens.weight`,
+/// `layers.{i}.…`, `layer_norm.weight`, `output_projection.weight`).
+template <typename Scalar>
+RetNetModel<Scalar> loadRetNetModel(const SafetensorsFile& file,
+                                    const std::optional<RetNetModelConfig>& config = std::nullopt) {
+  const RetNetModelConfig c = config ? *config : readRetNetModelConfig(file);
+  c.validate("loadRetNetModel");
+  const Index D = c.block.embedDim;
+  RetNetModelWeights<Scalar> w;
+  w.embed = detail::readWeight<Scalar>(file, "embed_tokens.weight", c.vocab, D);
+  for (Index i = 0; i < c.layers; ++i) {
+    const std::string prefix = "layers." + std::to_string(i) + ".";
+    detail::checkPositionBuffers(file, prefix, c.block.retention());
+    w.layers.push_back(detail::readBlockWeights<Scalar>(file, prefix, c.block));
+  }
+  w.finalNorm = detail::readVectorWeight<Scalar>(file, "layer_norm.weight", D);
+  if (!c.tiedEmbedding)
+    w.outputProjection = detail::readWeight<Scalar>(file, "output_projection.weight", c.vocab, D);
+  return RetNetModel<Scalar>(c, w);
 }
 
 }  // namespace retnet::io

@@ -1,0 +1,219 @@
+// Saving and loading a model state, to pause a conversation and resume it later.
+//
+// Format (version 1, little-endian, no padding):
+//   "RETNETST"                      8 bytes of magic
+//   u32 version = 1, u32 bytes per value (4 = float32, 8 = float64)
+//   u64 vocab, layers, embedDim, valueDim, heads, ffnDim   the model it belongs to
+//   u64 batch, then batch x u64 positions
+//   layers x batch x heads x dk x dv values                each layer's unnormalised S
+//   u64 FNV-1a checksum of every byte before it
+// A file is refused (retnet::FormatError naming it) if it is not one, is damaged or truncated,
+// or belongs to a model of another shape. Values are converted if the file's precision differs.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "retnet/model.hpp"
+
+namespace retnet::io {
+
+namespace state_file {
+
+inline constexpr char kMagic[8] = {'R', 'E', 'T', 'N', 'E', 'T', 'S', 'T'};
+inline constexpr std::uint32_t kVersion = 1;
+
+inline std::uint64_t fnv1a(const unsigned char* data, std::size_t size) {
+  std::uint64_t hash = 0xCBF29CE484222325ull;
+  for (std::size_t i = 0; i < size; ++i) hash = (hash ^ data[i]) * 0x100000001B3ull;
+  return hash;
+}
+
+class Writer {
+ public:
+  template <typename UInt>
+  void integer(UInt value) {
+    for (std::size_t i = 0; i < sizeof(UInt); ++i)
+      bytes.push_back(static_cast<unsigned char>(value >> (8 * i)));
+  }
+  template <typename Scalar>
+  void value(Scalar v) {
+    using Bits = std::conditional_t<sizeof(Scalar) == 8, std::uint64_t, std::uint32_t>;
+    Bits bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    integer(bits);
+  }
+  std::vector<unsigned char> bytes;
+};
+
+class Reader {
+ public:
+  Reader(const std::vector<unsigned char>& bytes, std::string name)
+      : bytes_(bytes), name_(std::move(name)) {}
+
+  template <typename UInt>
+  UInt integer(const char* what) {
+    need(sizeof(UInt), what);
+    UInt value = 0;
+    for (std::size_t i = 0; i < sizeof(UInt); ++i)
+      value |= static_cast<UInt>(static_cast<UInt>(bytes_[offset_ + i]) << (8 * i));
+    offset_ += sizeof(UInt);
+    return value;
+  }
+  template <typename Stored>
+  Stored value() {
+    using Bits = std::conditional_t<sizeof(Stored) == 8, std::uint64_t, std::uint32_t>;
+    const Bits bits = integer<Bits>("state values");
+    Stored v;
+    std::memcpy(&v, &bits, sizeof(v));
+    return v;
+  }
+  void need(std::size_t count, const char* what) const {
+    if (count > bytes_.size() - offset_) {
+      fail("truncated: ", what, " needs ", count, " more bytes at offset ", offset_,
+           " but the file has ", bytes_.size(), " bytes");
+    }
+  }
+  std::size_t offset() const { return offset_; }
+  std::size_t remaining() const { return bytes_.size() - offset_; }
+
+  template <typename... Parts>
+  [[noreturn]] void fail(Parts&&... parts) const {
+    throw FormatError(retnet::detail::concat(name_, ": ", std::forward<Parts>(parts)...));
+  }
+
+ private:
+  const std::vector<unsigned char>& bytes_;
+  std::string name_;
+  std::size_t offset_ = 0;
+};
+
+}  // namespace state_file
+
+/// The bytes of a state file for `state`, which belongs to a model of shape `config`.
+template <typename Scalar>
+std::vector<unsigned char> serializeState(const RetNetModelState<Scalar>& state,
+                                          const RetNetModelConfig& config) {
+  const char* where = "serializeState";
+  retnet::detail::require(!state.empty(), where, "the state is empty: nothing to save");
+  retnet::detail::requireEqual(where, "state layers (the model's)", config.layers,
+                               static_cast<Index>(state.layers.size()));
+  const auto& first = state.layers.front();
+  for (const auto& layer : state.layers) {
+    retnet::detail::require(
+        layer.positions() == first.positions() && layer.batch() == first.batch(), where,
+        "every layer of the state must be at the same positions");
+  }
+  state_file::Writer out;
+  out.bytes.insert(out.bytes.end(), std::begin(state_file::kMagic), std::end(state_file::kMagic));
+  out.integer(state_file::kVersion);
+  out.integer(static_cast<std::uint32_t>(sizeof(Scalar)));
+  for (const Index n : {config.vocab, config.layers, config.block.embedDim, config.block.valueDim,
+                        config.block.heads, config.block.ffnDim, first.batch()}) {
+    out.integer(static_cast<std::uint64_t>(n));
+  }
+  for (const Index p : first.positions()) out.integer(static_cast<std::uint64_t>(p));
+  for (const auto& layer : state.layers) {
+    for (Index i = 0; i < layer.values().size(); ++i) out.value(layer.values().data()[i]);
+  }
+  out.integer(state_file::fnv1a(out.bytes.data(), out.bytes.size()));
+  return std::move(out.bytes);
+}
+
+/// Parses a state file's bytes for a model of shape `config`; `name` is used in messages.
+template <typename Scalar>
+RetNetModelState<Scalar> deserializeState(const std::vector<unsigned char>& bytes,
+                                          const RetNetModelConfig& config,
+                                          const std::string& name = "<memory>") {
+  state_file::Reader in(bytes, name);
+  in.need(sizeof(state_file::kMagic), "the magic number");
+  if (std::memcmp(bytes.data(), state_file::kMagic, sizeof(state_file::kMagic)) != 0) {
+    in.fail("not a retnet state file (no RETNETST magic number)");
+  }
+  for (std::size_t i = 0; i < sizeof(state_file::kMagic); ++i)
+    in.integer<std::uint8_t>("the magic number");
+  const auto version = in.integer<std::uint32_t>("the version");
+  if (version != state_file::kVersion)
+    in.fail("unsupported state file version ", version, " (this reader: 1)");
+  const auto valueBytes = in.integer<std::uint32_t>("the value size");
+  if (valueBytes != 4 && valueBytes != 8)
+    in.fail("values must be 4 or 8 bytes, the file says ", valueBytes);
+  // The checksum covers everything before the last 8 bytes: check it before trusting any size.
+  if (bytes.size() < in.offset() + 8) in.fail("truncated: no room for the checksum");
+  const std::size_t body = bytes.size() - 8;
+  std::uint64_t stored = 0;
+  for (std::size_t i = 0; i < 8; ++i)
+    stored |= static_cast<std::uint64_t>(bytes[body + i]) << (8 * i);
+  if (stored != state_file::fnv1a(bytes.data(), body))
+    in.fail("checksum mismatch: the file is damaged or truncated");
+
+  const char* names[] = {"vocab", "layers", "embedDim", "valueDim", "heads", "ffnDim"};
+  const Index expected[] = {config.vocab,          config.layers,      config.block.embedDim,
+                            config.block.valueDim, config.block.heads, config.block.ffnDim};
+  for (int i = 0; i < 6; ++i) {
+    const auto got = in.integer<std::uint64_t>(names[i]);
+    if (got != static_cast<std::uint64_t>(expected[i])) {
+      in.fail("the state belongs to another model: ", names[i], " is ", got, " in the file, ",
+              expected[i], " in this model");
+    }
+  }
+  const auto batch = in.integer<std::uint64_t>("the batch size");
+  const Index heads = config.block.heads, dk = config.block.embedDim / heads,
+              dv = config.block.valueDim / heads;
+  const std::uint64_t perLayer = static_cast<std::uint64_t>(heads * dk * dv);
+  // Exact size check before any allocation: a hostile batch count cannot make us allocate.
+  if (in.remaining() < 8) in.fail("truncated: no positions or values");
+  const std::uint64_t payload = in.remaining() - 8;
+  if (batch == 0 || batch > payload / 8 ||
+      batch * 8 + batch * perLayer * static_cast<std::uint64_t>(config.layers) * valueBytes !=
+          payload) {
+    in.fail("size mismatch: ", payload, " bytes of positions and values do not fit batch ", batch,
+            ", ", config.layers, " layers of ", heads, "x", dk, "x", dv, " values of ", valueBytes,
+            " bytes");
+  }
+  std::vector<Index> positions;
+  for (std::uint64_t b = 0; b < batch; ++b) {
+    const auto p = in.integer<std::uint64_t>("positions");
+    if (p > static_cast<std::uint64_t>(std::numeric_limits<Index>::max()))
+      in.fail("position ", p, " is out of range");
+    positions.push_back(static_cast<Index>(p));
+  }
+  RetNetModelState<Scalar> state;
+  for (Index l = 0; l < config.layers; ++l) {
+    MultiScaleRetentionState<Scalar> layer(static_cast<Index>(batch), heads, dk, dv);
+    for (Index i = 0; i < layer.values().size(); ++i) {
+      layer.values().data()[i] = valueBytes == 8 ? static_cast<Scalar>(in.value<double>())
+                                                 : static_cast<Scalar>(in.value<float>());
+    }
+    for (std::uint64_t b = 0; b < batch; ++b)
+      layer.setPosition(static_cast<Index>(b), positions[b]);
+    state.layers.push_back(std::move(layer));
+  }
+  return state;
+}
+
+template <typename Scalar>
+void saveState(const RetNetModelState<Scalar>& state, const RetNetModelConfig& config,
+               const std::string& path) {
+  const std::vector<unsigned char> bytes = serializeState(state, config);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw FormatError(path + ": cannot write the state file");
+}
+
+template <typename Scalar>
+RetNetModelState<Scalar> loadState(const std::string& path, const RetNetModelConfig& config) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FormatError(path + ": cannot open the state file");
+  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
+                                         std::istreambuf_iterator<char>());
+  return deserializeState<Scalar>(bytes, config, path);
+}
+
+}  // namespace retnet::io
