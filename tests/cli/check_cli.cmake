@@ -1,0 +1,69 @@
+# Runs examples/retnet_generate on the shipped test checkpoint: its output, save/load round trip,
+# and the one-line errors and exit codes of bad arguments and bad files. Inputs: CLI, MODEL, WORK_DIR.
+file(MAKE_DIRECTORY ${WORK_DIR})
+
+function(run_cli expected_code out_var err_var)
+  execute_process(COMMAND ${CLI} ${ARGN} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT code STREQUAL expected_code)
+    message(FATAL_ERROR "retnet_generate ${ARGN}: exit ${code}, expected ${expected_code}\n${out}\n${err}")
+  endif()
+  set(${out_var} "${out}" PARENT_SCOPE)
+  set(${err_var} "${err}" PARENT_SCOPE)
+endfunction()
+
+function(expect_match text regex what)
+  if(NOT text MATCHES "${regex}")
+    message(FATAL_ERROR "${what}: output does not match '${regex}':\n${text}")
+  endif()
+endfunction()
+
+# Greedy generation: ids, speeds, state size.
+run_cli(0 out err --model ${MODEL} --prompt-ids 1,2,3 --max-new 5)
+expect_match("${out}" "generated:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\n" "greedy")
+expect_match("${out}" "prefill: [0-9.]+ ms \\([0-9]+ tokens/s\\)" "prefill speed")
+expect_match("${out}" "decode: [0-9.]+ ms per token \\([0-9]+ tokens/s\\)" "decode speed")
+expect_match("${out}" "state: 16384 bytes" "state size (2 layers x 4 heads x 16 x 32 float32)")
+string(REGEX MATCH "generated:[ 0-9]+" greedy "${out}")
+
+# Same seed, same tokens; a pause with --save-state and a resume with --load-state continue the
+# uninterrupted run exactly.
+run_cli(0 whole err --model ${MODEL} --prompt-ids 4,5,6 --max-new 8 --temperature 0.9 --top-p 0.9 --seed 11)
+run_cli(0 again err --model ${MODEL} --prompt-ids 4,5,6 --max-new 8 --temperature 0.9 --top-p 0.9 --seed 11)
+string(REGEX MATCH "generated:[ 0-9]+" whole_ids "${whole}")
+string(REGEX MATCH "generated:[ 0-9]+" again_ids "${again}")
+if(NOT whole_ids STREQUAL again_ids)
+  message(FATAL_ERROR "same seed, different tokens: '${whole_ids}' vs '${again_ids}'")
+endif()
+run_cli(0 first err --model ${MODEL} --prompt-ids 4,5,6 --max-new 3 --temperature 0.9 --top-p 0.9 --seed 11
+        --save-state ${WORK_DIR}/state.bin)
+string(REGEX MATCH "--prompt-ids ([0-9]+)" hint "${first}")
+set(last_token ${CMAKE_MATCH_1})
+run_cli(0 second err --model ${MODEL} --prompt-ids ${last_token} --max-new 5 --temperature 0.9 --top-p 0.9
+        --seed 11 --load-state ${WORK_DIR}/state.bin)
+string(REGEX MATCH "generated:([ 0-9]+)" first_ids "${first}")
+set(first_ids "${CMAKE_MATCH_1}")
+string(REGEX MATCH "generated:([ 0-9]+)" second_ids "${second}")
+set(second_ids "${CMAKE_MATCH_1}")
+if(NOT "generated:${first_ids}${second_ids}" STREQUAL "${whole_ids}")
+  message(FATAL_ERROR "resumed run '${first_ids}' + '${second_ids}' differs from '${whole_ids}'")
+endif()
+
+# Errors: one line on stderr, a non-zero exit, never a crash.
+function(expect_error code regex)
+  run_cli(${code} out err ${ARGN})
+  expect_match("${err}" "^retnet_generate: error: ${regex}[^\n]*\n$" "error for ${ARGN}")
+endfunction()
+expect_error(2 "--model is required" --prompt-ids 1)
+expect_error(2 "unknown argument \"--bogus\"" --model ${MODEL} --prompt-ids 1 --bogus 3)
+expect_error(2 "--prompt-ids expects comma-separated integers" --model ${MODEL} --prompt-ids 1,x)
+expect_error(2 "--max-new expects a number" --model ${MODEL} --prompt-ids 1 --max-new ten)
+expect_error(2 "--precision must be float or double" --model ${MODEL} --prompt-ids 1 --precision half)
+expect_error(2 "--seed needs a value" --model ${MODEL} --prompt-ids 1 --seed)
+expect_error(1 ".*cannot open file" --model ${WORK_DIR}/missing.safetensors --prompt-ids 1)
+expect_error(1 ".*token ids must be in \\[0, 50\\), got 50" --model ${MODEL} --prompt-ids 1,50)
+expect_error(1 ".*temperature must be finite and >= 0" --model ${MODEL} --prompt-ids 1 --temperature -1)
+expect_error(1 ".*chunkSize must be >= 1" --model ${MODEL} --prompt-ids 1 --chunk 0)
+file(WRITE ${WORK_DIR}/garbage.bin "not a state")
+expect_error(1 ".*garbage.bin: " --model ${MODEL} --prompt-ids 1 --load-state ${WORK_DIR}/garbage.bin)
+file(WRITE ${WORK_DIR}/garbage.safetensors "\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+expect_error(1 ".*garbage.safetensors" --model ${WORK_DIR}/garbage.safetensors --prompt-ids 1)
