@@ -3,6 +3,7 @@
 // and every documented error.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -191,6 +192,31 @@ TEST(LayerHandoff, BatchItemsAtDifferentPositionsDecodeTogether) {
   for (Index c = 0; c < 64; ++c) {
     EXPECT_NEAR(together(0, 0, c), aloneA(0, 0, c), 1e-13);
     EXPECT_NEAR(together(1, 0, c), aloneB(0, 0, c), 1e-13);
+  }
+}
+
+// Work is split over (batch item, head) pairs, each computed whole by one thread, so any thread
+// count gives bitwise the same result (with OpenMP; without it this checks determinism).
+TEST(LayerThreads, ResultsAreBitwiseIdenticalForAnyThreadCount) {
+  const auto block = goldenBlock<float>(1e-6);
+  const Tensor3<float> x = randomInput<float>(3, 300, 64, 8);
+  const int before = numThreads();
+  std::vector<Tensor3<float>> results;
+  for (const int threads : {1, 2, 3}) {
+    setNumThreads(threads);
+    MultiScaleRetentionState<float> state;
+    results.push_back(block.forwardChunkwise(x, 64, state));
+    results.push_back(block.forwardParallel(x));
+    results.push_back(block.forwardRecurrent(x));
+  }
+  setNumThreads(before);
+  for (std::size_t i = 3; i < results.size(); ++i) {
+    const Tensor3<float>& a = results[i];
+    const Tensor3<float>& b = results[i % 3];
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())),
+              0)
+        << i;
   }
 }
 

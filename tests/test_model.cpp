@@ -92,6 +92,108 @@ TYPED_TEST(Model, EveryDecoderFileInTheDataFolder) {
   EXPECT_GE(checked, 1);
 }
 
+// Decoder files of the golden format with other shapes, logits from the naive float64 oracle:
+// 3 layers, 8 heads, swish, V = D, T = 1, chunk 1, chunk > T, batch 3, eps 1e-5, tied embedding.
+struct DecoderVariant {
+  const char* name;
+  long layers, embedDim, valueDim, heads, ffnDim, vocab, batch, time, chunk;
+  double eps;
+  bool swish, tied;
+};
+
+io::SafetensorsFile makeDecoderFile(const DecoderVariant& v, std::uint64_t seed) {
+  const long D = v.embedDim, V = v.valueDim, F = v.ffnDim;
+  const auto weights = [&](long rows, long cols) {
+    return testing::randomValues(static_cast<std::size_t>(rows * cols), ++seed,
+                                 1.0 / std::sqrt(static_cast<double>(cols)));
+  };
+  const auto norm = [&](long size) {
+    std::vector<double> w = testing::randomValues(static_cast<std::size_t>(size), ++seed, 0.1);
+    for (double& x : w) x += 1.0;
+    return w;
+  };
+  reference::NaiveDecoderWeights w;
+  w.vocab = v.vocab;
+  w.embed = testing::randomValues(static_cast<std::size_t>(v.vocab * D), ++seed);
+  w.finalNorm = norm(D);
+  w.outputProjection = v.tied ? w.embed : weights(v.vocab, D);
+  io::SafetensorsWriter writer;
+  for (long l = 0; l < v.layers; ++l) {
+    reference::NaiveLayerWeights layer;
+    layer.msr = {D,
+                 V,
+                 v.heads,
+                 v.eps,
+                 weights(D, D),
+                 weights(D, D),
+                 weights(V, D),
+                 weights(V, D),
+                 weights(D, V)};
+    layer.ffnDim = F;
+    layer.swish = v.swish;
+    layer.retentionNorm = norm(D);
+    layer.fc1 = weights(F, D);
+    layer.gate = weights(F, D);
+    layer.fc2 = weights(D, F);
+    layer.finalNorm = norm(D);
+    const std::string p = "layers." + std::to_string(l) + ".";
+    writer.addTensor(p + "retention.q_proj.weight", io::Dtype::F64, {D, D}, layer.msr.q.data());
+    writer.addTensor(p + "retention.k_proj.weight", io::Dtype::F64, {D, D}, layer.msr.k.data());
+    writer.addTensor(p + "retention.v_proj.weight", io::Dtype::F64, {V, D}, layer.msr.v.data());
+    writer.addTensor(p + "retention.g_proj.weight", io::Dtype::F64, {V, D}, layer.msr.g.data());
+    writer.addTensor(p + "retention.out_proj.weight", io::Dtype::F64, {D, V}, layer.msr.out.data());
+    writer.addTensor(p + "retention_layer_norm.weight", io::Dtype::F64, {D},
+                     layer.retentionNorm.data());
+    writer.addTensor(p + "ffn.fc1.weight", io::Dtype::F64, {F, D}, layer.fc1.data());
+    writer.addTensor(p + "ffn.gate.weight", io::Dtype::F64, {F, D}, layer.gate.data());
+    writer.addTensor(p + "ffn.fc2.weight", io::Dtype::F64, {D, F}, layer.fc2.data());
+    writer.addTensor(p + "final_layer_norm.weight", io::Dtype::F64, {D}, layer.finalNorm.data());
+    w.layers.push_back(std::move(layer));
+  }
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(v.batch * v.time));
+  std::vector<long> longIds(ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    longIds[i] = ids[i] =
+        static_cast<std::int64_t>((i * 7 + 3) % static_cast<std::size_t>(v.vocab));
+  writer.addMetadata("kind", "decoder");
+  writer.addMetadata("layers", std::to_string(v.layers));
+  writer.addMetadata("heads", std::to_string(v.heads));
+  writer.addMetadata("layernorm_eps", std::to_string(v.eps));
+  writer.addMetadata("activation_fn", v.swish ? "swish" : "gelu");
+  writer.addMetadata("chunk_size", std::to_string(v.chunk));
+  writer.addMetadata("share_decoder_input_output_embed", v.tied ? "True" : "False");
+  writer.addIntegers("tokens", {v.batch, v.time}, ids.data());
+  writer.addTensor("embed_tokens.weight", io::Dtype::F64, {v.vocab, D}, w.embed.data());
+  writer.addTensor("layer_norm.weight", io::Dtype::F64, {D}, w.finalNorm.data());
+  if (!v.tied)
+    writer.addTensor("output_projection.weight", io::Dtype::F64, {v.vocab, D},
+                     w.outputProjection.data());
+  const std::pair<reference::NaiveForm, const char*> forms[] = {
+      {reference::NaiveForm::kParallel, "logits_parallel"},
+      {reference::NaiveForm::kChunkwise, "logits_chunkwise"},
+      {reference::NaiveForm::kRecurrent, "logits_recurrent"}};
+  for (const auto& [form, name] : forms) {
+    const auto logits = reference::naiveDecoder(w, longIds, v.batch, v.time, form, v.chunk);
+    writer.addTensor(name, io::Dtype::F64, {v.batch, v.time, v.vocab}, logits.data());
+  }
+  return io::SafetensorsFile::fromBytes(writer.bytes(), v.name);
+}
+
+TYPED_TEST(Model, OtherShapesMatchTheOracleInEveryForm) {
+  const DecoderVariant variants[] = {
+      // name                   layers  D    V   H   F  vocab B   T  chunk eps   swish tied
+      {"3 layers heads=8 swish", 3, 64, 128, 8, 96, 40, 2, 19, 8, 1e-6, true, false},
+      {"V=D heads=1 batch=3 tied eps=1e-5", 2, 32, 32, 1, 64, 30, 3, 13, 4, 1e-5, false, true},
+      {"T=1 chunk>T", 2, 32, 64, 4, 64, 20, 2, 1, 16, 1e-6, false, false},
+      {"chunk=1", 1, 32, 64, 2, 48, 25, 1, 9, 1, 1e-6, true, false},
+  };
+  std::uint64_t seed = 500;
+  for (const DecoderVariant& v : variants) {
+    SCOPED_TRACE(v.name);
+    checkDecoderFile<TypeParam>(makeDecoderFile(v, seed += 1000));
+  }
+}
+
 // Prefill the first k tokens chunkwise, decode the rest one at a time, for every k. The prefill's
 // last logits are torchscale's chunkwise ones (1e-9). The decoded logits are its recurrent ones up
 // to the cross-form gap: layer 1's state is exact, but deeper layers' states were built from the

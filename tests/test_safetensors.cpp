@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -457,6 +458,15 @@ TEST(SafetensorsCorrupt, HeaderLengthBeyondFile) {
                       "header length 18446744073709551615 exceeds");
 }
 
+TEST(SafetensorsCorrupt, HeaderLengthBeyondFormatLimit) {
+  // The format caps headers at 100 MB; a longer one is refused before the file size matters.
+  EXPECT_FORMAT_ERROR(SafetensorsFile::fromBytes(rawFile("{}", {}, 100'000'001), kBadName),
+                      kBadName, "header length 100000001 exceeds the safetensors limit",
+                      "100000000 bytes");
+  EXPECT_FORMAT_ERROR(SafetensorsFile::fromBytes(rawFile("{}", {}, 100'000'000), kBadName),
+                      "header length 100000000 exceeds the 2 bytes");
+}
+
 TEST(SafetensorsCorrupt, MalformedJson) {
   EXPECT_FORMAT_ERROR(parse("{\"a\": "), kBadName, "header is not valid JSON");
   EXPECT_FORMAT_ERROR(parse("{} trailing"), kBadName, "header is not valid JSON");
@@ -474,6 +484,53 @@ TEST(SafetensorsCorrupt, DuplicateKey) {
                             R"("a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})",
                             16),
                       kBadName, "duplicate key 'a'");
+}
+
+TEST(SafetensorsCorrupt, DuplicateKeyInsideAnEntry) {
+  EXPECT_FORMAT_ERROR(parse(R"({"a":{"dtype":"F64","shape":[1],"dtype":"F32",)"
+                            R"("data_offsets":[0,8]}})",
+                            8),
+                      kBadName, "duplicate key 'dtype'");
+}
+
+// Found while hardening the reader for fuzz/fuzz_safetensors (at sizes beyond its inputs): deep
+// nesting made the error message's JSON dump recurse until the stack overflowed, a crash instead
+// of an error, from a header of a few hundred kilobytes.
+TEST(SafetensorsCorrupt, DeepNestingIsRejected) {
+  const std::size_t depth = 200'000;
+  EXPECT_FORMAT_ERROR(parse(R"({"w":{"dtype":"F64","shape":[)" + std::string(depth, '[') +
+                                std::string(depth, ']') + R"(],"data_offsets":[0,8]}})",
+                            8),
+                      kBadName, "header nests JSON objects and arrays deeper than 64 levels");
+  // 64 levels are fine: header object, entry, and 62 in a field the reader ignores.
+  const SafetensorsFile file =
+      parse(R"({"w":{"dtype":"F64","shape":[1],"x":)" + std::string(62, '[') +
+                std::string(62, ']') + R"(,"data_offsets":[0,8]}})",
+            8);
+  EXPECT_EQ(file.names(), std::vector<std::string>{"w"});
+  EXPECT_FORMAT_ERROR(parse(R"({"w":{"dtype":"F64","shape":[1],"x":)" + std::string(63, '{') +
+                                std::string(63, '}') + R"(,"data_offsets":[0,8]}})",
+                            8),
+                      "deeper than 64 levels");
+}
+
+// Found while hardening the reader for fuzz/fuzz_safetensors: parsing through nlohmann's callback
+// API rescanned the enclosing container at the end of every object, so a header of n objects
+// took time quadratic in n (minutes for a megabyte). Parsing is linear now; the bound below is
+// about 100x what it needs.
+TEST(SafetensorsCorrupt, ManyObjectsParseInLinearTime) {
+  std::string many = "[";
+  for (int i = 0; i < 200'000; ++i) many += "{},";
+  many += "{}]";
+  const std::string header = R"({"w":{"dtype":"F64","shape":[1],"x":)" + many +
+                             R"(,"data_offsets":[0,8]},"__metadata__":{"k":"v"}})";
+  const auto start = std::chrono::steady_clock::now();
+  const SafetensorsFile file = parse(header, 8);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(file.names(), std::vector<std::string>{"w"});
+  EXPECT_EQ(file.metadataValue("k"), std::optional<std::string>("v"));
+  EXPECT_LT(seconds, 20.0) << "parsing 200000 empty objects";
 }
 
 TEST(SafetensorsCorrupt, EntryNotAnObjectOrFieldsMissing) {
