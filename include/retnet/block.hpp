@@ -169,13 +169,13 @@ class RetNetBlock {
     normed = residual;
     detail::rmsNormRows(normed, config_.eps, &finalNorm_);
     auto hidden = detail::bufferView(ws.hidden, rows, 2 * F);  // (rows x 2F): fc1 z | gate z
-    hidden.noalias() = normed * ffnInput_.transpose();
+    detail::linear(normed, ffnInput_, hidden);
     auto activated = hidden.leftCols(F);
     detail::activateInPlace(activated.array(), config_.activation);
     activated.array() *= hidden.rightCols(F).array();
     Eigen::Map<RowMatrix<Scalar>> output(y, rows, D);
-    output = residual;
-    output.noalias() += activated * ffnOutput_.transpose();
+    detail::linear(activated, ffnOutput_, output);
+    output += residual;
   }
 
   Config config_;

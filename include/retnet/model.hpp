@@ -290,8 +290,7 @@ class RetNetModel {
   template <typename Hidden, typename Logits>
   void project(Hidden& hidden, Logits& logits) const {
     detail::rmsNormRows(hidden, config_.block.eps, &finalNorm_);
-    const RowMatrix<Scalar>& w = config_.tiedEmbedding ? embed_ : outputProjection_;
-    logits.noalias() = hidden * w.transpose();
+    detail::linear(hidden, config_.tiedEmbedding ? embed_ : outputProjection_, logits);
   }
 
   Tensor3<Scalar> forward(const char* where, Form form, const TokenMatrix& tokens, Index chunkSize,

@@ -7,6 +7,7 @@
 
 #include "retnet/activation.hpp"
 #include "retnet/detail/checks.hpp"
+#include "retnet/detail/linear.hpp"
 #include "retnet/detail/ops.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/detail/retention_kernel.hpp"
@@ -210,7 +211,7 @@ class MultiScaleRetention {
     // projections (rows x 2D+2V): [q | k | v | g] for every position, one GEMM.
     auto projections = detail::bufferView(ws.projections, rows, width);
     const Eigen::Map<const RowMatrix<Scalar>> input(x, rows, D);
-    projections.noalias() = input * inputWeights_.transpose();
+    detail::linear(input, inputWeights_, projections);
     rotate(projections, batch, time, state, ws);
 
     // retained (rows x V): heads side by side, each (time x dv) per batch item.
@@ -231,7 +232,7 @@ class MultiScaleRetention {
     retained.array() *= gate.array();
 
     Eigen::Map<RowMatrix<Scalar>> output(y, rows, D);
-    output.noalias() = retained * outputWeights_.transpose();
+    detail::linear(retained, outputWeights_, output);
     for (Index b = 0; b < batch; ++b) state.setPosition(b, state.position(b) + time);
   }
 

@@ -35,10 +35,12 @@ inline void setNumThreads(int threads) {
 namespace detail {
 
 /// Calls body(i, thread) for i in [0, count); `thread` indexes per-thread scratch space.
+/// With OpenMP the region opens even for one item, so that Eigen products inside the body see
+/// a parallel region and stay single-threaded: results never depend on the thread count.
 template <typename Body>
 void parallelFor(Eigen::Index count, Body&& body) {
 #ifdef _OPENMP
-  if (count > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+  if (omp_get_max_threads() > 1 && !omp_in_parallel()) {
 #pragma omp parallel for schedule(static)
     for (Eigen::Index i = 0; i < count; ++i) body(i, omp_get_thread_num());
     return;
