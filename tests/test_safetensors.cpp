@@ -5,7 +5,6 @@
 
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -508,29 +507,30 @@ TEST(SafetensorsCorrupt, DeepNestingIsRejected) {
                 std::string(62, ']') + R"(,"data_offsets":[0,8]}})",
             8);
   EXPECT_EQ(file.names(), std::vector<std::string>{"w"});
-  EXPECT_FORMAT_ERROR(parse(R"({"w":{"dtype":"F64","shape":[1],"x":)" + std::string(63, '{') +
-                                std::string(63, '}') + R"(,"data_offsets":[0,8]}})",
-                            8),
-                      "deeper than 64 levels");
+  std::string objects;
+  for (int i = 0; i < 63; ++i) objects += R"({"k":)";
+  objects += "0" + std::string(63, '}');
+  EXPECT_FORMAT_ERROR(
+      parse(R"({"w":{"dtype":"F64","shape":[1],"x":)" + objects + R"(,"data_offsets":[0,8]}})", 8),
+      "deeper than 64 levels");
 }
 
 // Found while hardening the reader for fuzz/fuzz_safetensors: parsing through nlohmann's callback
 // API rescanned the enclosing container at the end of every object, so a header of n objects
 // took time quadratic in n (minutes for a megabyte). Parsing is linear now; the bound below is
 // about 100x what it needs.
-TEST(SafetensorsCorrupt, ManyObjectsParseInLinearTime) {
+// A header with 200 000 objects: the old callback parser rescanned its container per object
+// (minutes here); the linear one takes ~0.2 s under ASan. Speed is not asserted (no timed
+// assertions in tests): a quadratic regression shows up as this test hitting CTest's timeout.
+TEST(SafetensorsCorrupt, ManyObjectsParse) {
   std::string many = "[";
   for (int i = 0; i < 200'000; ++i) many += "{},";
   many += "{}]";
   const std::string header = R"({"w":{"dtype":"F64","shape":[1],"x":)" + many +
                              R"(,"data_offsets":[0,8]},"__metadata__":{"k":"v"}})";
-  const auto start = std::chrono::steady_clock::now();
   const SafetensorsFile file = parse(header, 8);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(file.names(), std::vector<std::string>{"w"});
   EXPECT_EQ(file.metadataValue("k"), std::optional<std::string>("v"));
-  EXPECT_LT(seconds, 20.0) << "parsing 200000 empty objects";
 }
 
 TEST(SafetensorsCorrupt, EntryNotAnObjectOrFieldsMissing) {

@@ -8,6 +8,12 @@
 // The reader loads the whole file and validates the header completely before anything is read, so
 // every later read is in bounds. Every problem is a retnet::FormatError naming the file, the
 // tensor when there is one, and what was expected against what was found.
+//
+// Hostile files cost bounded work: nothing a header claims is allocated unless the file holds the
+// bytes for it (a tensor's byte size must equal its span inside the data section, so a read
+// allocates at most 4x that span: F16 -> double), the header is parsed in linear time into a
+// JSON document of a bounded multiple of its length, at most kMaxHeaderLength bytes long (the
+// format's own limit) and at most kMaxHeaderDepth containers deep.
 #pragma once
 
 #include <Eigen/Core>
@@ -23,7 +29,6 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -101,6 +106,14 @@ struct TensorInfo {
     return count;
   }
 };
+
+/// The longest header the reader accepts: the safetensors format caps it at 100 MB.
+inline constexpr std::uint64_t kMaxHeaderLength = 100'000'000;
+
+/// The deepest nesting of JSON objects and arrays the reader accepts in a header; a valid one
+/// needs 3 (header object, tensor entry, shape). The limit keeps hostile nesting from exhausting
+/// the stack of recursive JSON code (nlohmann's dump() in error messages).
+inline constexpr std::size_t kMaxHeaderDepth = 64;
 
 namespace detail {
 
@@ -210,6 +223,89 @@ inline std::optional<Eigen::Index> checkedNumel(const std::vector<Eigen::Index>&
   }
   return count;
 }
+
+/// Builds a header's JSON document from nlohmann's SAX events, in time linear in the header
+/// (nlohmann's parse() with a callback rescans the parent object at every object end, which is
+/// quadratic in the number of objects). Stops at the first duplicate key in any object (nlohmann
+/// keeps the last silently, and a duplicated tensor name would hide a tensor), at nesting deeper
+/// than `maxDepth`, or at a syntax error; error() then says which.
+class HeaderBuilder final : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  HeaderBuilder(nlohmann::json& root, std::size_t maxDepth) : root_(root), maxDepth_(maxDepth) {}
+
+  const std::string& error() const { return error_; }
+
+  bool null() override { return place(nullptr) != nullptr; }
+  bool boolean(bool value) override { return place(value) != nullptr; }
+  bool number_integer(number_integer_t value) override { return place(value) != nullptr; }
+  bool number_unsigned(number_unsigned_t value) override { return place(value) != nullptr; }
+  bool number_float(number_float_t value, const string_t&) override {
+    return place(value) != nullptr;
+  }
+  bool string(string_t& value) override { return place(std::move(value)) != nullptr; }
+  bool binary(binary_t& value) override {  // Not produced by JSON text; kept for completeness.
+    return place(nlohmann::json::binary(std::move(value))) != nullptr;
+  }
+
+  bool start_object(std::size_t) override { return open(nlohmann::json::object()); }
+  bool start_array(std::size_t) override { return open(nlohmann::json::array()); }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+
+  bool key(string_t& name) override {
+    nlohmann::json& object = *open_.back();
+    if (object.contains(name)) {
+      error_ = retnet::detail::concat("header has duplicate key '", name, "'");
+      return false;
+    }
+    slot_ = &object[name];
+    return true;
+  }
+
+  bool parse_error(std::size_t, const std::string&,
+                   const nlohmann::json::exception& error) override {
+    error_ = retnet::detail::concat("header is not valid JSON: ", error.what());
+    return false;
+  }
+
+ private:
+  /// Puts `value` where the parser is (the root, the end of the open array, or the slot of the
+  /// last key) and returns where it went. Open containers never move: only the innermost grows.
+  nlohmann::json* place(nlohmann::json value) {
+    if (open_.empty()) {
+      root_ = std::move(value);
+      return &root_;
+    }
+    nlohmann::json& parent = *open_.back();
+    if (parent.is_array()) {
+      parent.push_back(std::move(value));
+      return &parent.back();
+    }
+    *slot_ = std::move(value);
+    return slot_;
+  }
+
+  bool open(nlohmann::json container) {
+    if (open_.size() >= maxDepth_) {
+      error_ = retnet::detail::concat("header nests JSON objects and arrays deeper than ",
+                                      maxDepth_, " levels");
+      return false;
+    }
+    open_.push_back(place(std::move(container)));
+    return true;
+  }
+
+  bool close() {
+    open_.pop_back();
+    return true;
+  }
+
+  nlohmann::json& root_;
+  std::size_t maxDepth_;
+  std::vector<nlohmann::json*> open_;  ///< The containers being filled, outermost first.
+  nlohmann::json* slot_ = nullptr;     ///< Where the value of the last key goes.
+  std::string error_;
+};
 
 /// Whether nlohmann can serialize `text` (it must be valid UTF-8 to go into the JSON header).
 inline bool isValidUtf8(const std::string& text) {
@@ -450,6 +546,10 @@ class SafetensorsFile {
     }
     const std::uint64_t headerLength = detail::loadLittleEndian<std::uint64_t>(bytes_.data());
     // Checked before the length is used for anything, so a corrupt length allocates nothing.
+    if (headerLength > kMaxHeaderLength) {
+      fail("header length ", headerLength, " exceeds the safetensors limit of ", kMaxHeaderLength,
+           " bytes");
+    }
     const std::size_t available = bytes_.size() - 8;
     if (headerLength > available) {
       fail("header length ", headerLength, " exceeds the ", available,
@@ -459,27 +559,10 @@ class SafetensorsFile {
     const std::size_t dataSize = bytes_.size() - dataStart_;
 
     nlohmann::json header;
-    std::string duplicateKey;
-    try {
-      // nlohmann keeps the last of duplicate keys silently; a duplicated tensor name would hide
-      // a tensor, so the keys of every object are tracked while parsing.
-      std::vector<std::set<std::string>> openObjects;
-      auto trackKeys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-        if (event == nlohmann::json::parse_event_t::object_start) {
-          openObjects.emplace_back();
-        } else if (event == nlohmann::json::parse_event_t::object_end) {
-          openObjects.pop_back();
-        } else if (event == nlohmann::json::parse_event_t::key && !openObjects.empty()) {
-          const std::string& key = parsed.get_ref<const std::string&>();
-          if (!openObjects.back().insert(key).second && duplicateKey.empty()) duplicateKey = key;
-        }
-        return true;
-      };
-      header = nlohmann::json::parse(bytes_.data() + 8, bytes_.data() + dataStart_, trackKeys);
-    } catch (const nlohmann::json::exception& error) {
-      fail("header is not valid JSON: ", error.what());
+    detail::HeaderBuilder builder(header, kMaxHeaderDepth);
+    if (!nlohmann::json::sax_parse(bytes_.data() + 8, bytes_.data() + dataStart_, &builder)) {
+      fail(builder.error());
     }
-    if (!duplicateKey.empty()) fail("header has duplicate key '", duplicateKey, "'");
     if (!header.is_object()) fail("header must be a JSON object, got ", header.type_name());
 
     std::vector<const TensorInfo*> byOffset;
