@@ -252,8 +252,12 @@ TEST(Sampling, TopKAndTopPNeverLeaveTheAllowedSet) {
   for (const int allowed : {0, 2, 6}) EXPECT_GT(seenK[static_cast<std::size_t>(allowed)], 300);
   for (const int allowed : {0, 6}) EXPECT_GT(seenP[static_cast<std::size_t>(allowed)], 600);
   for (std::size_t i = 0; i < 8; ++i) {
-    if (i != 0 && i != 2 && i != 6) EXPECT_EQ(seenK[i], 0) << i;
-    if (i != 0 && i != 6) EXPECT_EQ(seenP[i], 0) << i;
+    if (i != 0 && i != 2 && i != 6) {
+      EXPECT_EQ(seenK[i], 0) << i;
+    }
+    if (i != 0 && i != 6) {
+      EXPECT_EQ(seenP[i], 0) << i;
+    }
   }
 }
 

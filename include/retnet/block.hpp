@@ -102,6 +102,23 @@ class RetNetBlock {
     forwardRows(Form::kRecurrent, x.data(), x.batch(), x.time(), 0, state, out.data());
   }
 
+  /// The form and chunk size chosen for you: chunkwise with recommendedChunkSize() (for
+  /// T <= that chunk, one chunk: the parallel computation with the chunkwise normalisation).
+  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x, State& state) const {
+    return forwardChunkwise(x, recommendedChunkSize(), state);
+  }
+  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x) const {
+    State state;
+    return forward(x, state);
+  }
+
+  /// Chunk size of forward(): measured fastest on the benchmark machine (bench/README.md) for
+  /// per-head widths from 64 to 256; smaller chunks waste less of the causal mask, larger ones
+  /// keep the per-chunk products GEMM-shaped.
+  Index recommendedChunkSize() const {
+    return detail::recommendedChunkSize(config_.embedDim / config_.heads);
+  }
+
   /// Any form by value: chunkSize is used by the chunkwise form only.
   Tensor3<Scalar> forward(Form form, ConstTensor3Ref<Scalar> x, Index chunkSize,
                           State& state) const {
@@ -125,10 +142,14 @@ class RetNetBlock {
                    State& state, Scalar* y) const {
     if (time == 1) {
       forwardRows(form, x, batch, time, chunkSize, state, y, state.workspace());
-    } else {
-      detail::LayerWorkspace<Scalar> workspace;
-      forwardRows(form, x, batch, time, chunkSize, state, y, workspace);
+      return;
     }
+    detail::LayerWorkspace<Scalar> ws;
+    detail::forEachSlab(x, batch, time, config_.embedDim, config_.embedDim,
+                        detail::slabLength(form, time, chunkSize), y, ws,
+                        [&](const Scalar* xs, Index slabTime, Scalar* ys) {
+                          forwardRows(form, xs, batch, slabTime, chunkSize, state, ys, ws);
+                        });
   }
 
   static Config checkedConfig(const Config& config) {
@@ -159,23 +180,34 @@ class RetNetBlock {
 
     // h = x + MSR(RMSNorm(x))
     auto normed = detail::bufferView(ws.normed, rows, D);
-    normed = input;
-    detail::rmsNormRows(normed, config_.eps, &retentionNorm_);
     auto residual = detail::bufferView(ws.residual, rows, D);
+    detail::forRowBlocks(rows, [&](Index begin, Index count) {
+      auto block = normed.middleRows(begin, count);
+      block = input.middleRows(begin, count);
+      detail::rmsNormRows(block, config_.eps, &retentionNorm_);
+    });
     retention_.forwardRows(form, normed.data(), batch, time, chunkSize, state, residual.data(), ws);
-    residual += input;
 
     // y = h + fc2(act(fc1 z) ⊙ gate z), z = RMSNorm(h)
-    normed = residual;
-    detail::rmsNormRows(normed, config_.eps, &finalNorm_);
+    detail::forRowBlocks(rows, [&](Index begin, Index count) {
+      residual.middleRows(begin, count) += input.middleRows(begin, count);
+      auto block = normed.middleRows(begin, count);
+      block = residual.middleRows(begin, count);
+      detail::rmsNormRows(block, config_.eps, &finalNorm_);
+    });
     auto hidden = detail::bufferView(ws.hidden, rows, 2 * F);  // (rows x 2F): fc1 z | gate z
     detail::linear(normed, ffnInput_, hidden);
     auto activated = hidden.leftCols(F);
-    detail::activateInPlace(activated.array(), config_.activation);
-    activated.array() *= hidden.rightCols(F).array();
+    detail::forRowBlocks(rows, [&](Index begin, Index count) {
+      auto block = activated.middleRows(begin, count);
+      detail::activateInPlace(block.array(), config_.activation);
+      block.array() *= hidden.block(begin, F, count, F).array();
+    });
     Eigen::Map<RowMatrix<Scalar>> output(y, rows, D);
     detail::linear(activated, ffnOutput_, output);
-    output += residual;
+    detail::forRowBlocks(rows, [&](Index begin, Index count) {
+      output.middleRows(begin, count) += residual.middleRows(begin, count);
+    });
   }
 
   Config config_;

@@ -139,6 +139,21 @@ class MultiScaleRetention {
     forwardRows(Form::kRecurrent, x.data(), x.batch(), x.time(), 0, state, out.data());
   }
 
+  /// The form and chunk size chosen for you: chunkwise with recommendedChunkSize() (for
+  /// T <= that chunk, one chunk: the parallel computation with the chunkwise normalisation).
+  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x, State& state) const {
+    return forwardChunkwise(x, recommendedChunkSize(), state);
+  }
+  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x) const {
+    State state;
+    return forward(x, state);
+  }
+
+  /// Chunk size of forward(): measured fastest on the benchmark machine (bench/README.md) for
+  /// per-head widths from 64 to 256; smaller chunks waste less of the causal mask, larger ones
+  /// keep the per-chunk products GEMM-shaped.
+  Index recommendedChunkSize() const { return detail::recommendedChunkSize(config_.keyDim()); }
+
   /// Any form by value: chunkSize is used by the chunkwise form only.
   Tensor3<Scalar> forward(Form form, ConstTensor3Ref<Scalar> x, Index chunkSize,
                           State& state) const {
@@ -192,16 +207,20 @@ class MultiScaleRetention {
   }
 
   /// x (batch·time x D) -> y (batch·time x D); arguments already checked. Single positions use
-  /// the state's workspace (no allocation when decoding); longer inputs a temporary one, so a
-  /// state never holds prefill-sized buffers.
+  /// the state's workspace (no allocation when decoding); longer inputs run in slabs of whole
+  /// chunks through a temporary workspace of slab size (see detail::forEachSlab).
   void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
                    State& state, Scalar* y) const {
     if (time == 1) {
       forwardRows(form, x, batch, time, chunkSize, state, y, state.workspace());
-    } else {
-      detail::LayerWorkspace<Scalar> workspace;
-      forwardRows(form, x, batch, time, chunkSize, state, y, workspace);
+      return;
     }
+    detail::LayerWorkspace<Scalar> ws;
+    detail::forEachSlab(x, batch, time, config_.embedDim, config_.embedDim,
+                        detail::slabLength(form, time, chunkSize), y, ws,
+                        [&](const Scalar* xs, Index slabTime, Scalar* ys) {
+                          forwardRows(form, xs, batch, slabTime, chunkSize, state, ys, ws);
+                        });
   }
 
   void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
@@ -220,16 +239,18 @@ class MultiScaleRetention {
 
     // Group norm (RMS over each head's dv values, no weight), then the swish gate.
     const Index dv = config_.headValueDim();
-    for (Index r = 0; r < rows; ++r) {
-      for (Index h = 0; h < config_.heads; ++h) {
-        auto head = retained.row(r).segment(h * dv, dv);
-        head *= Scalar(1) / std::sqrt(head.squaredNorm() / static_cast<Scalar>(dv) +
-                                      static_cast<Scalar>(config_.eps));
+    detail::forRowBlocks(rows, [&](Index begin, Index count) {
+      for (Index r = begin; r < begin + count; ++r) {
+        for (Index h = 0; h < config_.heads; ++h) {
+          auto head = retained.row(r).segment(h * dv, dv);
+          head *= Scalar(1) / std::sqrt(head.squaredNorm() / static_cast<Scalar>(dv) +
+                                        static_cast<Scalar>(config_.eps));
+        }
       }
-    }
-    auto gate = projections.middleCols(2 * D + V, V);
-    detail::activateInPlace(gate.array(), config_.gate);
-    retained.array() *= gate.array();
+      auto gate = projections.block(begin, 2 * D + V, count, V);
+      detail::activateInPlace(gate.array(), config_.gate);
+      retained.middleRows(begin, count).array() *= gate.array();
+    });
 
     Eigen::Map<RowMatrix<Scalar>> output(y, rows, D);
     detail::linear(retained, outputWeights_, output);
@@ -245,13 +266,19 @@ class MultiScaleRetention {
     for (Index b = 0; b < batch; ++b) {
       const Index start = state.position(b);
       if (b == 0 || start != state.position(b - 1)) {  // items usually share their positions
-        for (Index t = 0; t < time; ++t) rotary_.fillTable(start + t, &cosines(t, 0), &sines(t, 0));
+        detail::forRowBlocks(time, [&](Index begin, Index count) {
+          for (Index t = begin; t < begin + count; ++t) {
+            rotary_.fillTable(start + t, &cosines(t, 0), &sines(t, 0));
+          }
+        });
       }
-      for (Index t = 0; t < time; ++t) {
-        Scalar* row = &projections(b * time + t, 0);
-        rotary_.rotate(row, config_.heads, &cosines(t, 0), &sines(t, 0));      // q
-        rotary_.rotate(row + D, config_.heads, &cosines(t, 0), &sines(t, 0));  // k
-      }
+      detail::forRowBlocks(time, [&](Index begin, Index count) {
+        for (Index t = begin; t < begin + count; ++t) {
+          Scalar* row = &projections(b * time + t, 0);
+          rotary_.rotate(row, config_.heads, &cosines(t, 0), &sines(t, 0));      // q
+          rotary_.rotate(row + D, config_.heads, &cosines(t, 0), &sines(t, 0));  // k
+        }
+      });
     }
   }
 
