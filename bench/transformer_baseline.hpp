@@ -19,6 +19,7 @@
 #include <cmath>
 
 #include "retnet/activation.hpp"
+#include "retnet/detail/linear.hpp"
 #include "retnet/detail/ops.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/errors.hpp"
@@ -125,7 +126,10 @@ class TransformerLayer {
     const Index dk = config_.keyDim(), dv = config_.headValueDim();
     const Index position = length_, n = length_ + 1;
 
-    projections_.noalias() = inputWeights_ * Eigen::Map<const VectorF>(x, D);
+    // The dense layers use retnet's own (detail::linear): the same code, threads and speed.
+    const Eigen::Map<const Matrix> input(x, 1, D);
+    Eigen::Map<Matrix> projections(projections_.data(), 1, projections_.size());
+    retnet::detail::linear(input, inputWeights_, projections);
     rotary_.fillTable(position, cosines_.data(), sines_.data());
     rotary_.rotate(projections_.data(), H, cosines_.data(), sines_.data());      // q
     rotary_.rotate(projections_.data() + D, H, cosines_.data(), sines_.data());  // k
@@ -151,7 +155,9 @@ class TransformerLayer {
       for (Index j = 0; j < n; ++j) head += scores(j) * values.row(j).transpose();
       head *= 1.0f / total;
     });
-    Eigen::Map<VectorF>(y, D).noalias() = outputWeights_ * attended_;
+    const Eigen::Map<const Matrix> attended(attended_.data(), 1, attended_.size());
+    Eigen::Map<Matrix> output(y, 1, D);
+    retnet::detail::linear(attended, outputWeights_, output);
     length_ = n;
   }
 
@@ -167,13 +173,15 @@ class TransformerLayer {
 
     normed = residual_.transpose();
     retnet::detail::rmsNormRows(normed, config_.eps, &finalNorm_);
-    hidden_.noalias() = ffnInput_ * normed_;
+    Eigen::Map<Matrix> hidden(hidden_.data(), 1, hidden_.size());
+    retnet::detail::linear(normed, ffnInput_, hidden);
     auto activated = hidden_.head(F);
     retnet::detail::activateInPlace(activated.array(), config_.activation);
     activated.array() *= hidden_.tail(F).array();
-    Eigen::Map<VectorF> output(y, D);
-    output = residual_;
-    output.noalias() += ffnOutput_ * activated;
+    const Eigen::Map<const Matrix> activatedRow(hidden_.data(), 1, F);
+    Eigen::Map<Matrix> output(y, 1, D);
+    retnet::detail::linear(activatedRow, ffnOutput_, output);
+    output += residual_.transpose();
   }
 
  private:
