@@ -379,6 +379,28 @@ TEST(Generation, SaveLoadContinueEqualsUninterrupted) {
   std::filesystem::remove(path);
 }
 
+// A state is a value: a copy branches the conversation, and each branch continues as if it had
+// been computed on its own from the start.
+TEST(Generation, CopiedStatesBranchIndependently) {
+  const auto& model = doubleModel();
+  RetNetModelState<double> trunk;
+  model.prefill(TokenMatrix::Constant(1, 5, 7), trunk, 4);
+  RetNetModelState<double> branch = trunk;
+  const RowMatrix<double> a = model.decode({11}, trunk);
+  const RowMatrix<double> b = model.decode({12}, branch);
+  TokenMatrix withA(1, 6), withB(1, 6);
+  withA << 7, 7, 7, 7, 7, 11;
+  withB << 7, 7, 7, 7, 7, 12;
+  RetNetModelState<double> freshA, freshB;
+  model.prefill(withA.leftCols(5), freshA, 4);
+  model.prefill(withB.leftCols(5), freshB, 4);
+  EXPECT_EQ(model.decode({11}, freshA), a);  // same arithmetic, so bitwise equal
+  EXPECT_EQ(model.decode({12}, freshB), b);
+  EXPECT_NE(a, b);
+  EXPECT_EQ(trunk.position(0), 6);
+  EXPECT_EQ(branch.position(0), 6);
+}
+
 TEST(StateFile, RoundTripsExactlyAndConvertsPrecision) {
   const auto& model = doubleModel();
   RetNetModelState<double> state;
