@@ -62,7 +62,6 @@ class RetNetModelState {
   /// Scratch for decoding steps; not part of the value (a copy starts empty).
   struct Workspace {
     Vector<Scalar> hidden, other;  // (batch x D) activations between layers
-    std::vector<Index> sampling;
   };
   Workspace& workspace() const { return workspace_.get(); }
 
