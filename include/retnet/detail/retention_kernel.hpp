@@ -85,14 +85,39 @@ RowsMap<Scalar> middleRows(RowsMap<Scalar>& m, Index start, Index count) {
                          Eigen::OuterStride<>(m.outerStride()));
 }
 
+/// S <- γ^n S + Σ_{j in [from, to)} γ^(to-1-j) k_jᵀ v_j (n = to - from): the state after `from`
+/// rows of the chunk advanced to `to` rows, each key decayed to the last row before entering.
+template <typename Scalar>
+void advanceState(const ConstRowsMap<Scalar>& k, const ConstRowsMap<Scalar>& v,
+                  const ChunkPlan<Scalar>& plan, Index from, Index to, StateMap<Scalar>& state,
+                  bool stateIsZero, ChunkScratch<Scalar>& scratch) {
+  const Index n = to - from;
+  auto weightedKeys = ChunkScratch<Scalar>::view(scratch.weightedKeys, n, k.cols());
+  weightedKeys.noalias() = plan.powers.head(n).reverse().asDiagonal() * middleRows(k, from, n);
+  if (stateIsZero) {
+    state.noalias() = weightedKeys.transpose() * middleRows(v, from, n);
+  } else {
+    state *= plan.powers(n);
+    state.noalias() += weightedKeys.transpose() * middleRows(v, from, n);
+  }
+}
+
 /// One chunk of c <= plan.rows positions: writes out (c x dv) and advances S by c positions.
 /// `stateIsZero` skips the cross-chunk product when S is known to be zero.
+///
+/// Rows go in blocks of kRowBlock. A block's output (eq. 7) is formed one of two ways, equal in
+/// exact arithmetic: directly, as the masked scores against every earlier key of the chunk times
+/// their values plus γ^(i+1) q_i S; or, once the block starts more than 2·dk rows into the chunk
+/// (where that is cheaper: 2·dk·dv per row for q·S and the state update against r0·dv for the
+/// earlier values), by advancing S to the block's first row and using the block's own keys
+/// only — the chunkwise form within the chunk. The normalisers (RowScaling) still sum |scores|
+/// over every earlier key of the chunk, as torchscale's do; plain retention skips those scores.
 template <typename Scalar>
 void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k,
                     const ConstRowsMap<Scalar>& v, const ChunkPlan<Scalar>& plan,
                     RowScaling scaling, StateMap<Scalar>& state, bool stateIsZero,
                     RowsMap<Scalar>& out, ChunkScratch<Scalar>& scratch) {
-  const Index c = q.rows();
+  const Index c = q.rows(), keyDim = k.cols();
   // q is (c x dk), k (c x dk), v (c x dv), state (dk x dv), out (c x dv)
 
   // torchscale's cross-chunk normaliser, read from the state before this chunk: the largest
@@ -102,28 +127,38 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     sigma = std::max<Scalar>(state.cwiseAbs().colwise().sum().maxCoeff() / plan.windowSum, 1);
   }
 
+  Index stateRow = 0;  // `state` holds S advanced over the chunk's rows [0, stateRow)
   for (Index r0 = 0; r0 < c; r0 += kRowBlock) {
     const Index rb = std::min(kRowBlock, c - r0), r1 = r0 + rb;  // rows [r0, r1) see keys [0, r1)
     const ConstRowsMap<Scalar> qBlock = middleRows(q, r0, rb);
     RowsMap<Scalar> outBlock = middleRows(out, r0, rb);
+    const bool viaState = r0 > 2 * keyDim;
+    if (viaState && stateRow < r0) {
+      advanceState(k, v, plan, stateRow, r0, state, stateIsZero && stateRow == 0, scratch);
+      stateRow = r0;
+    }
 
-    // Inner-chunk term (QKᵀ ⊙ D) V, row i masked by γ^(i-j) for j <= i and 0 beyond.
-    auto scores = ChunkScratch<Scalar>::view(scratch.scores, rb, r1);
-    scores.noalias() = qBlock * middleRows(k, 0, r1).transpose();
+    // Decayed scores (QKᵀ ⊙ D) against keys [keyBegin, r1): row i masked by γ^(i-j) for j <= i
+    // and 0 beyond.
+    const Index keyBegin = viaState && scaling == RowScaling::kNone ? r0 : 0;
+    auto scores = ChunkScratch<Scalar>::view(scratch.scores, rb, r1 - keyBegin);
+    scores.noalias() = qBlock * middleRows(k, keyBegin, r1 - keyBegin).transpose();
     for (Index i = r0; i < r1; ++i) {
       auto row = scores.row(i - r0);
-      row.head(i + 1).array() *= plan.powers.head(i + 1).reverse().transpose().array();
+      const Index seen = i + 1 - keyBegin;
+      row.head(seen).array() *= plan.powers.head(seen).reverse().transpose().array();
       row.tail(r1 - 1 - i).setZero();
     }
     auto rowAbsSum = ChunkScratch<Scalar>::view(scratch.rowAbsSum, rb, 1);
     if (scaling != RowScaling::kNone) rowAbsSum.noalias() = scores.cwiseAbs().rowwise().sum();
-    outBlock.noalias() = scores * middleRows(v, 0, r1);
 
-    // Cross-chunk term γ^(i+1) q_i S.
-    if (!stateIsZero) {
+    // Inner term from the keys not folded into `state`, then the cross term γ^(i+1-stateRow)
+    // q_i S from those that are.
+    outBlock.noalias() = scores.rightCols(r1 - stateRow) * middleRows(v, stateRow, r1 - stateRow);
+    if (!(stateIsZero && stateRow == 0)) {
       auto crossTerm = ChunkScratch<Scalar>::view(scratch.crossTerm, rb, state.cols());
       crossTerm.noalias() = qBlock * state;
-      outBlock.noalias() += plan.powers.segment(r0 + 1, rb).asDiagonal() * crossTerm;
+      outBlock.noalias() += plan.powers.segment(r0 - stateRow + 1, rb).asDiagonal() * crossTerm;
     }
 
     if (scaling != RowScaling::kNone) {
@@ -139,15 +174,8 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     }
   }
 
-  // S <- γ^c S + Σ_j γ^(c-1-j) k_jᵀ v_j: each key decays to the end of the chunk before entering.
-  auto weightedKeys = ChunkScratch<Scalar>::view(scratch.weightedKeys, c, k.cols());
-  weightedKeys.noalias() = plan.powers.head(c).reverse().asDiagonal() * k;
-  if (stateIsZero) {
-    state.noalias() = weightedKeys.transpose() * v;
-  } else {
-    state *= plan.powers(c);
-    state.noalias() += weightedKeys.transpose() * v;
-  }
+  // The state after the chunk (eq. 7's recurrence over the chunk's keys not yet folded in).
+  advanceState(k, v, plan, stateRow, c, state, stateIsZero && stateRow == 0, scratch);
 }
 
 /// Runs consecutive chunks of `chunkSize` over the (time x ·) slices, the last one possibly

@@ -1,0 +1,290 @@
+#!/usr/bin/python3
+"""Times the reference implementation (Microsoft's torchscale, PyTorch on the CPU) on the shapes of
+bench_forms / bench_decode, so that retnet's figures can be read against it on the same machine.
+
+    bench/reference_torchscale.py --torchscale DIR [--threads 1 2] [--out FILE]       # sweep
+    bench/reference_torchscale.py --torchscale DIR --compare build-bench [--rounds 3]  # vs retnet
+
+Needs PyTorch (Debian: python3-torch, with an optimised BLAS such as libopenblas0-openmp selected
+as libblas.so.3) and a checkout of torchscale (github.com/microsoft/torchscale; the golden files
+were made at commit 4d1e0e8). Nothing of torchscale is part of retnet: the checkout is only put on
+sys.path. torchscale imports fairscale, timm and einops at module level for features these layers do
+not use (activation checkpointing, drop path, softmax attention); when they are not installed, inert
+stand-ins are registered so the import succeeds (drop_path_rate is 0, checkpointing is off and no
+attention layer is built, so they are never called).
+
+What is timed, float32, batch 1, torch.no_grad(), config A (embed 1024, value 2048, heads 4,
+FFN 2048, gelu) unless --config B:
+  * MultiScaleRetention parallel (T = 512, 2048) and chunkwise (T = 2048, 8192; chunk 64 … 512),
+  * DecoderLayer chunkwise (T = 2048, 8192) and parallel (T = 2048),
+  * one recurrent decode step of both, after a state has been built (torchscale's state is
+    (B, H, dk, dv) whatever the context length, so one context length suffices).
+The relative-position tensors (sin/cos and decay masks) are built once, outside the timed region,
+as RetNetDecoder.forward builds them once for all layers: this favours the reference.
+With --compare, the reference and retnet's bench binaries (built by bench/run.sh into the given
+build directory) run the same cases one after the other, round after round, and the speed-ups
+retnet / reference are reported per round and as their median: on a noisy machine only
+measurements taken side by side compare.
+Each case runs once to warm up, then repeats until --min-time seconds have passed (at least
+--min-reps times); the JSON holds the median and the minimum wall time of one call.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+
+
+def install_import_stand_ins():
+    """Registers inert fairscale / timm modules when the real ones are missing (see docstring)."""
+    try:
+        import fairscale.nn  # noqa: F401
+    except ImportError:
+        fairscale = types.ModuleType("fairscale")
+        fairscale_nn = types.ModuleType("fairscale.nn")
+        fairscale_nn.checkpoint_wrapper = lambda module, **kwargs: module
+        fairscale_nn.wrap = lambda module, **kwargs: module
+        fairscale.nn = fairscale_nn
+        sys.modules["fairscale"] = fairscale
+        sys.modules["fairscale.nn"] = fairscale_nn
+    try:
+        import timm.models.layers  # noqa: F401
+    except ImportError:
+        def drop_path(*args, **kwargs):
+            raise RuntimeError("drop_path stand-in called: drop_path_rate must be 0")
+        names = ["timm", "timm.models", "timm.models.layers"]
+        modules = {name: types.ModuleType(name) for name in names}
+        modules["timm.models.layers"].drop_path = drop_path
+        modules["timm"].models = modules["timm.models"]
+        modules["timm.models"].layers = modules["timm.models.layers"]
+        sys.modules.update(modules)
+    try:
+        import einops  # noqa: F401
+    except ImportError:
+        einops = types.ModuleType("einops")
+
+        def rearrange(*args, **kwargs):
+            raise RuntimeError("einops stand-in called: only softmax attention uses it")
+        einops.rearrange = rearrange
+        sys.modules["einops"] = einops
+
+
+CONFIGS = {
+    "A": dict(embed=1024, value=2048, heads=4, ffn=2048),
+    "B": dict(embed=512, value=1024, heads=8, ffn=1024),
+}
+
+
+def time_call(function, min_time, min_reps):
+    function()  # warm-up: first-touch allocations, BLAS thread start-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times), len(times)
+
+
+class Reference:
+    """torchscale's MultiScaleRetention and DecoderLayer at one configuration; each method returns
+    a zero-argument callable that runs one case on prepared inputs."""
+
+    def __init__(self, torchscale_dir, dims):
+        install_import_stand_ins()
+        sys.path.insert(0, os.path.abspath(torchscale_dir))
+        import torch
+        from torchscale.architecture.config import RetNetConfig
+        from torchscale.architecture.retnet import DecoderLayer, RetNetRelPos
+        self.torch, self.RetNetConfig, self.RetNetRelPos = torch, RetNetConfig, RetNetRelPos
+        self.dims = dims
+        torch.manual_seed(0)
+        self.layer = DecoderLayer(self.args(64), depth=0).eval()
+        self.msr = self.layer.retention
+
+    def args(self, chunk):
+        d = self.dims
+        return self.RetNetConfig(decoder_embed_dim=d["embed"], decoder_value_embed_dim=d["value"],
+                                 decoder_retention_heads=d["heads"],
+                                 decoder_ffn_embed_dim=d["ffn"], activation_fn="gelu",
+                                 recurrent_chunk_size=chunk, chunkwise_recurrent=True,
+                                 dropout=0.0, drop_path_rate=0.0, decoder_layers=1)
+
+    def rel_pos(self, length, chunk, mode):
+        relpos = self.RetNetRelPos(self.args(chunk))
+        return relpos(length, activate_recurrent=(mode == "recurrent"),
+                      chunkwise_recurrent=(mode == "chunkwise"))
+
+    def sequence(self, module, length, chunk=None):
+        """The whole-sequence case: parallel when chunk is None, else chunkwise."""
+        x = self.torch.randn(1, length, self.dims["embed"])
+        mode = "parallel" if chunk is None else "chunkwise"
+        rel_pos = self.rel_pos(length, chunk or 64, mode)
+        if module == "msr":
+            return lambda: self.msr(x, rel_pos, chunkwise_recurrent=(chunk is not None))
+        return lambda: self.layer(x, retention_rel_pos=rel_pos,
+                                  chunkwise_recurrent=(chunk is not None))
+
+    def decode_step(self, module):
+        """One recurrent step after a few, so the state exists (its size does not depend on the
+        context length)."""
+        x = self.torch.randn(1, 1, self.dims["embed"])
+        rel_pos = self.rel_pos(513, 64, "recurrent")
+        state = {}
+        if module == "msr":
+            step = lambda: self.msr(x, rel_pos, incremental_state=state)  # noqa: E731
+        else:
+            step = lambda: self.layer(x, incremental_state=state,  # noqa: E731
+                                      retention_rel_pos=rel_pos)
+        for _ in range(3):
+            step()
+        return step
+
+
+# --compare: (label, reference case, T, reference chunks (None: parallel / decode), retnet
+# binary, Google Benchmark name without "/real_time", with {thr}). The reference's best chunk is
+# taken in each round; retnet runs its default chunk 128.
+COMPARISONS = [
+    ("MSR parallel T=2048", "msr", 2048, [None], "bench_forms",
+     "MSR/parallel/T:2048/B:1/cfg:0/thr:{thr}"),
+    ("block parallel T=2048", "layer", 2048, [None], "bench_forms",
+     "Block/parallel/T:2048/B:1/cfg:0/thr:{thr}"),
+    ("MSR chunkwise T=8192", "msr", 8192, [64, 128, 256], "bench_forms",
+     "MSR/chunkwise/T:8192/B:1/cfg:0/thr:{thr}/chunk:128"),
+    ("block chunkwise T=8192", "layer", 8192, [64, 128, 256], "bench_forms",
+     "Block/chunkwise/T:8192/B:1/cfg:0/thr:{thr}/chunk:128"),
+    ("MSR decode step", "msr", 1, ["decode"], "bench_decode", "decode/MSR/L:8192/thr:{thr}"),
+    ("block decode step", "layer", 1, ["decode"], "bench_decode", "decode/Block/L:8192/thr:{thr}"),
+]
+
+
+def retnet_seconds(build_dir, binary, name, min_time):
+    """Runs one retnet benchmark and returns its wall time per iteration in seconds."""
+    import re
+    import subprocess
+    path = os.path.join(build_dir, "bench", binary)
+    output = subprocess.run([path, "--benchmark_filter=^" + re.escape(name) + "/real_time$",
+                             "--benchmark_min_time=%g" % min_time, "--benchmark_format=json"],
+                            check=True, capture_output=True, text=True).stdout
+    rows = json.loads(output)["benchmarks"]
+    if len(rows) != 1:
+        raise SystemExit("expected one benchmark named %s in %s, got %d" % (name, binary, len(rows)))
+    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[rows[0]["time_unit"]]
+    return rows[0]["real_time"] * scale
+
+
+def compare(reference, options):
+    """Alternates reference and retnet runs of the same cases, round after round, so both see
+    the same machine; reports each round's speed-up and their median."""
+    torch = reference.torch
+    rows = []
+    for threads in options.threads:
+        torch.set_num_threads(threads)
+        speedups = {label: [] for label, *_ in COMPARISONS}
+        for round_index in range(options.rounds):
+            for label, module, length, chunks, binary, name in COMPARISONS:
+                with torch.no_grad():
+                    best = None
+                    for chunk in chunks:
+                        call = (reference.decode_step(module) if chunk == "decode"
+                                else reference.sequence(module, length, chunk))
+                        seconds = time_call(call, 0.0, 20 if chunk == "decode" else 2)[0]
+                        if best is None or seconds < best[0]:
+                            best = (seconds, chunk)
+                ours = retnet_seconds(options.compare, binary, name.format(thr=threads),
+                                      options.min_time)
+                speedups[label].append(best[0] / ours)
+                row = dict(label=label, threads=threads, round=round_index,
+                           reference_s=best[0], reference_chunk=best[1], retnet_s=ours,
+                           speedup=best[0] / ours)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        for label, values in speedups.items():
+            print("%-24s threads %d: speed-up over the reference %.2fx (median of %d rounds; %s)"
+                  % (label, threads, statistics.median(values), len(values),
+                     ", ".join("%.2f" % v for v in values)), flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--torchscale", required=True, help="path of a torchscale checkout")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="A")
+    parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--min-reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="short sequences only (smoke test)")
+    parser.add_argument("--compare", metavar="BUILD_DIR", default=None,
+                        help="alternate with retnet's bench binaries from BUILD_DIR (config A)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
+    parser.add_argument("--out", default=None, help="JSON output file (default: stdout only)")
+    options = parser.parse_args()
+
+    dims = CONFIGS[options.config]
+    reference = Reference(options.torchscale, dims)
+    torch = reference.torch
+    context = dict(torch=torch.__version__, python=platform.python_version(),
+                   machine=platform.machine(), processor=platform.processor(),
+                   config=options.config, dims=dims, date=time.strftime("%Y-%m-%d"),
+                   loadavg=open("/proc/loadavg").read().split()[:3],
+                   torch_config=torch.__config__.show())
+    if options.compare:
+        if options.config != "A":
+            raise SystemExit("--compare runs config A (the shapes of bench_forms' comparisons)")
+        rows = compare(reference, options)
+        if options.out:
+            with open(options.out, "w") as handle:
+                json.dump(dict(context=context, comparisons=rows), handle, indent=1)
+        return
+
+    lengths = {"parallel": [512, 2048], "chunkwise": [2048, 8192], "layer_parallel": [2048]}
+    chunks = [64, 128, 256, 512]
+    if options.quick:
+        lengths = {"parallel": [256], "chunkwise": [512], "layer_parallel": [256]}
+        chunks = [64, 128]
+
+    results = []
+
+    def record(name, threads, length, chunk, call, min_reps):
+        seconds, best, reps = time_call(call, options.min_time, min_reps)
+        row = dict(name=name, threads=threads, T=length, chunk=chunk, median_s=seconds, min_s=best,
+                   reps=reps, tokens_per_s=length / seconds)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    for threads in options.threads:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            a = torch.randn(1024, 1024)
+            b = torch.randn(1024, 1024)
+            seconds, best, reps = time_call(lambda: torch.mm(a, b), options.min_time, 5)
+            row = dict(name="sgemm1024", threads=threads, median_s=seconds, min_s=best, reps=reps,
+                       gflops=2 * 1024**3 / seconds / 1e9)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            for length in lengths["parallel"]:
+                record("msr_parallel", threads, length, None,
+                       reference.sequence("msr", length), options.min_reps)
+            for length in lengths["layer_parallel"]:
+                record("layer_parallel", threads, length, None,
+                       reference.sequence("layer", length), options.min_reps)
+            for length in lengths["chunkwise"]:
+                for chunk in chunks:
+                    record("msr_chunkwise", threads, length, chunk,
+                           reference.sequence("msr", length, chunk), options.min_reps)
+                    record("layer_chunkwise", threads, length, chunk,
+                           reference.sequence("layer", length, chunk), options.min_reps)
+            record("msr_decode", threads, 1, None, reference.decode_step("msr"), 20)
+            record("layer_decode", threads, 1, None, reference.decode_step("layer"), 20)
+
+    if options.out:
+        with open(options.out, "w") as handle:
+            json.dump(dict(context=context, results=results), handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
