@@ -45,7 +45,7 @@ struct RetNetBlockWeights {
 /// with the same three forms, state and handoff rules as MultiScaleRetention (its state is the
 /// retention's). Inputs and outputs are row-major (B, T, D).
 template <typename Scalar>
-class RetNetBlock {
+class RetNetBlock : public detail::LayerForms<RetNetBlock<Scalar>, Scalar> {
  public:
   using Config = RetNetBlockConfig;
   using Weights = RetNetBlockWeights<Scalar>;
@@ -69,49 +69,6 @@ class RetNetBlock {
   const Config& config() const { return config_; }
   const MultiScaleRetention<Scalar>& retention() const { return retention_; }
 
-  Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x) const {
-    State state;
-    return forwardParallel(x, state);
-  }
-  Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x, State& state) const {
-    return forward("RetNetBlock::forwardParallel", Form::kParallel, x, 0, state);
-  }
-
-  Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize) const {
-    State state;
-    return forwardChunkwise(x, chunkSize, state);
-  }
-  Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize, State& state) const {
-    detail::requireChunkSize("RetNetBlock::forwardChunkwise", chunkSize);
-    return forward("RetNetBlock::forwardChunkwise", Form::kChunkwise, x, chunkSize, state);
-  }
-
-  Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x) const {
-    State state;
-    return forwardRecurrent(x, state);
-  }
-  Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state) const {
-    return forward("RetNetBlock::forwardRecurrent", Form::kRecurrent, x, 0, state);
-  }
-
-  /// The recurrent form writing into `out` (resized only if its shape differs): a decoding
-  /// loop that reuses `out` and `state` allocates nothing after its first step.
-  void forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state, Tensor3<Scalar>& out) const {
-    retention_.prepare("RetNetBlock::forwardRecurrent", x, state);
-    MultiScaleRetention<Scalar>::resizeIfNeeded(out, x.batch(), x.time(), config_.embedDim);
-    forwardRows(Form::kRecurrent, x.data(), x.batch(), x.time(), 0, state, out.data());
-  }
-
-  /// The form and chunk size chosen for you: chunkwise with recommendedChunkSize() (for
-  /// T <= that chunk, one chunk: the parallel computation with the chunkwise normalisation).
-  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x, State& state) const {
-    return forwardChunkwise(x, recommendedChunkSize(), state);
-  }
-  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x) const {
-    State state;
-    return forward(x, state);
-  }
-
   /// Chunk size of forward(): measured fastest on the benchmark machine (bench/README.md) for
   /// per-head widths from 64 to 256; smaller chunks waste less of the causal mask, larger ones
   /// keep the per-chunk products GEMM-shaped.
@@ -119,37 +76,19 @@ class RetNetBlock {
     return detail::recommendedChunkSize(config_.embedDim / config_.heads);
   }
 
-  /// Any form by value: chunkSize is used by the chunkwise form only.
-  Tensor3<Scalar> forward(Form form, ConstTensor3Ref<Scalar> x, Index chunkSize,
-                          State& state) const {
-    switch (form) {
-      case Form::kParallel:
-        return forwardParallel(x, state);
-      case Form::kChunkwise:
-        return forwardChunkwise(x, chunkSize, state);
-      default:
-        return forwardRecurrent(x, state);
-    }
-  }
-
  private:
   template <typename>
   friend class RetNetModel;
 
-  /// x (batch·time x D) -> y (batch·time x D) without checks, for composing blocks into a
-  /// model: the caller has validated x and sized the state (see MultiScaleRetention::prepare).
-  void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
-                   State& state, Scalar* y) const {
-    if (time == 1) {
-      forwardRows(form, x, batch, time, chunkSize, state, y, state.workspace());
-      return;
-    }
-    detail::LayerWorkspace<Scalar> ws;
-    detail::forEachSlab(x, batch, time, config_.embedDim, config_.embedDim,
-                        detail::slabLength(form, time, chunkSize), y, ws,
-                        [&](const Scalar* xs, Index slabTime, Scalar* ys) {
-                          forwardRows(form, xs, batch, slabTime, chunkSize, state, ys, ws);
-                        });
+  friend class detail::LayerForms<RetNetBlock, Scalar>;
+
+  static constexpr detail::FormNames kFormNames{"RetNetBlock::forwardParallel",
+                                                "RetNetBlock::forwardChunkwise",
+                                                "RetNetBlock::forwardRecurrent"};
+  Index inputWidth() const { return config_.embedDim; }
+  Index outputWidth() const { return config_.embedDim; }
+  void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
+    retention_.prepare(where, x, state);
   }
 
   static Config checkedConfig(const Config& config) {
@@ -165,17 +104,10 @@ class RetNetBlock {
                     " entries, got ", w.size());
   }
 
-  Tensor3<Scalar> forward(const char* where, Form form, const ConstTensor3Ref<Scalar>& x,
-                          Index chunkSize, State& state) const {
-    retention_.prepare(where, x, state);
-    Tensor3<Scalar> out(x.batch(), x.time(), config_.embedDim);
-    forwardRows(form, x.data(), x.batch(), x.time(), chunkSize, state, out.data());
-    return out;
-  }
-
-  void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
+  /// One slab: x (batch·time x D) -> y (batch·time x D), arguments already checked.
+  void forwardSlab(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
                    State& state, Scalar* y, detail::LayerWorkspace<Scalar>& ws) const {
-    const Index D = config_.embedDim, F = config_.ffnDim, rows = batch * time;
+    const Index D = config_.embedDim, rows = batch * time;
     const Eigen::Map<const RowMatrix<Scalar>> input(x, rows, D);  // (rows x D)
 
     // h = x + MSR(RMSNorm(x))
@@ -186,9 +118,10 @@ class RetNetBlock {
       block = input.middleRows(begin, count);
       detail::rmsNormRows(block, config_.eps, &retentionNorm_);
     });
-    retention_.forwardRows(form, normed.data(), batch, time, chunkSize, state, residual.data(), ws);
+    retention_.forwardSlab(form, normed.data(), batch, time, chunkSize, state, residual.data(), ws);
 
     // y = h + fc2(act(fc1 z) ⊙ gate z), z = RMSNorm(h)
+    const Index F = config_.ffnDim;
     detail::forRowBlocks(rows, [&](Index begin, Index count) {
       residual.middleRows(begin, count) += input.middleRows(begin, count);
       auto block = normed.middleRows(begin, count);

@@ -7,6 +7,7 @@
 
 #include "retnet/activation.hpp"
 #include "retnet/detail/checks.hpp"
+#include "retnet/detail/layer_forms.hpp"
 #include "retnet/detail/linear.hpp"
 #include "retnet/detail/ops.hpp"
 #include "retnet/detail/parallel_for.hpp"
@@ -71,7 +72,7 @@ struct MultiScaleRetentionWeights {
 /// chunkwise formula with one chunk spanning its input (torchscale has no parallel form with a
 /// state). Inputs and outputs are row-major (B, T, D).
 template <typename Scalar>
-class MultiScaleRetention {
+class MultiScaleRetention : public detail::LayerForms<MultiScaleRetention<Scalar>, Scalar> {
   static_assert(std::is_floating_point_v<Scalar>,
                 "retnet::MultiScaleRetention needs a floating-point Scalar");
 
@@ -103,72 +104,20 @@ class MultiScaleRetention {
   /// γ_h = 1 − 2^(−5−h), torchscale's decay of head h.
   static double headGamma(Index head) { return 1.0 - std::ldexp(1.0, -5 - static_cast<int>(head)); }
 
-  Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x) const {
-    State state;
-    return forwardParallel(x, state);
-  }
-  Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x, State& state) const {
-    return forward("MultiScaleRetention::forwardParallel", Form::kParallel, x, 0, state);
-  }
-
-  /// Chunks of `chunkSize` positions; the last may be shorter (same rows as torchscale's
-  /// zero-padding to a multiple of the chunk, without the padding's cost).
-  Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize) const {
-    State state;
-    return forwardChunkwise(x, chunkSize, state);
-  }
-  Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize, State& state) const {
-    detail::requireChunkSize("MultiScaleRetention::forwardChunkwise", chunkSize);
-    return forward("MultiScaleRetention::forwardChunkwise", Form::kChunkwise, x, chunkSize, state);
-  }
-
-  Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x) const {
-    State state;
-    return forwardRecurrent(x, state);
-  }
-  Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state) const {
-    return forward("MultiScaleRetention::forwardRecurrent", Form::kRecurrent, x, 0, state);
-  }
-
-  /// The recurrent form writing into `out` (resized only if its shape differs): a decoding
-  /// loop that reuses `out` and `state` allocates nothing after its first step.
-  void forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state, Tensor3<Scalar>& out) const {
-    const char* where = "MultiScaleRetention::forwardRecurrent";
-    prepare(where, x, state);
-    resizeIfNeeded(out, x.batch(), x.time(), config_.embedDim);
-    forwardRows(Form::kRecurrent, x.data(), x.batch(), x.time(), 0, state, out.data());
-  }
-
-  /// The form and chunk size chosen for you: chunkwise with recommendedChunkSize() (for
-  /// T <= that chunk, one chunk: the parallel computation with the chunkwise normalisation).
-  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x, State& state) const {
-    return forwardChunkwise(x, recommendedChunkSize(), state);
-  }
-  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x) const {
-    State state;
-    return forward(x, state);
-  }
-
   /// Chunk size of forward(): measured fastest on the benchmark machine (bench/README.md) for
   /// per-head widths from 64 to 256; smaller chunks waste less of the causal mask, larger ones
   /// keep the per-chunk products GEMM-shaped.
   Index recommendedChunkSize() const { return detail::recommendedChunkSize(config_.keyDim()); }
 
-  /// Any form by value: chunkSize is used by the chunkwise form only.
-  Tensor3<Scalar> forward(Form form, ConstTensor3Ref<Scalar> x, Index chunkSize,
-                          State& state) const {
-    switch (form) {
-      case Form::kParallel:
-        return forwardParallel(x, state);
-      case Form::kChunkwise:
-        return forwardChunkwise(x, chunkSize, state);
-      default:
-        return forwardRecurrent(x, state);
-    }
-  }
-
  private:
   friend class RetNetBlock<Scalar>;
+  friend class detail::LayerForms<MultiScaleRetention, Scalar>;
+
+  static constexpr detail::FormNames kFormNames{"MultiScaleRetention::forwardParallel",
+                                                "MultiScaleRetention::forwardChunkwise",
+                                                "MultiScaleRetention::forwardRecurrent"};
+  Index inputWidth() const { return config_.embedDim; }
+  Index outputWidth() const { return config_.embedDim; }
 
   static Config checkedConfig(const Config& config) {
     config.validate("MultiScaleRetention");
@@ -178,10 +127,6 @@ class MultiScaleRetention {
   static void checkWeight(const char* name, const RowMatrix<Scalar>& w, Index rows, Index cols) {
     detail::require(w.rows() == rows && w.cols() == cols, "MultiScaleRetention", "weight ", name,
                     " must be (", rows, ", ", cols, "), got (", w.rows(), ", ", w.cols(), ")");
-  }
-
-  static void resizeIfNeeded(Tensor3<Scalar>& t, Index a, Index b, Index c) {
-    if (t.dimension(0) != a || t.dimension(1) != b || t.dimension(2) != c) t.resize(a, b, c);
   }
 
   /// Checks x against the configuration and the state, sizing an empty state.
@@ -198,32 +143,8 @@ class MultiScaleRetention {
     detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
   }
 
-  Tensor3<Scalar> forward(const char* where, Form form, const ConstTensor3Ref<Scalar>& x,
-                          Index chunkSize, State& state) const {
-    prepare(where, x, state);
-    Tensor3<Scalar> out(x.batch(), x.time(), config_.embedDim);
-    forwardRows(form, x.data(), x.batch(), x.time(), chunkSize, state, out.data());
-    return out;
-  }
-
-  /// x (batch·time x D) -> y (batch·time x D); arguments already checked. Single positions use
-  /// the state's workspace (no allocation when decoding); longer inputs run in slabs of whole
-  /// chunks through a temporary workspace of slab size (see detail::forEachSlab).
-  void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
-                   State& state, Scalar* y) const {
-    if (time == 1) {
-      forwardRows(form, x, batch, time, chunkSize, state, y, state.workspace());
-      return;
-    }
-    detail::LayerWorkspace<Scalar> ws;
-    detail::forEachSlab(x, batch, time, config_.embedDim, config_.embedDim,
-                        detail::slabLength(form, time, chunkSize), y, ws,
-                        [&](const Scalar* xs, Index slabTime, Scalar* ys) {
-                          forwardRows(form, xs, batch, slabTime, chunkSize, state, ys, ws);
-                        });
-  }
-
-  void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
+  /// One slab: x (batch·time x D) -> y (batch·time x D), arguments already checked.
+  void forwardSlab(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
                    State& state, Scalar* y, detail::LayerWorkspace<Scalar>& ws) const {
     const Index D = config_.embedDim, V = config_.valueDim, rows = batch * time;
     const Index width = 2 * D + 2 * V;
