@@ -411,6 +411,20 @@ inline void measureLimits(bool sgemm, bool bandwidth) {
   benchmark::AddCustomContext("retnet_openmp", haveOpenMP() ? "on" : "off");
 }
 
+/// The main() of a suite: registers its benchmarks, measures the limits its counters divide by
+/// (unless the run only lists the benchmarks) and runs them.
+template <typename Register>
+int runSuite(int argc, char** argv, Register&& registerBenchmarks, bool sgemm, bool bandwidth) {
+  const bool listing = listingOnly(argc, argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  registerBenchmarks();
+  if (!listing) measureLimits(sgemm, bandwidth);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Counters
 

@@ -186,13 +186,6 @@ void registerDecode() {
 }  // namespace retnet_bench
 
 int main(int argc, char** argv) {
-  using namespace retnet_bench;
-  const bool listing = listingOnly(argc, argv);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  registerDecode();
-  if (!listing) measureLimits(/*sgemm=*/false, /*bandwidth=*/true);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return retnet_bench::runSuite(argc, argv, retnet_bench::registerDecode, /*sgemm=*/false,
+                                /*bandwidth=*/true);
 }

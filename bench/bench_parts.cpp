@@ -319,13 +319,6 @@ void registerParts() {
 }  // namespace retnet_bench
 
 int main(int argc, char** argv) {
-  using namespace retnet_bench;
-  const bool listing = listingOnly(argc, argv);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  registerParts();
-  if (!listing) measureLimits(/*sgemm=*/true, /*bandwidth=*/false);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return retnet_bench::runSuite(argc, argv, retnet_bench::registerParts, /*sgemm=*/true,
+                                /*bandwidth=*/false);
 }

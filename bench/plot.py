@@ -164,6 +164,20 @@ DECODE = [
 ]
 
 
+def save_log_log(fig, ax, ylabel, title, path):
+    """Finishes a log-log plot over the context length L and writes it as PNG."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length L")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_decode(runs, directory, suffix=""):
     if not runs:
         return
@@ -175,16 +189,8 @@ def plot_decode(runs, directory, suffix=""):
             if xs:
                 ax.plot(xs, [r["seconds"] * 1e3 for r in rs], marker=marker, color=color,
                         linestyle="-" if thr == 1 else "--", label=f"{label}, {thr} thr")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("context length L")
-    ax.set_ylabel("latency per token [ms]")
-    ax.set_title("Decode latency, config A, batch 1")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(directory, f"decode_latency_vs_L{suffix}.png"), dpi=110)
-    plt.close(fig)
+    save_log_log(fig, ax, "latency per token [ms]", "Decode latency, config A, batch 1",
+                 os.path.join(directory, f"decode_latency_vs_L{suffix}.png"))
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     xs, rs = series(runs, ["decode", "MSR"], "L", thr=threads[0])
@@ -199,16 +205,8 @@ def plot_decode(runs, directory, suffix=""):
                 label="Transformer KV cache (L·(D+V)·4 B)")
         ax.axhline(rs[0]["bytes_read"] / 2**20 - rs[0]["memory_bytes"] / 2**20, color="tab:red",
                    linestyle=":", label="Transformer attention weights")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("context length L")
-    ax.set_ylabel("MiB per layer (batch 1)")
-    ax.set_title("Decode memory per layer, config A")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(directory, "memory_vs_L.png"), dpi=110)
-    plt.close(fig)
+    save_log_log(fig, ax, "MiB per layer (batch 1)", "Decode memory per layer, config A",
+                 os.path.join(directory, "memory_vs_L.png"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -156,34 +156,33 @@ void expectGolden(const SafetensorsFile& file, const std::string& name,
   EXPECT_LE(error, kGoldenTolerance) << name;
 }
 
-TEST(ReferenceGolden, MultiScaleRetention) {
-  const SafetensorsFile file = SafetensorsFile::open(dataPath("msr_small.safetensors"));
-  EXPECT_EQ(metadataString(file, "kind"), "msr");
-  const Dims d = readDims(file, "");
+// A layer-level golden file (kind msr or layer): the naive oracle, in every form, against the
+// file's outputs.
+template <typename Read, typename Naive>
+void checkLayerFile(const char* fileName, const char* kind, const char* retentionPrefix, Read read,
+                    Naive naive) {
+  const SafetensorsFile file = SafetensorsFile::open(dataPath(fileName));
+  EXPECT_EQ(metadataString(file, "kind"), kind);
+  const Dims d = readDims(file, retentionPrefix);
   checkBuffers(file, d, "angle", "decay");
-  const NaiveMsrWeights w = readMsr(file, d, "");
+  const auto w = read(file, d, "");
   ASSERT_EQ(shapeOf(file, "x"), (std::vector<long>{d.B, d.T, d.D}));
   const std::vector<double> x = file.readFlat<double>("x");
   for (const FormCase& form : kForms) {
     SCOPED_TRACE(form.name);
-    const std::vector<double> y = retnet::reference::naiveMsr(w, x, d.B, d.T, form.form, d.C);
+    const std::vector<double> y = naive(w, x, d.B, d.T, form.form, d.C);
     expectGolden(file, std::string("out_") + form.name, {d.B, d.T, d.D}, y);
   }
 }
 
+TEST(ReferenceGolden, MultiScaleRetention) {
+  checkLayerFile("msr_small.safetensors", "msr", "", readMsr,
+                 [](const auto&... args) { return retnet::reference::naiveMsr(args...); });
+}
+
 TEST(ReferenceGolden, DecoderLayer) {
-  const SafetensorsFile file = SafetensorsFile::open(dataPath("layer_small.safetensors"));
-  EXPECT_EQ(metadataString(file, "kind"), "layer");
-  const Dims d = readDims(file, "retention.");
-  checkBuffers(file, d, "angle", "decay");
-  const NaiveLayerWeights w = readLayer(file, d, "");
-  ASSERT_EQ(shapeOf(file, "x"), (std::vector<long>{d.B, d.T, d.D}));
-  const std::vector<double> x = file.readFlat<double>("x");
-  for (const FormCase& form : kForms) {
-    SCOPED_TRACE(form.name);
-    const std::vector<double> y = retnet::reference::naiveLayer(w, x, d.B, d.T, form.form, d.C);
-    expectGolden(file, std::string("out_") + form.name, {d.B, d.T, d.D}, y);
-  }
+  checkLayerFile("layer_small.safetensors", "layer", "retention.", readLayer,
+                 [](const auto&... args) { return retnet::reference::naiveLayer(args...); });
 }
 
 TEST(ReferenceGolden, Decoder) {
