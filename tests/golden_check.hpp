@@ -14,7 +14,8 @@ namespace retnet::testing {
 
 // Same form, same precision as the golden data: an independent float64 implementation matches
 // to ~7e-15, and mistakes in torchscale's per-form factors show up only through the group-norm
-// eps at 1e-6…1e-4 relative, so 1e-9 catches them with margin for rounding (golden README §4).
+// eps at 1e-6…1e-4 relative, so 1e-9 catches them with margin for rounding
+// (docs/semantics/torchscale.md §4).
 // In float32, torchscale itself is within 3.3e-6 of the golden data; 1e-4 leaves room for
 // rounding in our different (but equally stable) summation orders.
 template <typename Scalar>

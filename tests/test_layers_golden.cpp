@@ -1,5 +1,5 @@
 // Multi-scale retention and the RetNet block against torchscale's outputs (golden files made in
-// float64 by the reference implementation; see tests/data and the golden README).
+// float64 by the reference implementation; see tests/data and docs/semantics/torchscale.md).
 #include <gtest/gtest.h>
 
 #include <cstdio>

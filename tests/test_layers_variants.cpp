@@ -1,9 +1,9 @@
 // The same loading and checking code as for the torchscale golden files, on files of the same
 // format with other dimensions: written here with random weights, their outputs computed by the
 // independent naive oracle (tests/reference/naive_msr.hpp, itself checked against torchscale's
-// files in test_reference_golden). Covers what the golden README says acceptance files vary:
-// heads 1 and 8, value dim = embed dim, T = 1, T not a multiple of the chunk, chunk 1, chunk > T,
-// batch 3, eps 1e-5, swish FFN, and a long sequence.
+// files in test_reference_golden). Covers what docs/semantics/torchscale.md §2.4 says acceptance
+// files vary: heads 1 and 8, value dim = embed dim, T = 1, T not a multiple of the chunk, chunk 1,
+// chunk > T, batch 3, eps 1e-5, swish FFN, and a long sequence.
 #include <gtest/gtest.h>
 
 #include <cmath>

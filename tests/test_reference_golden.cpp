@@ -1,9 +1,10 @@
 // The naive double-precision oracle (tests/reference/naive_msr.hpp) against the torchscale golden
 // files in tests/data: MultiScaleRetention, DecoderLayer and RetNetDecoder, each in the parallel,
 // chunkwise and recurrent forms, compared form for form at 1e-9 normwise relative error
-// (golden README §4: an exact float64 re-implementation lands at ~1e-15). Every dimension comes
-// from the file's metadata and tensor shapes. Also: the stored rotary `angle` and `decay` buffers
-// against the oracle's own, and a long-sequence (T = 1024) self-consistency check of the forms.
+// (docs/semantics/torchscale.md §4: an exact float64 re-implementation lands at ~1e-15). Every
+// dimension comes from the file's metadata and tensor shapes. Also: the stored rotary `angle` and
+// `decay` buffers against the oracle's own, and a long-sequence (T = 1024) self-consistency check
+// of the forms.
 #include "reference/naive_msr.hpp"
 
 #include <gtest/gtest.h>
@@ -125,7 +126,7 @@ NaiveLayerWeights readLayer(const SafetensorsFile& file, const Dims& d, const st
   return w;
 }
 
-/// The stored rotary/decay buffers against the oracle's own (README §3.1).
+/// The stored rotary/decay buffers against the oracle's own (docs/semantics/torchscale.md §3.1).
 void checkBuffers(const SafetensorsFile& file, const Dims& d, const std::string& angleName,
                   const std::string& decayName) {
   const long dk = d.D / d.H;
@@ -220,8 +221,9 @@ TEST(ReferenceGolden, Decoder) {
 // ---------------------------------------------------------------------------------------------
 // Self-consistency at T = 1024 (the length acceptance files use): with the group-norm eps ~ 0
 // every form divides out its own positive factor, so the three forms must agree to rounding
-// (README §4: ≤ 4e-15 in torchscale). This exercises the chunkwise (R, sigma) and recurrent
-// (S, n) states far beyond the golden files' 32 positions, including padding (T % chunk != 0).
+// (docs/semantics/torchscale.md §4: ≤ 4e-15 in torchscale). This exercises the chunkwise
+// (R, sigma) and recurrent (S, n) states far beyond the golden files' 32 positions, including
+// padding (T % chunk != 0).
 
 NaiveLayerWeights randomLayer(long D, long V, long H, long F, bool swish, double eps,
                               std::uint64_t seed) {
@@ -292,7 +294,8 @@ TEST(ReferenceSelfConsistency, EdgeShapesFormsAgreeWithoutGroupNormEps) {
 }
 
 TEST(ReferenceSelfConsistency, LongSequenceDecoderFormsAgreeWithinFormGap) {
-  // T = 1024 with the usual eps: forms differ only by the eps effect (README §4: ~1e-4 at most).
+  // T = 1024 with the usual eps: forms differ only by the eps effect (docs/semantics/torchscale.md
+  // §4: ~1e-4 at most).
   const long D = 32, V = 32, H = 2, F = 64, B = 2, T = 1024, C = 100, Voc = 40;
   NaiveDecoderWeights w;
   w.vocab = Voc;

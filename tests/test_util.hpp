@@ -37,7 +37,8 @@ std::vector<double> toDoubles(const Tensor3<Scalar>& t) {
   return std::vector<double>(t.data(), t.data() + t.size());
 }
 
-/// max|y - ref| / max|ref|: the normwise relative error used throughout (golden README §4).
+/// max|y - ref| / max|ref|: the normwise relative error used throughout
+/// (docs/semantics/torchscale.md §4).
 template <typename Y>
 double normwiseError(const Y* y, const double* ref, std::size_t count) {
   double maxDiff = 0, maxRef = 0;

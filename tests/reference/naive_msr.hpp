@@ -1,18 +1,20 @@
 // Naive double-precision oracle for torchscale's MultiScaleRetention, DecoderLayer and
 // RetNetDecoder (microsoft/torchscale 4d1e0e8), in the parallel, chunkwise and recurrent forms.
 //
-// Written straight from the golden-data specification (/work/shared/golden/README.md §3) and
+// Written straight from the semantics of torchscale's RetNet (docs/semantics/torchscale.md §3) and
 // deliberately independent of the library: plain loops over row-major std::vector<double>, one
 // (batch, head, position) at a time, no Eigen, nothing from include/retnet/. Clarity over speed;
 // the parallel form is O(T²·(dk+dv)) per (batch, head), which is fine for T = 1024.
 //
-// Conventions (README §1): activations are (batch, time, features), row-major; a Linear weight is
-// (out, in) and applied as y = x·Wᵀ; there are no biases and no dropout anywhere.
+// Conventions (docs/semantics/torchscale.md §1): activations are (batch, time, features),
+// row-major; a Linear weight is (out, in) and applied as y = x·Wᵀ; there are no biases and no
+// dropout anywhere.
 //
 // The three forms compute the same unnormalised retention U_t = Σ_{s≤t} γ^(t−s)(q_t·k_s) v_s but
 // divide it by a different positive factor before the group norm; because of the group norm's eps
 // that factor is visible at the 1e-6 level, so each form reproduces torchscale's factor exactly
-// (README §3.3) and each must be compared with the golden output of the same form.
+// (docs/semantics/torchscale.md §3.3) and each must be compared with the golden output of the same
+// form.
 #pragma once
 
 #include <algorithm>
@@ -50,9 +52,9 @@ struct NaiveDecoderWeights {
   std::vector<NaiveLayerWeights> layers;
 };
 
-/// Recurrent state of one MultiScaleRetention (README §3.3, recurrent form). Default-constructed
-/// = empty (before step 0). `position` is the number of tokens seen so far, which is also the
-/// rotary position of the next token.
+/// Recurrent state of one MultiScaleRetention (docs/semantics/torchscale.md §3.3, recurrent form).
+/// Default-constructed = empty (before step 0). `position` is the number of tokens seen so far,
+/// which is also the rotary position of the next token.
 struct NaiveMsrState {
   long position = 0;
   long batch = 0;
@@ -173,7 +175,7 @@ inline void rotate(double* x, long D, long dk, long p, const Vec& theta) {
 }  // namespace naive_msr_detail
 
 /// θ_i = 1 / 10000^(i/(n−1)) for i = 0 … n−1, n = keyDim/2 (exponent linspace(0, 1, n);
-/// θ_0 = 1 when n = 1). README §3.1.
+/// θ_0 = 1 when n = 1). docs/semantics/torchscale.md §3.1.
 inline std::vector<double> naiveFrequencies(long keyDim) {
   naive_msr_detail::require(keyDim > 0 && keyDim % 2 == 0, "keyDim must be positive and even");
   const long n = keyDim / 2;
@@ -207,9 +209,9 @@ inline std::vector<double> naiveLogDecay(long heads) {
 
 namespace naive_msr_detail {
 
-/// The MSR prologue (README §3.3) for `rows` input vectors at rotary positions
-/// firstPosition + (row % time): q, k (rows, D) rotated per head, k scaled by dk^(-1/2);
-/// v, g (rows, V).
+/// The MSR prologue (docs/semantics/torchscale.md §3.3) for `rows` input vectors at rotary
+/// positions firstPosition + (row % time): q, k (rows, D) rotated per head, k scaled by
+/// dk^(-1/2); v, g (rows, V).
 struct Projected {
   Vec q, k, v, g;
 };
@@ -236,8 +238,8 @@ inline Projected project(const NaiveMsrWeights& w, const Vec& x, long batch, lon
   return p;
 }
 
-/// The MSR epilogue (README §3.4): o (rows, V) is the retention output of all heads before the
-/// group norm; returns (swish(g) ⊙ groupnorm(o)) · Woᵀ, (rows, D).
+/// The MSR epilogue (docs/semantics/torchscale.md §3.4): o (rows, V) is the retention output of
+/// all heads before the group norm; returns (swish(g) ⊙ groupnorm(o)) · Woᵀ, (rows, D).
 inline Vec epilogue(const NaiveMsrWeights& w, const Vec& o, const Vec& g, long rows) {
   const long V = w.valueDim, dv = V / w.heads;
   // Group norm = RMS norm over each head's dv values, no weight; rows·H groups of dv.
@@ -252,7 +254,7 @@ inline double dot(const double* a, const double* b, long n) {
   return sum;
 }
 
-/// Parallel form (README §3.3): o (B·T, V) before the group norm.
+/// Parallel form (docs/semantics/torchscale.md §3.3): o (B·T, V) before the group norm.
 inline Vec parallelRetention(const NaiveMsrWeights& w, const Projected& p, long batch, long time) {
   const long D = w.embedDim, V = w.valueDim, H = w.heads, dk = D / H, dv = V / H;
   const Vec decay = naiveLogDecay(H);
@@ -286,7 +288,8 @@ inline Vec parallelRetention(const NaiveMsrWeights& w, const Projected& p, long 
   return o;
 }
 
-/// Chunkwise form (README §3.3) over `time` positions, a multiple of `chunk`: o (B·T, V).
+/// Chunkwise form (docs/semantics/torchscale.md §3.3) over `time` positions, a multiple of
+/// `chunk`: o (B·T, V).
 inline Vec chunkwiseRetention(const NaiveMsrWeights& w, const Projected& p, long batch, long time,
                               long chunk) {
   const long D = w.embedDim, V = w.valueDim, H = w.heads, dk = D / H, dv = V / H;
@@ -418,8 +421,8 @@ inline long paddedLength(long time, long chunk) {
 
 }  // namespace naive_msr_detail
 
-/// One recurrent MSR step (README §3.3, recurrent form): x (B, D) is token `state.position` of
-/// every sequence; returns y (B, D) and advances the state.
+/// One recurrent MSR step (docs/semantics/torchscale.md §3.3, recurrent form): x (B, D) is token
+/// `state.position` of every sequence; returns y (B, D) and advances the state.
 inline std::vector<double> naiveMsrStep(const NaiveMsrWeights& w, NaiveMsrState& state,
                                         const std::vector<double>& x, long batch) {
   using namespace naive_msr_detail;
@@ -486,8 +489,8 @@ inline Vec msrSequence(const NaiveMsrWeights& w, const Vec& x, long batch, long 
   return epilogue(w, o, p.g, batch * time);
 }
 
-/// A decoder layer (README §3.5) around a retention function mapping the normalised input
-/// (rows, D) to the MSR output (rows, D).
+/// A decoder layer (docs/semantics/torchscale.md §3.5) around a retention function mapping the
+/// normalised input (rows, D) to the MSR output (rows, D).
 template <typename Retention>
 Vec layerAround(const NaiveLayerWeights& w, const Vec& x, long rows, Retention&& retention) {
   const long D = w.msr.embedDim, F = w.ffnDim;
@@ -517,8 +520,8 @@ inline Vec layerSequence(const NaiveLayerWeights& w, const Vec& x, long batch, l
 }  // namespace naive_msr_detail
 
 /// MultiScaleRetention, x (B, T, D) -> y (B, T, D). Chunkwise: if T % chunk != 0 the input is
-/// zero-padded at the end to a multiple of the chunk and the padded rows are dropped (README
-/// §3.7). Recurrent: one token at a time, positions 0 … T−1.
+/// zero-padded at the end to a multiple of the chunk and the padded rows are dropped
+/// (docs/semantics/torchscale.md §3.7). Recurrent: one token at a time, positions 0 … T−1.
 inline std::vector<double> naiveMsr(const NaiveMsrWeights& w, const std::vector<double>& x,
                                     long batch, long time, NaiveForm form, long chunk = 0) {
   using namespace naive_msr_detail;
@@ -541,8 +544,8 @@ inline std::vector<double> naiveLayerStep(const NaiveLayerWeights& w, NaiveMsrSt
                      [&](const Vec& normed) { return naiveMsrStep(w.msr, state, normed, batch); });
 }
 
-/// DecoderLayer (pre-norm), x (B, T, D) -> y (B, T, D); README §3.5. Chunkwise padding as in
-/// naiveMsr, applied once to the layer input.
+/// DecoderLayer (pre-norm), x (B, T, D) -> y (B, T, D); docs/semantics/torchscale.md §3.5.
+/// Chunkwise padding as in naiveMsr, applied once to the layer input.
 inline std::vector<double> naiveLayer(const NaiveLayerWeights& w, const std::vector<double>& x,
                                       long batch, long time, NaiveForm form, long chunk = 0) {
   using namespace naive_msr_detail;
@@ -558,7 +561,8 @@ inline std::vector<double> naiveLayer(const NaiveLayerWeights& w, const std::vec
 
 namespace naive_msr_detail {
 
-/// Embedding lookup (README §3.6): tokens (B, T) -> x (B, T, D), scaled by embedScale.
+/// Embedding lookup (docs/semantics/torchscale.md §3.6): tokens (B, T) -> x (B, T, D), scaled by
+/// embedScale.
 inline Vec embed(const NaiveDecoderWeights& w, const std::vector<long>& tokens, long D) {
   Vec x(at(static_cast<long>(tokens.size()) * D));
   for (std::size_t r = 0; r < tokens.size(); ++r) {
@@ -580,8 +584,9 @@ inline Vec logitsOf(const NaiveDecoderWeights& w, const Vec& h, long rows, long 
 
 }  // namespace naive_msr_detail
 
-/// One incremental decoding step (README §3.8): tokens (B) are token `position` of every sequence;
-/// returns logits (B, Voc). Every layer keeps its own state in `state`.
+/// One incremental decoding step (docs/semantics/torchscale.md §3.8): tokens (B) are token
+/// `position` of every sequence; returns logits (B, Voc). Every layer keeps its own state in
+/// `state`.
 inline std::vector<double> naiveDecoderStep(const NaiveDecoderWeights& w, NaiveDecoderState& state,
                                             const std::vector<long>& tokens, long batch) {
   using namespace naive_msr_detail;
@@ -597,10 +602,10 @@ inline std::vector<double> naiveDecoderStep(const NaiveDecoderWeights& w, NaiveD
   return logitsOf(w, h, batch, D);
 }
 
-/// RetNetDecoder, tokens (B, T) -> logits (B, T, Voc); README §3.6–3.8. Chunkwise: the embedded
-/// sequence is zero-padded once to a multiple of the chunk, every layer runs over the padded
-/// length, and the padded rows are dropped before the final norm. Recurrent: token by token, each
-/// layer with its own state.
+/// RetNetDecoder, tokens (B, T) -> logits (B, T, Voc); docs/semantics/torchscale.md §3.6–3.8.
+/// Chunkwise: the embedded sequence is zero-padded once to a multiple of the chunk, every layer
+/// runs over the padded length, and the padded rows are dropped before the final norm. Recurrent:
+/// token by token, each layer with its own state.
 inline std::vector<double> naiveDecoder(const NaiveDecoderWeights& w,
                                         const std::vector<long>& tokens, long batch, long time,
                                         NaiveForm form, long chunk = 0) {
