@@ -2,11 +2,11 @@
 #pragma once
 
 #include "retnet/multiscale_retention.hpp"
+#include "retnet/stages/elementwise.hpp"
+#include "retnet/stages/ffn.hpp"
+#include "retnet/stages/norms.hpp"
 
 namespace retnet {
-
-template <typename Scalar>
-class RetNetModel;
 
 /// Shape of a RetNet block (torchscale's names in comments).
 struct RetNetBlockConfig {
@@ -37,6 +37,15 @@ struct RetNetBlockWeights {
   Vector<Scalar> finalNorm;                      ///< final_layer_norm.weight (D)
 };
 
+/// Buffers of one block call (not part of any state's value).
+template <typename Scalar>
+struct RetNetBlockScratch {
+  Vector<Scalar> normed;    // (rows x D): RMSNorm of the block input, then of h
+  Vector<Scalar> residual;  // (rows x D): h = x + MSR(...)
+  Vector<Scalar> hidden;    // (rows x 2F): the FFN's two branches
+  MultiScaleRetentionScratch<Scalar> retention;
+};
+
 /// One RetNet block, pre-norm with residuals and a gated (GLU) FFN:
 ///
 ///   h = x + MSR(RMSNorm(x; w_ret))
@@ -45,11 +54,17 @@ struct RetNetBlockWeights {
 /// with the same three forms, state and handoff rules as MultiScaleRetention (its state is the
 /// retention's). Inputs and outputs are row-major (B, T, D).
 template <typename Scalar>
-class RetNetBlock : public detail::LayerForms<RetNetBlock<Scalar>, Scalar> {
+class RetNetBlock
+    : public SequenceLayer<RetNetBlock<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
+                           RetNetBlockScratch<Scalar>> {
+  using Forms = SequenceLayer<RetNetBlock<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
+                              RetNetBlockScratch<Scalar>>;
+
  public:
   using Config = RetNetBlockConfig;
   using Weights = RetNetBlockWeights<Scalar>;
   using State = MultiScaleRetentionState<Scalar>;
+  using Scratch = RetNetBlockScratch<Scalar>;
 
   RetNetBlock(const Config& config, const Weights& weights)
       : config_(checkedConfig(config)), retention_(config.retention(), weights.retention) {
@@ -61,36 +76,61 @@ class RetNetBlock : public detail::LayerForms<RetNetBlock<Scalar>, Scalar> {
     checkMatrix("fc2", weights.fc2, D, F);
     retentionNorm_ = weights.retentionNorm;
     finalNorm_ = weights.finalNorm;
-    ffnInput_.resize(2 * F, D);  // fc1 and gate in one GEMM
-    ffnInput_ << weights.fc1, weights.gate;
-    ffnOutput_ = weights.fc2;
+    ffn_ =
+        FeedForwardWeights<Scalar>::glu(weights.fc1, weights.gate, weights.fc2, config.activation);
   }
 
   const Config& config() const { return config_; }
   const MultiScaleRetention<Scalar>& retention() const { return retention_; }
 
-  /// Chunk size of forward(): measured fastest on the benchmark machine (bench/README.md) for
-  /// per-head widths from 64 to 256; smaller chunks waste less of the causal mask, larger ones
-  /// keep the per-chunk products GEMM-shaped.
-  Index recommendedChunkSize() const {
-    return detail::recommendedChunkSize(config_.embedDim / config_.heads);
-  }
+  // The forms (sequence_layer.hpp), as for MultiScaleRetention.
+  using Forms::forward;
+  using Forms::forwardChunkwise;
+  using Forms::forwardParallel;
+  using Forms::forwardRecurrent;
+  using Forms::forwardRows;
 
- private:
-  template <typename>
-  friend class RetNetModel;
+  /// Chunk size of forward(): that of the block's retention (bench/README.md).
+  Index recommendedChunkSize() const { return retention_.recommendedChunkSize(); }
 
-  friend class detail::LayerForms<RetNetBlock, Scalar>;
-
-  static constexpr detail::FormNames kFormNames{"RetNetBlock::forwardParallel",
-                                                "RetNetBlock::forwardChunkwise",
-                                                "RetNetBlock::forwardRecurrent"};
+  static constexpr FormNames kFormNames{"RetNetBlock::forwardParallel",
+                                        "RetNetBlock::forwardChunkwise",
+                                        "RetNetBlock::forwardRecurrent"};
   Index inputWidth() const { return config_.embedDim; }
   Index outputWidth() const { return config_.embedDim; }
   void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
     retention_.prepare(where, x, state);
   }
+  void prepareState(const char* where, Index batch, State& state) const {
+    retention_.prepareState(where, batch, state);
+  }
 
+  /// A zero state for `batch` sequences of a block of shape `config`.
+  static State makeState(const Config& config, Index batch) {
+    return State(batch, config.heads, config.embedDim / config.heads,
+                 config.valueDim / config.heads);
+  }
+
+  /// The data path of one slab: x (batch·time x D) -> y (batch·time x D).
+  void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
+                   State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
+    const Index D = config_.embedDim, rows = batch * time;
+    auto normed = detail::bufferView(scratch.normed, rows, D);
+    auto h = detail::bufferView(scratch.residual, rows, D);
+
+    // h = x + MSR(RMSNorm(x; w_ret))
+    stages::rmsNorm(x, retentionNorm_.data(), config_.eps, normed);
+    retention_.forwardSlab(form, normed, batch, time, chunkSize, state, h, scratch.retention);
+    stages::addTo<Scalar>(x, h);
+
+    // y = h + FFN(RMSNorm(h; w_final)),  FFN(z) = fc2(act(fc1 z) ⊙ gate z)
+    stages::rmsNorm(h, finalNorm_.data(), config_.eps, normed);
+    auto hidden = detail::bufferView(scratch.hidden, rows, 2 * config_.ffnDim);
+    stages::gatedFeedForward(normed, ffn_, hidden, y);
+    stages::addTo<Scalar>(h, y);
+  }
+
+ private:
   static Config checkedConfig(const Config& config) {
     config.validate("RetNetBlock");
     return config;
@@ -104,50 +144,10 @@ class RetNetBlock : public detail::LayerForms<RetNetBlock<Scalar>, Scalar> {
                     " entries, got ", w.size());
   }
 
-  /// One slab: x (batch·time x D) -> y (batch·time x D), arguments already checked.
-  void forwardSlab(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
-                   State& state, Scalar* y, detail::LayerWorkspace<Scalar>& ws) const {
-    const Index D = config_.embedDim, rows = batch * time;
-    const Eigen::Map<const RowMatrix<Scalar>> input(x, rows, D);  // (rows x D)
-
-    // h = x + MSR(RMSNorm(x))
-    auto normed = detail::bufferView(ws.normed, rows, D);
-    auto residual = detail::bufferView(ws.residual, rows, D);
-    detail::forRowBlocks(rows, [&](Index begin, Index count) {
-      auto block = normed.middleRows(begin, count);
-      block = input.middleRows(begin, count);
-      detail::rmsNormRows(block, config_.eps, &retentionNorm_);
-    });
-    retention_.forwardSlab(form, normed.data(), batch, time, chunkSize, state, residual.data(), ws);
-
-    // y = h + fc2(act(fc1 z) ⊙ gate z), z = RMSNorm(h)
-    const Index F = config_.ffnDim;
-    detail::forRowBlocks(rows, [&](Index begin, Index count) {
-      residual.middleRows(begin, count) += input.middleRows(begin, count);
-      auto block = normed.middleRows(begin, count);
-      block = residual.middleRows(begin, count);
-      detail::rmsNormRows(block, config_.eps, &finalNorm_);
-    });
-    auto hidden = detail::bufferView(ws.hidden, rows, 2 * F);  // (rows x 2F): fc1 z | gate z
-    detail::linear(normed, ffnInput_, hidden);
-    auto activated = hidden.leftCols(F);
-    detail::forRowBlocks(rows, [&](Index begin, Index count) {
-      auto block = activated.middleRows(begin, count);
-      detail::activateInPlace(block.array(), config_.activation);
-      block.array() *= hidden.block(begin, F, count, F).array();
-    });
-    Eigen::Map<RowMatrix<Scalar>> output(y, rows, D);
-    detail::linear(activated, ffnOutput_, output);
-    detail::forRowBlocks(rows, [&](Index begin, Index count) {
-      output.middleRows(begin, count) += residual.middleRows(begin, count);
-    });
-  }
-
   Config config_;
   MultiScaleRetention<Scalar> retention_;
   Vector<Scalar> retentionNorm_, finalNorm_;  // (D)
-  RowMatrix<Scalar> ffnInput_;                // (2F, D): fc1 and gate stacked
-  RowMatrix<Scalar> ffnOutput_;               // (D, F)
+  FeedForwardWeights<Scalar> ffn_;            // fc1 | gate stacked (2F, D), fc2 (D, F)
 };
 
 }  // namespace retnet

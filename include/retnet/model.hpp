@@ -1,23 +1,28 @@
-// The RetNet language model: torchscale's RetNetDecoder (embedding, N RetNet blocks, final
-// RMSNorm, output projection), with chunkwise prefill, O(1) decoding and generation.
+// A language model: embedding -> N blocks -> final RMSNorm -> output projection, with every
+// form, chunkwise prefill, O(1) decoding and generation. Written once for any block family;
+// RetNetModel is torchscale's RetNetDecoder (RetNet blocks).
 #pragma once
 
 #include <cstdint>
-#include <functional>
+#include <utility>
 #include <vector>
 
 #include "retnet/block.hpp"
-#include "retnet/sampling.hpp"
+#include "retnet/generation.hpp"
+#include "retnet/model_state.hpp"
+#include "retnet/stages/embedding.hpp"
+#include "retnet/stages/linear.hpp"
+#include "retnet/stages/norms.hpp"
 
 namespace retnet {
 
-/// Token ids, row-major (batch, time).
-using TokenMatrix = Eigen::Matrix<std::int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-struct RetNetModelConfig {
+/// Shape of a language model whose blocks have configuration BlockConfig (which has `eps` and
+/// `embedDim`, the width of the residual stream).
+template <typename BlockConfig>
+struct LanguageModelConfig {
   Index vocab = 0;          ///< vocabulary size
-  Index layers = 0;         ///< number of RetNet blocks
-  RetNetBlockConfig block;  ///< every block's shape
+  Index layers = 0;         ///< number of blocks
+  BlockConfig block;        ///< every block's shape; block.eps is also the final norm's
   double embedScale = 1.0;  ///< token embeddings are multiplied by this (torchscale: 1, or sqrt(D))
   bool tiedEmbedding = false;  ///< the output projection is the embedding table
 
@@ -30,63 +35,34 @@ struct RetNetModelConfig {
   }
 };
 
-template <typename Scalar>
-struct RetNetModelWeights {
-  RowMatrix<Scalar> embed;                         ///< embed_tokens.weight (vocab, D)
-  std::vector<RetNetBlockWeights<Scalar>> layers;  ///< layers.{i}.*
-  Vector<Scalar> finalNorm;                        ///< layer_norm.weight (D)
+template <typename BlockWeights, typename Scalar>
+struct LanguageModelWeights {
+  RowMatrix<Scalar> embed;             ///< embed_tokens.weight (vocab, D)
+  std::vector<BlockWeights> layers;    ///< layers.{i}.*
+  Vector<Scalar> finalNorm;            ///< layer_norm.weight (D)
   RowMatrix<Scalar> outputProjection;  ///< output_projection.weight (vocab, D); empty if tied
 };
 
-/// The state of a whole model: one retention state per layer, all at the same positions. Its
-/// size depends on the batch and the model, never on the sequence length.
-template <typename Scalar>
-class RetNetModelState {
- public:
-  std::vector<MultiScaleRetentionState<Scalar>> layers;
-
-  bool empty() const { return layers.empty() || layers.front().empty(); }
-  Index batch() const { return empty() ? 0 : layers.front().batch(); }
-  /// Positions of batch item b (tokens consumed).
-  Index position(Index b) const {
-    detail::require(!empty(), "RetNetModelState::position", "the state is empty");
-    return layers.front().position(b);
-  }
-  Index bytes() const {
-    Index total = 0;
-    for (const auto& layer : layers) total += layer.bytes();
-    return total;
-  }
-  void clear() { layers.clear(); }
-
-  /// Scratch for decoding steps; not part of the value (a copy starts empty).
-  struct Workspace {
-    Vector<Scalar> hidden, other;  // (batch x D) activations between layers
-  };
-  Workspace& workspace() const { return workspace_.get(); }
-
- private:
-  detail::Scratch<Workspace> workspace_;
+/// Buffers of a decoding step (not part of any state's value).
+template <typename BlockScratch, typename Scalar>
+struct LanguageModelScratch {
+  Vector<Scalar> hidden, other;  // (batch x D) activations between blocks
+  BlockScratch block;
 };
 
-struct GenerationOptions {
-  Index maxNewTokens = 32;               ///< tokens generated per prompt at most
-  SamplingOptions sampling;              ///< greedy by default
-  std::uint64_t seed = 0;                ///< same seed, same prompts: same tokens
-  std::vector<std::int64_t> stopTokens;  ///< generation of a sequence ends after one of these
-  Index chunkSize = 64;                  ///< prefill chunk
-  /// Called for every generated token: (sequence index, token id).
-  std::function<void(Index, std::int64_t)> onToken;
-};
-
-template <typename Scalar>
-class RetNetModel {
+/// The model skeleton. A Block is a SequenceLayer (sequence_layer.hpp) with Config, Weights,
+/// State and Scratch types, a (Config, Weights) constructor, prepareState(where, batch, state)
+/// and forwardRows; its State is a LayerState (model_state.hpp).
+template <typename Block>
+class LanguageModel {
  public:
-  using Config = RetNetModelConfig;
-  using Weights = RetNetModelWeights<Scalar>;
-  using State = RetNetModelState<Scalar>;
+  using Scalar = typename Block::Scalar;
+  using Config = LanguageModelConfig<typename Block::Config>;
+  using Weights = LanguageModelWeights<typename Block::Weights, Scalar>;
+  using State = LanguageModelState<typename Block::State>;
+  using Scratch = LanguageModelScratch<typename Block::Scratch, Scalar>;
 
-  RetNetModel(const Config& config, const Weights& weights) : config_(checkedConfig(config)) {
+  LanguageModel(const Config& config, const Weights& weights) : config_(checkedConfig(config)) {
     const Index D = config.block.embedDim;
     detail::require(weights.embed.rows() == config.vocab && weights.embed.cols() == D,
                     "RetNetModel", "embed must be (", config.vocab, ", ", D, "), got (",
@@ -101,14 +77,14 @@ class RetNetModel {
           "RetNetModel", "outputProjection must be (", config.vocab, ", ", D, "), got (",
           weights.outputProjection.rows(), ", ", weights.outputProjection.cols(), ")");
     }
-    embed_ = weights.embed;
+    embed_ = LinearWeight<Scalar>(weights.embed);
     for (const auto& layer : weights.layers) blocks_.emplace_back(config.block, layer);
     finalNorm_ = weights.finalNorm;
-    if (!config.tiedEmbedding) outputProjection_ = weights.outputProjection;
+    if (!config.tiedEmbedding) outputProjection_ = LinearWeight<Scalar>(weights.outputProjection);
   }
 
   const Config& config() const { return config_; }
-  const std::vector<RetNetBlock<Scalar>>& blocks() const { return blocks_; }
+  const std::vector<Block>& blocks() const { return blocks_; }
 
   /// Logits (B, T, vocab) of every position, every layer in the parallel form.
   Tensor3<Scalar> forwardParallel(const TokenMatrix& tokens) const {
@@ -146,7 +122,7 @@ class RetNetModel {
     detail::requireChunkSize(where, chunkSize);
     prepare(where, tokens, state);
     const Index batch = tokens.rows(), time = tokens.cols();
-    RowMatrix<Scalar> hidden = runLayers(Form::kChunkwise, tokens, chunkSize, state);
+    RowMatrix<Scalar> hidden = runBlocks(Form::kChunkwise, tokens, chunkSize, state);
     RowMatrix<Scalar> last(batch, config_.block.embedDim);
     for (Index b = 0; b < batch; ++b) last.row(b) = hidden.row(b * time + time - 1);
     RowMatrix<Scalar> logits(batch, config_.vocab);
@@ -155,30 +131,34 @@ class RetNetModel {
   }
 
   /// One decoding step: `tokens` holds one id per batch item; writes logits (B x vocab). O(1) in
-  /// the position, and allocation-free once `logits` and the state's buffers have their sizes.
-  void decode(const std::vector<std::int64_t>& tokens, State& state,
-              RowMatrix<Scalar>& logits) const {
+  /// the position, and allocation-free once `logits`, the state and `scratch` have their sizes.
+  void decode(const std::vector<std::int64_t>& tokens, State& state, RowMatrix<Scalar>& logits,
+              Scratch& scratch) const {
     const char* where = "RetNetModel::decode";
     const auto batch = static_cast<Index>(tokens.size());
     detail::require(batch >= 1, where, "tokens must hold one id per batch item, got none");
     prepareState(where, batch, state);
     for (Index b = 0; b < batch; ++b) checkToken(where, tokens[static_cast<std::size_t>(b)]);
     const Index D = config_.block.embedDim;
-    auto& ws = state.workspace();
-    Scalar* in = detail::bufferView(ws.hidden, batch, D).data();  // (batch x D)
-    Scalar* out = detail::bufferView(ws.other, batch, D).data();
-    for (Index b = 0; b < batch; ++b) {
-      Eigen::Map<RowMatrix<Scalar>>(in, batch, D).row(b) =
-          embed_.row(tokens[static_cast<std::size_t>(b)]) * static_cast<Scalar>(config_.embedScale);
-    }
+    Scalar* in = detail::bufferView(scratch.hidden, batch, D).data();  // (batch x D)
+    Scalar* out = detail::bufferView(scratch.other, batch, D).data();
+    stages::embed<Scalar>(tokens.data(), embed_.matrix(), config_.embedScale,
+                          Eigen::Map<RowMatrix<Scalar>>(in, batch, D));
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
-      blocks_[l].forwardRows(Form::kRecurrent, in, batch, 1, 0, state.layers[l], out);
+      blocks_[l].forwardRows(Form::kRecurrent, in, batch, 1, 0, state.layers[l], out,
+                             scratch.block);
       std::swap(in, out);
     }
     if (logits.rows() != batch || logits.cols() != config_.vocab)
       logits.resize(batch, config_.vocab);
     Eigen::Map<RowMatrix<Scalar>> hidden(in, batch, D);
     project(hidden, logits);
+  }
+  /// The same with a scratch kept per thread and model type.
+  void decode(const std::vector<std::int64_t>& tokens, State& state,
+              RowMatrix<Scalar>& logits) const {
+    thread_local Scratch scratch;
+    decode(tokens, state, logits, scratch);
   }
   RowMatrix<Scalar> decode(const std::vector<std::int64_t>& tokens, State& state) const {
     RowMatrix<Scalar> logits;
@@ -211,27 +191,7 @@ class RetNetModel {
   std::vector<std::vector<std::int64_t>> continueGeneration(
       State& state, const std::vector<std::vector<std::int64_t>>& next,
       const GenerationOptions& options, State* finalState = nullptr) const {
-    const char* where = "RetNetModel::generate";
-    options.sampling.validate(where);
-    detail::require(options.maxNewTokens >= 0, where, "maxNewTokens must be >= 0, got ",
-                    options.maxNewTokens);
-    detail::requireChunkSize(where, options.chunkSize);
-    const auto batch = static_cast<Index>(next.size());
-    detail::require(batch >= 1, where, "at least one sequence is needed");
-    detail::require(state.empty() || state.batch() == batch, where, "the state holds ",
-                    state.batch(), " sequences but ", batch, " continuations were given");
-    RowMatrix<Scalar> logits(batch, config_.vocab);
-    State grown;
-    for (Index b = 0; b < batch; ++b) {
-      const auto& tokens = next[static_cast<std::size_t>(b)];
-      detail::require(!tokens.empty(), where, "sequence ", b, " has no tokens to feed");
-      State single = state.empty() ? State() : extractBatchItem(state, b);
-      const TokenMatrix row = TokenMatrix::Map(tokens.data(), 1, static_cast<Index>(tokens.size()));
-      logits.row(b) = prefill(row, single, options.chunkSize);
-      appendBatchItem(grown, single);
-    }
-    state = std::move(grown);
-    return sampleLoop(state, logits, options, finalState);
+    return retnet::continueGeneration(*this, state, next, options, finalState);
   }
 
  private:
@@ -245,21 +205,13 @@ class RetNetModel {
                     config_.vocab, "), got ", token);
   }
 
+  /// Sizes an empty state (every layer) for `batch` sequences, or checks a non-empty one.
   void prepareState(const char* where, Index batch, State& state) const {
-    const RetNetBlockConfig& c = config_.block;
     if (state.layers.empty()) state.layers.resize(blocks_.size());
     detail::requireEqual(where, "state layers", config_.layers,
                          static_cast<Index>(state.layers.size()));
-    for (auto& layer : state.layers) {
-      if (layer.empty()) {
-        layer.reset(batch, c.heads, c.embedDim / c.heads, c.valueDim / c.heads);
-        continue;
-      }
-      detail::requireEqual(where, "batch size (the state's)", layer.batch(), batch);
-      detail::requireEqual(where, "state heads", c.heads, layer.heads());
-      detail::requireEqual(where, "state key dim", c.embedDim / c.heads, layer.keyDim());
-      detail::requireEqual(where, "state value dim", c.valueDim / c.heads, layer.valueDim());
-    }
+    for (std::size_t l = 0; l < blocks_.size(); ++l)
+      blocks_[l].prepareState(where, batch, state.layers[l]);
   }
 
   void prepare(const char* where, const TokenMatrix& tokens, State& state) const {
@@ -271,127 +223,47 @@ class RetNetModel {
   }
 
   /// Embeds the tokens and runs every block: hidden states (B·T x D) before the final norm.
-  RowMatrix<Scalar> runLayers(Form form, const TokenMatrix& tokens, Index chunkSize,
+  RowMatrix<Scalar> runBlocks(Form form, const TokenMatrix& tokens, Index chunkSize,
                               State& state) const {
     const Index rows = tokens.size(), D = config_.block.embedDim;
     RowMatrix<Scalar> x(rows, D), y(rows, D);
-    const auto scale = static_cast<Scalar>(config_.embedScale);
-    for (Index r = 0; r < rows; ++r) x.row(r) = embed_.row(tokens.data()[r]) * scale;
+    stages::embed<Scalar>(tokens.data(), embed_.matrix(), config_.embedScale, x);
+    Scratch scratch;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       blocks_[l].forwardRows(form, x.data(), tokens.rows(), tokens.cols(), chunkSize,
-                             state.layers[l], y.data());
+                             state.layers[l], y.data(), scratch.block);
       x.swap(y);
     }
     return x;
   }
 
   /// logits = RMSNorm(hidden; w_final) · Wᵀ, W the output projection (or the tied embedding).
-  template <typename Hidden, typename Logits>
-  void project(Hidden& hidden, Logits& logits) const {
-    detail::rmsNormRows(hidden, config_.block.eps, &finalNorm_);
-    detail::linear(hidden, config_.tiedEmbedding ? embed_ : outputProjection_, logits);
+  void project(MatrixRef<Scalar> hidden, MatrixRef<Scalar> logits) const {
+    stages::rmsNorm(hidden, finalNorm_.data(), config_.block.eps, hidden);
+    stages::linear(hidden, config_.tiedEmbedding ? embed_ : outputProjection_, logits);
   }
 
   Tensor3<Scalar> forward(const char* where, Form form, const TokenMatrix& tokens, Index chunkSize,
                           State& state) const {
     prepare(where, tokens, state);
-    RowMatrix<Scalar> hidden = runLayers(form, tokens, chunkSize, state);
+    RowMatrix<Scalar> hidden = runBlocks(form, tokens, chunkSize, state);
     Tensor3<Scalar> logits(tokens.rows(), tokens.cols(), config_.vocab);
-    Eigen::Map<RowMatrix<Scalar>> out(logits.data(), tokens.size(), config_.vocab);
-    project(hidden, out);
+    project(hidden, Eigen::Map<RowMatrix<Scalar>>(logits.data(), tokens.size(), config_.vocab));
     return logits;
   }
 
-  /// Samples and decodes until every sequence has ended; `logits` (B x vocab) are those of the
-  /// last consumed position of each sequence.
-  std::vector<std::vector<std::int64_t>> sampleLoop(State& state, RowMatrix<Scalar>& logits,
-                                                    const GenerationOptions& options,
-                                                    State* finalState) const {
-    const Index batch = state.batch();
-    std::vector<std::vector<std::int64_t>> generated(static_cast<std::size_t>(batch));
-    std::vector<bool> done(static_cast<std::size_t>(batch), false);
-    std::vector<std::int64_t> next(static_cast<std::size_t>(batch), 0);
-    std::vector<Index> scratch;
-    if (finalState != nullptr) *finalState = state;
-    for (Index step = 0; step < options.maxNewTokens; ++step) {
-      bool anyActive = false;
-      for (Index b = 0; b < batch; ++b) {
-        const auto i = static_cast<std::size_t>(b);
-        if (done[i]) continue;  // a finished sequence feeds its last token again, ignored
-        SplitMix64 draw(drawSeed(options.seed, state.position(b)));
-        next[i] = sampleToken(logits.row(b).transpose(), options.sampling, draw, scratch);
-        generated[i].push_back(next[i]);
-        if (options.onToken) options.onToken(b, next[i]);
-        const bool stop = std::find(options.stopTokens.begin(), options.stopTokens.end(),
-                                    next[i]) != options.stopTokens.end();
-        done[i] = stop || static_cast<Index>(generated[i].size()) >= options.maxNewTokens;
-        // Its state now holds everything but the token just drawn: that is where it resumes.
-        if (done[i] && finalState != nullptr) copyBatchItem(state, *finalState, b);
-        anyActive = anyActive || !done[i];
-      }
-      if (!anyActive) break;
-      decode(next, state, logits);
-    }
-    return generated;
-  }
-
-  /// The random stream of one draw: a function of (seed, position) only.
-  static std::uint64_t drawSeed(std::uint64_t seed, Index position) {
-    return SplitMix64(SplitMix64(seed).next() ^ static_cast<std::uint64_t>(position)).next();
-  }
-
-  /// Batch item b of `state` as a state of its own.
-  static State extractBatchItem(const State& state, Index b) {
-    State single;
-    for (const auto& layer : state.layers) {
-      MultiScaleRetentionState<Scalar> item(1, layer.heads(), layer.keyDim(), layer.valueDim());
-      const Index perItem = layer.heads() * layer.keyDim() * layer.valueDim();
-      std::copy(layer.values().data() + b * perItem, layer.values().data() + (b + 1) * perItem,
-                item.values().data());
-      item.setPosition(0, layer.position(b));
-      single.layers.push_back(std::move(item));
-    }
-    return single;
-  }
-
-  /// Copies batch item b (every layer's S and position) from `from` to `to`.
-  static void copyBatchItem(const State& from, State& to, Index b) {
-    for (std::size_t l = 0; l < from.layers.size(); ++l) {
-      const auto& source = from.layers[l];
-      auto& target = to.layers[l];
-      const Index perItem = source.heads() * source.keyDim() * source.valueDim();
-      std::copy(source.values().data() + b * perItem, source.values().data() + (b + 1) * perItem,
-                target.values().data() + b * perItem);
-      target.setPosition(b, source.position(b));
-    }
-  }
-
-  /// Appends the single batch item of `single` to `state` (each layer; positions kept).
-  static void appendBatchItem(State& state, const State& single) {
-    if (state.layers.empty()) {
-      state.layers = single.layers;
-      return;
-    }
-    for (std::size_t l = 0; l < state.layers.size(); ++l) {
-      const auto& from = single.layers[l];
-      auto& to = state.layers[l];
-      MultiScaleRetentionState<Scalar> grown(to.batch() + 1, to.heads(), to.keyDim(),
-                                             to.valueDim());
-      const Index perItem = to.heads() * to.keyDim() * to.valueDim();
-      std::copy(to.values().data(), to.values().data() + to.values().size(), grown.values().data());
-      std::copy(from.values().data(), from.values().data() + perItem,
-                grown.values().data() + to.batch() * perItem);
-      for (Index b = 0; b < to.batch(); ++b) grown.setPosition(b, to.position(b));
-      grown.setPosition(to.batch(), from.position(0));
-      to = std::move(grown);
-    }
-  }
-
   Config config_;
-  RowMatrix<Scalar> embed_;
-  std::vector<RetNetBlock<Scalar>> blocks_;
-  Vector<Scalar> finalNorm_;
-  RowMatrix<Scalar> outputProjection_;
+  LinearWeight<Scalar> embed_;  // (vocab, D): the lookup table, and the head when tied
+  std::vector<Block> blocks_;
+  Vector<Scalar> finalNorm_;               // (D)
+  LinearWeight<Scalar> outputProjection_;  // (vocab, D); empty when tied
 };
+
+/// torchscale's RetNetDecoder.
+using RetNetModelConfig = LanguageModelConfig<RetNetBlockConfig>;
+template <typename Scalar>
+using RetNetModelWeights = LanguageModelWeights<RetNetBlockWeights<Scalar>, Scalar>;
+template <typename Scalar>
+using RetNetModel = LanguageModel<RetNetBlock<Scalar>>;
 
 }  // namespace retnet

@@ -7,20 +7,18 @@
 
 #include "retnet/activation.hpp"
 #include "retnet/detail/checks.hpp"
-#include "retnet/detail/layer_forms.hpp"
-#include "retnet/detail/linear.hpp"
-#include "retnet/detail/ops.hpp"
 #include "retnet/detail/parallel_for.hpp"
-#include "retnet/detail/retention_kernel.hpp"
 #include "retnet/detail/workspace.hpp"
 #include "retnet/form.hpp"
 #include "retnet/rotary.hpp"
+#include "retnet/sequence_layer.hpp"
+#include "retnet/stages/decay.hpp"
+#include "retnet/stages/group_norm.hpp"
+#include "retnet/stages/linear.hpp"
+#include "retnet/stages/retention.hpp"
 #include "retnet/state.hpp"
 
 namespace retnet {
-
-template <typename Scalar>
-class RetNetBlock;
 
 /// Shape of a multi-scale retention layer (torchscale's names in comments).
 struct MultiScaleRetentionConfig {
@@ -29,9 +27,15 @@ struct MultiScaleRetentionConfig {
   Index heads = 0;     ///< H (retention_heads): must divide D and V; D/H must be even
   double eps = 1e-6;   ///< group-norm eps (layernorm_eps)
   Activation gate = Activation::kSwish;  ///< gate_fn
+  std::vector<double> decays = {};       ///< γ_h per head; empty: the paper's 1 − 2^(−5−h)
 
   Index keyDim() const { return embedDim / heads; }        ///< dk = D / H
   Index headValueDim() const { return valueDim / heads; }  ///< dv = V / H
+
+  /// γ_h of every head: `decays`, or the paper's schedule when it is empty.
+  std::vector<double> headDecays() const {
+    return decays.empty() ? stages::retnetDecays(heads) : decays;
+  }
 
   void validate(const char* where) const {
     detail::require(embedDim >= 1 && valueDim >= 1 && heads >= 1, where,
@@ -45,6 +49,7 @@ struct MultiScaleRetentionConfig {
                     "embedDim / heads must be even for the rotary pairs, got ", keyDim());
     detail::require(std::isfinite(eps) && eps >= 0, where, "eps must be finite and >= 0, got ",
                     eps);
+    if (!decays.empty()) stages::checkDecays(where, decays, heads);
   }
 };
 
@@ -58,10 +63,20 @@ struct MultiScaleRetentionWeights {
   RowMatrix<Scalar> out;  ///< out_proj.weight (D, V)
 };
 
+/// Buffers of one multi-scale retention call (not part of any state's value).
+template <typename Scalar>
+struct MultiScaleRetentionScratch {
+  Vector<Scalar> projections;                       // (rows x 2D+2V): q | k | v | g
+  Vector<Scalar> retained;                          // (rows x V): heads side by side
+  RotaryTable<Scalar> rotary;                       // (time x dk/2)
+  std::vector<RetentionPlan<Scalar>> plans;         // one per head
+  std::vector<RetentionScratch<Scalar>> perThread;  // the retention stage's
+};
+
 /// Multi-scale retention, torchscale's MultiScaleRetention in all three forms:
 ///
 ///   q, k, v, g = x Wqᵀ, x Wkᵀ / sqrt(dk), x Wvᵀ, x Wgᵀ      (x is (B, T, D))
-///   q, k      <- rotated by position (RotaryEmbedding)
+///   q, k      <- rotated by position (RotaryEmbedding, interleaved)
 ///   o_h       = retention of head h with γ_h = 1 − 2^(−5−h), divided by the form's factor
 ///   y         = (swish(g) ⊙ concat_h GroupRMSNorm(o_h)) Woutᵀ              (eq. 8–9)
 ///
@@ -72,14 +87,19 @@ struct MultiScaleRetentionWeights {
 /// chunkwise formula with one chunk spanning its input (torchscale has no parallel form with a
 /// state). Inputs and outputs are row-major (B, T, D).
 template <typename Scalar>
-class MultiScaleRetention : public detail::LayerForms<MultiScaleRetention<Scalar>, Scalar> {
+class MultiScaleRetention
+    : public SequenceLayer<MultiScaleRetention<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
+                           MultiScaleRetentionScratch<Scalar>> {
   static_assert(std::is_floating_point_v<Scalar>,
                 "retnet::MultiScaleRetention needs a floating-point Scalar");
+  using Forms = SequenceLayer<MultiScaleRetention<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
+                              MultiScaleRetentionScratch<Scalar>>;
 
  public:
   using Config = MultiScaleRetentionConfig;
   using Weights = MultiScaleRetentionWeights<Scalar>;
   using State = MultiScaleRetentionState<Scalar>;
+  using Scratch = MultiScaleRetentionScratch<Scalar>;
 
   MultiScaleRetention(const Config& config, const Weights& weights)
       : config_(checkedConfig(config)), rotary_(config.keyDim()) {
@@ -89,36 +109,93 @@ class MultiScaleRetention : public detail::LayerForms<MultiScaleRetention<Scalar
     checkWeight("v", weights.v, V, D);
     checkWeight("g", weights.g, V, D);
     checkWeight("out", weights.out, D, V);
-    // One GEMM for all four input projections; k's 1/sqrt(dk) folded into its rows.
-    inputWeights_.resize(2 * D + 2 * V, D);
-    inputWeights_ << weights.q,
-        weights.k * static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(config.keyDim()))),
-        weights.v, weights.g;
-    outputWeights_ = weights.out;
-    for (Index h = 0; h < config.heads; ++h) decays_.emplace_back(headGamma(h));
+    // One GEMM for all four input projections; k's 1/sqrt(dk) folded into its rows, so the
+    // retention stage runs with scale 1 and S holds the scaled keys, as torchscale's does.
+    inputWeights_ = LinearWeight<Scalar>::stacked({&weights.q, &weights.k, &weights.v, &weights.g});
+    inputWeights_.rows(D, D) *= static_cast<Scalar>(1.0 / std::sqrt(double(config.keyDim())));
+    outputWeights_ = LinearWeight<Scalar>(weights.out);
+    for (double gamma : config.headDecays())
+      heads_.push_back({gamma, RetentionNormalization::kTorchscale, 1.0, ScaleSide::kKey});
   }
 
   const Config& config() const { return config_; }
   const RotaryEmbedding<Scalar>& rotary() const { return rotary_; }
 
+  // The forms (sequence_layer.hpp): forwardParallel(x[, state]), forwardChunkwise(x, chunk[,
+  // state]), forwardRecurrent(x[, state[, out[, scratch]]]), forward(x[, state]),
+  // forward(form, x, chunk, state), forwardRows(form, x, batch, time, chunk, state, y, scratch).
+  using Forms::forward;
+  using Forms::forwardChunkwise;
+  using Forms::forwardParallel;
+  using Forms::forwardRecurrent;
+  using Forms::forwardRows;
+
   /// γ_h = 1 − 2^(−5−h), torchscale's decay of head h.
-  static double headGamma(Index head) { return 1.0 - std::ldexp(1.0, -5 - static_cast<int>(head)); }
+  static double headGamma(Index head) { return stages::retnetDecay(head); }
 
   /// Chunk size of forward(): measured fastest on the benchmark machine (bench/README.md) for
   /// per-head widths from 64 to 256; smaller chunks waste less of the causal mask, larger ones
   /// keep the per-chunk products GEMM-shaped.
   Index recommendedChunkSize() const { return detail::recommendedChunkSize(config_.keyDim()); }
 
- private:
-  friend class RetNetBlock<Scalar>;
-  friend class detail::LayerForms<MultiScaleRetention, Scalar>;
-
-  static constexpr detail::FormNames kFormNames{"MultiScaleRetention::forwardParallel",
-                                                "MultiScaleRetention::forwardChunkwise",
-                                                "MultiScaleRetention::forwardRecurrent"};
+  static constexpr FormNames kFormNames{"MultiScaleRetention::forwardParallel",
+                                        "MultiScaleRetention::forwardChunkwise",
+                                        "MultiScaleRetention::forwardRecurrent"};
   Index inputWidth() const { return config_.embedDim; }
   Index outputWidth() const { return config_.embedDim; }
 
+  /// Checks x against the configuration and the state, sizing an empty state.
+  void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
+    detail::requireNonEmpty(where, "x", x);
+    detail::requireEqual(where, "x's last dimension (embedDim)", config_.embedDim, x.features());
+    prepareState(where, x.batch(), state);
+  }
+
+  /// Sizes an empty state for `batch` items, or checks a non-empty one against this layer.
+  void prepareState(const char* where, Index batch, State& state) const {
+    if (state.empty()) {
+      state.reset(batch, config_.heads, config_.keyDim(), config_.headValueDim());
+      return;
+    }
+    detail::requireEqual(where, "x's batch size (the state's)", state.batch(), batch);
+    detail::requireEqual(where, "state heads", config_.heads, state.heads());
+    detail::requireEqual(where, "state key dim", config_.keyDim(), state.keyDim());
+    detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
+  }
+
+  /// The data path of one slab: x (batch·time x D) -> y (batch·time x D), every batch item
+  /// `time` positions long and at its own position in `state` (sized by prepare()).
+  void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
+                   State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
+    const Index D = config_.embedDim, V = config_.valueDim, rows = batch * time;
+    RETNET_ASSERT(x.rows() == rows && x.cols() == D && y.rows() == rows && y.cols() == D);
+    RETNET_ASSERT(state.batch() == batch && state.heads() == config_.heads);
+
+    // 1. [q | k | v | g] = x [Wq; Wk/sqrt(dk); Wv; Wg]ᵀ      (rows x 2D+2V), one GEMM
+    auto qkvg = detail::bufferView(scratch.projections, rows, 2 * D + 2 * V);
+    stages::linear(x, inputWeights_, qkvg);
+
+    // 2. q and k rotated, each batch item's rows by its own positions
+    for (Index b = 0; b < batch; ++b) {
+      if (b == 0 || state.position(b) != state.position(b - 1))  // items usually share them
+        rotary_.fillTable(state.position(b), time, scratch.rotary);
+      stages::rotate(rotary_, scratch.rotary, qkvg.block(b * time, 0, time, 2 * D));
+    }
+
+    // 3. o = retention of every (batch item, head), divided by torchscale's factor (rows x V)
+    auto o = detail::bufferView(scratch.retained, rows, V);
+    retainHeads(form, qkvg, batch, time, chunkSize, state, o, scratch);
+
+    // 4. o = GroupNorm(o) ⊙ swish(g)   (eq. 8)
+    stages::groupNormGate<Scalar>(o, config_.heads, nullptr, config_.eps, qkvg.rightCols(V),
+                                  config_.gate);
+
+    // 5. y = o Woutᵀ
+    stages::linear(o, outputWeights_, y);
+    for (Index b = 0; b < batch; ++b) state.setPosition(b, state.position(b) + time);
+  }
+
+ private:
   static Config checkedConfig(const Config& config) {
     config.validate("MultiScaleRetention");
     return config;
@@ -129,129 +206,35 @@ class MultiScaleRetention : public detail::LayerForms<MultiScaleRetention<Scalar
                     " must be (", rows, ", ", cols, "), got (", w.rows(), ", ", w.cols(), ")");
   }
 
-  /// Checks x against the configuration and the state, sizing an empty state.
-  void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
-    detail::requireNonEmpty(where, "x", x);
-    detail::requireEqual(where, "x's last dimension (embedDim)", config_.embedDim, x.features());
-    if (state.empty()) {
-      state.reset(x.batch(), config_.heads, config_.keyDim(), config_.headValueDim());
-      return;
-    }
-    detail::requireEqual(where, "x's batch size (the state's)", state.batch(), x.batch());
-    detail::requireEqual(where, "state heads", config_.heads, state.heads());
-    detail::requireEqual(where, "state key dim", config_.keyDim(), state.keyDim());
-    detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
-  }
-
-  /// One slab: x (batch·time x D) -> y (batch·time x D), arguments already checked.
-  void forwardSlab(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
-                   State& state, Scalar* y, detail::LayerWorkspace<Scalar>& ws) const {
-    const Index D = config_.embedDim, V = config_.valueDim, rows = batch * time;
-    const Index width = 2 * D + 2 * V;
-    // projections (rows x 2D+2V): [q | k | v | g] for every position, one GEMM.
-    auto projections = detail::bufferView(ws.projections, rows, width);
-    const Eigen::Map<const RowMatrix<Scalar>> input(x, rows, D);
-    detail::linear(input, inputWeights_, projections);
-    rotate(projections, batch, time, state, ws);
-
-    // retained (rows x V): heads side by side, each (time x dv) per batch item.
-    auto retained = detail::bufferView(ws.retained, rows, V);
-    retain(form, projections, batch, time, chunkSize, state, retained, ws);
-
-    // Group norm (RMS over each head's dv values, no weight), then the swish gate.
-    const Index dv = config_.headValueDim();
-    detail::forRowBlocks(rows, [&](Index begin, Index count) {
-      for (Index r = begin; r < begin + count; ++r) {
-        for (Index h = 0; h < config_.heads; ++h) {
-          auto head = retained.row(r).segment(h * dv, dv);
-          head *= Scalar(1) / std::sqrt(head.squaredNorm() / static_cast<Scalar>(dv) +
-                                        static_cast<Scalar>(config_.eps));
-        }
-      }
-      auto gate = projections.block(begin, 2 * D + V, count, V);
-      detail::activateInPlace(gate.array(), config_.gate);
-      retained.middleRows(begin, count).array() *= gate.array();
-    });
-
-    Eigen::Map<RowMatrix<Scalar>> output(y, rows, D);
-    detail::linear(retained, outputWeights_, output);
-    for (Index b = 0; b < batch; ++b) state.setPosition(b, state.position(b) + time);
-  }
-
-  /// Rotates every head of q and k by its absolute position (each batch item's own).
-  void rotate(Eigen::Map<RowMatrix<Scalar>>& projections, Index batch, Index time,
-              const State& state, detail::LayerWorkspace<Scalar>& ws) const {
-    const Index pairs = rotary_.pairs(), D = config_.embedDim;
-    auto cosines = detail::bufferView(ws.cosines, time, pairs);
-    auto sines = detail::bufferView(ws.sines, time, pairs);
-    for (Index b = 0; b < batch; ++b) {
-      const Index start = state.position(b);
-      if (b == 0 || start != state.position(b - 1)) {  // items usually share their positions
-        detail::forRowBlocks(time, [&](Index begin, Index count) {
-          for (Index t = begin; t < begin + count; ++t) {
-            rotary_.fillTable(start + t, &cosines(t, 0), &sines(t, 0));
-          }
-        });
-      }
-      detail::forRowBlocks(time, [&](Index begin, Index count) {
-        for (Index t = begin; t < begin + count; ++t) {
-          Scalar* row = &projections(b * time + t, 0);
-          rotary_.rotate(row, config_.heads, &cosines(t, 0), &sines(t, 0));      // q
-          rotary_.rotate(row + D, config_.heads, &cosines(t, 0), &sines(t, 0));  // k
-        }
-      });
-    }
-  }
-
-  /// Retention of every (batch item, head), in parallel over both when OpenMP is on.
-  void retain(Form form, const Eigen::Map<RowMatrix<Scalar>>& projections, Index batch, Index time,
-              Index chunkSize, State& state, Eigen::Map<RowMatrix<Scalar>>& retained,
-              detail::LayerWorkspace<Scalar>& ws) const {
-    const Index H = config_.heads, D = config_.embedDim, V = config_.valueDim;
-    const Index dk = config_.keyDim(), dv = config_.headValueDim(), width = projections.cols();
-    std::vector<detail::ChunkPlan<Scalar>> plans;
-    if (form != Form::kRecurrent) {
-      const Index chunk = form == Form::kParallel ? time : chunkSize;
-      for (Index h = 0; h < H; ++h)
-        plans.emplace_back(decays_[static_cast<std::size_t>(h)], chunk, time);
-    }
+  /// Step 3: the retention stage of every (batch item, head), in parallel over both.
+  void retainHeads(Form form, const Eigen::Map<RowMatrix<Scalar>>& qkvg, Index batch, Index time,
+                   Index chunkSize, State& state, Eigen::Map<RowMatrix<Scalar>>& o,
+                   Scratch& scratch) const {
+    const Index H = config_.heads, D = config_.embedDim;
+    const Index dk = config_.keyDim(), dv = config_.headValueDim();
+    scratch.plans.clear();  // keeps its capacity: the recurrent plans allocate nothing
+    for (const RetentionHead& head : heads_)
+      scratch.plans.emplace_back(head, form, chunkSize, time);
     const auto slots = static_cast<std::size_t>(detail::maxThreadSlots());
-    if (ws.chunk.size() < slots) ws.chunk.resize(slots);
-    const detail::RowScaling scaling =
-        form == Form::kParallel ? detail::RowScaling::kParallel : detail::RowScaling::kChunkwise;
+    if (scratch.perThread.size() < slots) scratch.perThread.resize(slots);
 
     detail::parallelFor(batch * H, [&](Index task, int thread) {
-      const Index b = task / H, h = task % H;
-      const Scalar* base = projections.data() + b * time * width;
-      // per (b, h): q, k (time x dk), v (time x dv) inside the projections; out (time x dv)
-      const auto q = detail::rowsView(base + h * dk, time, dk, width);
-      const auto k = detail::rowsView(base + D + h * dk, time, dk, width);
-      const auto v = detail::rowsView(base + 2 * D + h * dv, time, dv, width);
-      auto out = detail::rowsView(retained.data() + b * time * V + h * dv, time, dv, V);
-      detail::StateMap<Scalar> s(state.data(b, h), dk, dv);
+      const Index b = task / H, h = task % H, first = b * time;
+      // this item's rows; head h's columns: q, k (time x dk), v, o (time x dv), S (dk x dv)
       const Index start = state.position(b);
-      if (form == Form::kRecurrent) {
-        // torchscale's recurrent state is S / sqrt(n_t), n_t = Σ_{m<=t} γ^m: o_t = q_t S_t /
-        // sqrt(n_t).
-        const detail::DecayPowers& decay = decays_[static_cast<std::size_t>(h)];
-        const auto gamma = static_cast<Scalar>(decay.gamma());
-        for (Index t = 0; t < time; ++t) {
-          const auto scale = static_cast<Scalar>(1.0 / std::sqrt(decay.windowSum(start + t + 1)));
-          detail::recurrentStep(q.data() + t * width, k.data() + t * width, v.data() + t * width,
-                                dk, dv, gamma, s.data(), &out(t, 0), scale);
-        }
-      } else {
-        detail::retentionChunks(q, k, v, plans[static_cast<std::size_t>(h)], scaling, s, start == 0,
-                                out, ws.chunk[static_cast<std::size_t>(thread)]);
-      }
+      stages::retention(
+          scratch.plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
+          qkvg.block(first, D + h * dk, time, dk), qkvg.block(first, 2 * D + h * dv, time, dv),
+          state.matrix(b, h), start, start == 0, o.block(first, h * dv, time, dv),
+          scratch.perThread[static_cast<std::size_t>(thread)]);
     });
   }
 
   Config config_;
   RotaryEmbedding<Scalar> rotary_;
-  RowMatrix<Scalar> inputWeights_;           // (2D+2V, D): q, k/sqrt(dk), v, g stacked
-  RowMatrix<Scalar> outputWeights_;          // (D, V)
-  std::vector<detail::DecayPowers> decays_;  // per head
+  LinearWeight<Scalar> inputWeights_;   // (2D+2V, D): q, k/sqrt(dk), v, g stacked
+  LinearWeight<Scalar> outputWeights_;  // (D, V)
+  std::vector<RetentionHead> heads_;    // γ_h, torchscale normalisation, scale folded into k
 };
 
 }  // namespace retnet

@@ -6,7 +6,7 @@
 
 #include "retnet/detail/checks.hpp"
 #include "retnet/detail/parallel_for.hpp"
-#include "retnet/detail/retention_kernel.hpp"
+#include "retnet/stages/retention.hpp"
 #include "retnet/state.hpp"
 
 namespace retnet {
@@ -32,7 +32,9 @@ class Retention {
   using State = RetentionState<Scalar>;
 
   /// `gamma` must be finite and in [0, 1]: 0 keeps only the current token, 1 never forgets.
-  explicit Retention(Scalar gamma) : gamma_(gamma), decay_(checkedDecay(gamma)) {}
+  explicit Retention(Scalar gamma)
+      : gamma_(gamma),
+        head_{checkedDecay(gamma), RetentionNormalization::kNone, 1.0, ScaleSide::kKey} {}
 
   Scalar gamma() const { return gamma_; }
 
@@ -45,7 +47,7 @@ class Retention {
   Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> q, ConstTensor3Ref<Scalar> k,
                                   ConstTensor3Ref<Scalar> v, State& state) const {
     const bool fresh = prepare("Retention::forwardParallel", q, k, v, state);
-    return runChunks(q, k, v, q.time(), state, fresh);
+    return run(Form::kParallel, q, k, v, 0, state, fresh);
   }
 
   /// Chunkwise form (eq. 7): chunks of `chunkSize` positions (the last may be shorter; a chunk
@@ -59,7 +61,7 @@ class Retention {
                                    ConstTensor3Ref<Scalar> v, Index chunkSize, State& state) const {
     detail::requireChunkSize("Retention::forwardChunkwise", chunkSize);
     const bool fresh = prepare("Retention::forwardChunkwise", q, k, v, state);
-    return runChunks(q, k, v, chunkSize, state, fresh);
+    return run(Form::kChunkwise, q, k, v, chunkSize, state, fresh);
   }
 
   /// Recurrent form (eq. 6): one position at a time, O(dk · dv) per position.
@@ -71,25 +73,13 @@ class Retention {
   Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> q, ConstTensor3Ref<Scalar> k,
                                    ConstTensor3Ref<Scalar> v, State& state) const {
     prepare("Retention::forwardRecurrent", q, k, v, state);
-    const Index time = q.time(), keyDim = q.features(), valueDim = v.features();
-    Tensor3<Scalar> out(q.batch(), time, valueDim);
-    detail::parallelFor(q.batch(), [&](Index b, int) {
-      Scalar* s = state.values().data() + b * keyDim * valueDim;
-      for (Index t = 0; t < time; ++t) {
-        const Index row = b * time + t;
-        detail::recurrentStep(q.data() + row * keyDim, k.data() + row * keyDim,
-                              v.data() + row * valueDim, keyDim, valueDim, gamma_, s,
-                              out.data() + row * valueDim, Scalar(1));
-      }
-    });
-    state.setPosition(state.position() + time);
-    return out;
+    return run(Form::kRecurrent, q, k, v, 0, state, false);
   }
 
  private:
-  static detail::DecayPowers checkedDecay(Scalar gamma) {
+  static double checkedDecay(Scalar gamma) {
     detail::requireDecay("Retention", static_cast<double>(gamma));
-    return detail::DecayPowers(static_cast<double>(gamma));
+    return static_cast<double>(gamma);
   }
 
   /// Checks shapes and sizes the state if it is empty; returns true if it was. Nothing is
@@ -115,30 +105,32 @@ class Retention {
     return false;
   }
 
-  Tensor3<Scalar> runChunks(const ConstTensor3Ref<Scalar>& q, const ConstTensor3Ref<Scalar>& k,
-                            const ConstTensor3Ref<Scalar>& v, Index chunkSize, State& state,
-                            bool stateIsZero) const {
+  /// The retention stage over every batch item (in parallel), S advanced past the input.
+  Tensor3<Scalar> run(Form form, const ConstTensor3Ref<Scalar>& q, const ConstTensor3Ref<Scalar>& k,
+                      const ConstTensor3Ref<Scalar>& v, Index chunkSize, State& state,
+                      bool stateIsZero) const {
     const Index time = q.time(), keyDim = q.features(), valueDim = v.features();
     Tensor3<Scalar> out(q.batch(), time, valueDim);
-    const detail::ChunkPlan<Scalar> plan(decay_, chunkSize, time);
-    std::vector<detail::ChunkScratch<Scalar>> scratch(
-        static_cast<std::size_t>(detail::maxThreadSlots()));
+    const RetentionPlan<Scalar> plan(head_, form, chunkSize, time);
+    std::vector<RetentionScratch<Scalar>> scratch(
+        static_cast<std::size_t>(form == Form::kRecurrent ? 1 : detail::maxThreadSlots()));
     detail::parallelFor(q.batch(), [&](Index b, int thread) {
       // per item: q, k (T x dk), v, out (T x dv), S (dk x dv)
-      const auto qb = detail::rowsView(q.data() + b * time * keyDim, time, keyDim, keyDim);
-      const auto kb = detail::rowsView(k.data() + b * time * keyDim, time, keyDim, keyDim);
-      const auto vb = detail::rowsView(v.data() + b * time * valueDim, time, valueDim, valueDim);
-      auto ob = detail::rowsView(out.data() + b * time * valueDim, time, valueDim, valueDim);
-      detail::StateMap<Scalar> s(state.values().data() + b * keyDim * valueDim, keyDim, valueDim);
-      detail::retentionChunks(qb, kb, vb, plan, detail::RowScaling::kNone, s, stateIsZero, ob,
-                              scratch[static_cast<std::size_t>(thread)]);
+      using Rows = Eigen::Map<const RowMatrix<Scalar>>;
+      stages::retention(
+          plan, Rows(q.data() + b * time * keyDim, time, keyDim),
+          Rows(k.data() + b * time * keyDim, time, keyDim),
+          Rows(v.data() + b * time * valueDim, time, valueDim), state.matrix(b), state.position(),
+          stateIsZero,
+          Eigen::Map<RowMatrix<Scalar>>(out.data() + b * time * valueDim, time, valueDim),
+          scratch[form == Form::kRecurrent ? 0 : static_cast<std::size_t>(thread)]);
     });
     state.setPosition(state.position() + time);
     return out;
   }
 
   Scalar gamma_;
-  detail::DecayPowers decay_;
+  RetentionHead head_;  // γ, no normalisation, no scale
 };
 
 }  // namespace retnet

@@ -10,10 +10,21 @@
 #include "retnet/detail/parallel_for.hpp"   // IWYU pragma: export (numThreads, setNumThreads)
 #include "retnet/errors.hpp"                // IWYU pragma: export
 #include "retnet/form.hpp"                  // IWYU pragma: export
+#include "retnet/generation.hpp"            // IWYU pragma: export
 #include "retnet/model.hpp"                 // IWYU pragma: export
+#include "retnet/model_state.hpp"           // IWYU pragma: export
 #include "retnet/multiscale_retention.hpp"  // IWYU pragma: export
 #include "retnet/retention.hpp"             // IWYU pragma: export
 #include "retnet/rotary.hpp"                // IWYU pragma: export
 #include "retnet/sampling.hpp"              // IWYU pragma: export
+#include "retnet/sequence_layer.hpp"        // IWYU pragma: export
+#include "retnet/stages/decay.hpp"          // IWYU pragma: export
+#include "retnet/stages/elementwise.hpp"    // IWYU pragma: export
+#include "retnet/stages/embedding.hpp"      // IWYU pragma: export
+#include "retnet/stages/ffn.hpp"            // IWYU pragma: export
+#include "retnet/stages/group_norm.hpp"     // IWYU pragma: export
+#include "retnet/stages/linear.hpp"         // IWYU pragma: export
+#include "retnet/stages/norms.hpp"          // IWYU pragma: export
+#include "retnet/stages/retention.hpp"      // IWYU pragma: export
 #include "retnet/state.hpp"                 // IWYU pragma: export
 #include "retnet/tensor.hpp"                // IWYU pragma: export

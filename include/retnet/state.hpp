@@ -1,9 +1,10 @@
 // The recurrent state of single-head retention.
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
-#include "retnet/detail/workspace.hpp"
+#include "retnet/detail/checks.hpp"
 #include "retnet/errors.hpp"
 #include "retnet/tensor.hpp"
 
@@ -88,8 +89,10 @@ class RetentionState {
 /// state serves every form, in any order.
 ///
 /// A default-constructed state is empty: the first form that uses it sizes it. Position 0 means
-/// S is zero. Batch items may sit at different positions (each is rotated and normalised at its
-/// own); every form advances each item by the length of its input.
+/// S is zero. The state is a plain value: copying it branches a conversation. (The layers'
+/// scratch buffers live elsewhere: MultiScaleRetentionScratch.) Batch items may sit at different
+/// positions (each is rotated and normalised at its own); every form advances each item by the
+/// length of its input.
 template <typename Scalar>
 class MultiScaleRetentionState {
  public:
@@ -159,9 +162,50 @@ class MultiScaleRetentionState {
     return values_.data() + (b * heads() + h) * keyDim() * valueDim();
   }
 
-  /// Scratch space for single-position steps, so decoding allocates nothing after its first
-  /// step. Not part of the state's value.
-  detail::LayerWorkspace<Scalar>& workspace() const { return workspace_.get(); }
+  /// Every value of the state, batch item by batch item (what a state file stores).
+  Scalar* data() { return values_.data(); }
+  const Scalar* data() const { return values_.data(); }
+  Index size() const { return values_.size(); }
+
+  /// Batch item b as a state of its own (batch 1, its position kept).
+  MultiScaleRetentionState item(Index b) const {
+    checkItem(b);
+    MultiScaleRetentionState single(1, heads(), keyDim(), valueDim());
+    std::copy(itemBegin(b), itemBegin(b + 1), single.values_.data());
+    single.positions_[0] = position(b);
+    return single;
+  }
+
+  /// Makes batch item b a copy of item `fromItem` of `from` (S and position).
+  void setItem(Index b, const MultiScaleRetentionState& from, Index fromItem) {
+    checkItem(b);
+    from.checkItem(fromItem);
+    detail::require(
+        from.heads() == heads() && from.keyDim() == keyDim() && from.valueDim() == valueDim(),
+        "MultiScaleRetentionState::setItem", "the states' shapes differ");
+    std::copy(from.itemBegin(fromItem), from.itemBegin(fromItem + 1),
+              values_.data() + b * itemSize());
+    positions_[static_cast<std::size_t>(b)] = from.position(fromItem);
+  }
+
+  /// The batch items of `other` appended after this state's (an empty state takes other's).
+  void append(const MultiScaleRetentionState& other) {
+    if (empty()) {
+      *this = other;
+      return;
+    }
+    detail::require(
+        other.heads() == heads() && other.keyDim() == keyDim() && other.valueDim() == valueDim(),
+        "MultiScaleRetentionState::append", "the states' shapes differ");
+    MultiScaleRetentionState grown(batch() + other.batch(), heads(), keyDim(), valueDim());
+    std::copy(values_.data(), values_.data() + values_.size(), grown.values_.data());
+    std::copy(other.values_.data(), other.values_.data() + other.values_.size(),
+              grown.values_.data() + values_.size());
+    for (Index b = 0; b < batch(); ++b) grown.positions_[static_cast<std::size_t>(b)] = position(b);
+    for (Index b = 0; b < other.batch(); ++b)
+      grown.positions_[static_cast<std::size_t>(batch() + b)] = other.position(b);
+    *this = std::move(grown);
+  }
 
  private:
   void checkItem(Index b, Index h = 0) const {
@@ -170,9 +214,11 @@ class MultiScaleRetentionState {
                     b, ", ", h, ")");
   }
 
+  Index itemSize() const { return heads() * keyDim() * valueDim(); }
+  const Scalar* itemBegin(Index b) const { return values_.data() + b * itemSize(); }
+
   Values values_;
   std::vector<Index> positions_;
-  detail::Scratch<detail::LayerWorkspace<Scalar>> workspace_;
 };
 
 }  // namespace retnet

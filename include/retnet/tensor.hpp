@@ -24,6 +24,15 @@ using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::R
 template <typename Scalar>
 using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
+/// A view of rows of a row-major matrix: a RowMatrix, a Map of a caller's buffer, or a block of
+/// either (e.g. one head's columns of a (time x heads·dk) buffer), nothing copied. Rows may be
+/// any distance apart (OuterStride); elements of a row are contiguous. The stage functions
+/// (retnet/stages/) take their matrices as these.
+template <typename Scalar>
+using MatrixRef = Eigen::Ref<RowMatrix<Scalar>, 0, Eigen::OuterStride<>>;
+template <typename Scalar>
+using ConstMatrixRef = Eigen::Ref<const RowMatrix<Scalar>, 0, Eigen::OuterStride<>>;
+
 /// A read-only view of a row-major rank-3 tensor: data pointer and dimensions, nothing copied.
 template <typename Scalar>
 class ConstTensor3Ref {

@@ -49,6 +49,19 @@ void parallelFor(Eigen::Index count, Body&& body) {
   for (Eigen::Index i = 0; i < count; ++i) body(i, 0);
 }
 
+/// Rows per task of element-wise work spread over threads (norms, activations, rotary).
+inline constexpr Eigen::Index kElementwiseRows = 32;
+
+/// Calls body(begin, count) over [0, rows) in blocks of kElementwiseRows rows, in parallel. Each
+/// row is computed by one thread whatever the thread count, so results do not depend on it.
+template <typename Body>
+void forRowBlocks(Eigen::Index rows, Body&& body) {
+  parallelFor((rows + kElementwiseRows - 1) / kElementwiseRows, [&](Eigen::Index block, int) {
+    const Eigen::Index begin = block * kElementwiseRows;
+    body(begin, rows - begin < kElementwiseRows ? rows - begin : kElementwiseRows);
+  });
+}
+
 /// Upper bound on the `thread` argument parallelFor passes, for sizing per-thread scratch.
 inline int maxThreadSlots() {
 #ifdef _OPENMP

@@ -32,19 +32,39 @@ enum class RowScaling {
   kParallel,   ///< torchscale parallel: the same with the factor clamped to at most 5e4
 };
 
+/// Which side of q·k carries the scale s: the key (torchscale folds 1/sqrt(dk) into k, so S
+/// holds s·kᵀv) or the query (FLA scales q, so S holds kᵀv and outputs are s·q S).
+enum class ScaleSide { kKey, kQuery };
+
 /// Decay tables for one head and one chunk length C, shared by all chunks and batch items.
-/// O(C) memory: the decay mask D (eq. 5) is applied row by row from `powers`, never stored.
+/// O(C) memory: the decay mask D (eq. 5) is applied row by row from these, never stored.
 template <typename Scalar>
 struct ChunkPlan {
-  Index rows = 0;          ///< rows in the largest chunk processed: min(C, T)
-  Vector<Scalar> powers;   ///< γ^m, m = 0 … rows
-  Vector<Scalar> rowNorm;  ///< r_i = sqrt(Σ_{j<=i} γ^(i-j)): torchscale's mask row normaliser
-  Scalar windowSum = 1;    ///< L = Σ_{j<C} γ^j: torchscale's chunk state is S / L
+  Index rows = 0;              ///< rows in the largest chunk processed: min(C, T)
+  Vector<Scalar> powers;       ///< γ^m, m = 0 … rows
+  Vector<Scalar> maskPowers;   ///< s·γ^m: the scaled decay mask of the scores
+  Vector<Scalar> crossPowers;  ///< γ^m, or s·γ^m when s is on the query side: q S's factor
+  Vector<Scalar> keyPowers;    ///< γ^m, or s·γ^m when s is on the key side: kᵀv's factor
+  Vector<Scalar> rowNorm;      ///< r_i = sqrt(Σ_{j<=i} γ^(i-j)): torchscale's mask row normaliser
+  Scalar windowSum = 1;        ///< L = Σ_{j<C} γ^j: torchscale's chunk state is S / L
 
-  ChunkPlan(const DecayPowers& decay, Index chunkSize, Index time) {
+  ChunkPlan(const DecayPowers& decay, Index chunkSize, Index time, double scale = 1.0,
+            ScaleSide side = ScaleSide::kKey) {
     rows = std::min(chunkSize, time);
+    if (rows <= 0) {  // the recurrent form's plan: no tables, nothing allocated
+      rows = 0;
+      return;
+    }
     powers.resize(rows + 1);
     for (Index m = 0; m <= rows; ++m) powers(m) = static_cast<Scalar>(decay(m));
+    const auto s = static_cast<Scalar>(scale);
+    if (scale == 1.0) {  // the common case, bit for bit the unscaled tables
+      maskPowers = crossPowers = keyPowers = powers;
+    } else {
+      maskPowers = s * powers;
+      crossPowers = side == ScaleSide::kQuery ? maskPowers : powers;
+      keyPowers = side == ScaleSide::kKey ? maskPowers : powers;
+    }
     rowNorm.resize(rows);
     double rowSum = 0;
     for (Index i = 0; i < rows; ++i) {
@@ -93,7 +113,7 @@ void advanceState(const ConstRowsMap<Scalar>& k, const ConstRowsMap<Scalar>& v,
                   bool stateIsZero, ChunkScratch<Scalar>& scratch) {
   const Index n = to - from;
   auto weightedKeys = ChunkScratch<Scalar>::view(scratch.weightedKeys, n, k.cols());
-  weightedKeys.noalias() = plan.powers.head(n).reverse().asDiagonal() * middleRows(k, from, n);
+  weightedKeys.noalias() = plan.keyPowers.head(n).reverse().asDiagonal() * middleRows(k, from, n);
   if (stateIsZero) {
     state.noalias() = weightedKeys.transpose() * middleRows(v, from, n);
   } else {
@@ -146,7 +166,7 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     for (Index i = r0; i < r1; ++i) {
       auto row = scores.row(i - r0);
       const Index seen = i + 1 - keyBegin;
-      row.head(seen).array() *= plan.powers.head(seen).reverse().transpose().array();
+      row.head(seen).array() *= plan.maskPowers.head(seen).reverse().transpose().array();
       row.tail(r1 - 1 - i).setZero();
     }
     auto rowAbsSum = ChunkScratch<Scalar>::view(scratch.rowAbsSum, rb, 1);
@@ -158,12 +178,13 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     if (!(stateIsZero && stateRow == 0)) {
       auto crossTerm = ChunkScratch<Scalar>::view(scratch.crossTerm, rb, state.cols());
       crossTerm.noalias() = qBlock * state;
-      outBlock.noalias() += plan.powers.segment(r0 - stateRow + 1, rb).asDiagonal() * crossTerm;
+      outBlock.noalias() +=
+          plan.crossPowers.segment(r0 - stateRow + 1, rb).asDiagonal() * crossTerm;
     }
 
     if (scaling != RowScaling::kNone) {
       // f_i = r_i · a_i with a_i = max(iota_i, sigma), iota_i = max(Σ_j |q_i·k_j| γ^(i-j) / r_i, 1)
-      // (golden README §3.3); the parallel form also caps a_i at 5e4 as torchscale does.
+      // (docs/semantics/torchscale.md §3.3); the parallel form also caps a_i at 5e4 as torchscale does.
       for (Index i = r0; i < r1; ++i) {
         const Scalar r = plan.rowNorm(i);
         const Scalar iota = std::max<Scalar>(rowAbsSum(i - r0) / r, 1);
@@ -199,18 +220,19 @@ void retentionChunks(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& 
   }
 }
 
-/// One recurrent step (paper eq. 6): S <- γ S + kᵀ v, out = (q S) · outScale, in one pass over S.
-/// q, k have dk entries; v and out dv; state is (dk x dv) row-major.
+/// One recurrent step (paper eq. 6): S <- γ S + keyScale · kᵀ v, out = (q S) · outScale, in one
+/// pass over S. q, k have dk entries; v and out dv; state is (dk x dv) row-major.
 template <typename Scalar>
 void recurrentStep(const Scalar* q, const Scalar* k, const Scalar* v, Index keyDim, Index valueDim,
-                   Scalar gamma, Scalar* state, Scalar* out, Scalar outScale) {
+                   Scalar gamma, Scalar* state, Scalar* out, Scalar outScale,
+                   Scalar keyScale = Scalar(1)) {
   using RowVec = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
   const Eigen::Map<const RowVec> value(v, valueDim);
   Eigen::Map<RowVec> output(out, valueDim);
   output.setZero();
   for (Index a = 0; a < keyDim; ++a) {
     Eigen::Map<RowVec> row(state + a * valueDim, valueDim);
-    row = gamma * row + k[a] * value;
+    row = gamma * row + (keyScale == Scalar(1) ? k[a] : keyScale * k[a]) * value;
     output += q[a] * row;
   }
   output *= outScale;

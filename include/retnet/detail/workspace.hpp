@@ -1,12 +1,11 @@
-// Buffers a layer needs for one forward call, kept between calls where that saves allocations.
+// Scratch buffers of the layers: grown on demand, never shrunk, viewed as matrices of the
+// current shape, so a loop that reuses them allocates nothing once they have their size.
 #pragma once
 
 #include <algorithm>
-#include <vector>
 
-#include "retnet/detail/parallel_for.hpp"
-#include "retnet/detail/retention_kernel.hpp"
 #include "retnet/form.hpp"
+#include "retnet/tensor.hpp"
 
 namespace retnet::detail {
 
@@ -16,18 +15,6 @@ Eigen::Map<RowMatrix<Scalar>> bufferView(Vector<Scalar>& buffer, Index rows, Ind
   if (buffer.size() < rows * cols) buffer.resize(rows * cols);
   return Eigen::Map<RowMatrix<Scalar>>(buffer.data(), rows, cols);
 }
-
-template <typename Scalar>
-struct LayerWorkspace {
-  Vector<Scalar> projections;               // (rows x 2D+2V): q | k | v | g per position
-  Vector<Scalar> retained;                  // (rows x V): retention output, then normed and gated
-  Vector<Scalar> normed;                    // (rows x D): RMSNorm of the block input
-  Vector<Scalar> residual;                  // (rows x D): block's h = x + MSR(...)
-  Vector<Scalar> hidden;                    // (rows x 2F): fc1 | gate of the FFN
-  Vector<Scalar> cosines, sines;            // (time x dk/2) rotary tables
-  Vector<Scalar> slabInput, slabOutput;     // gathered slab of a batched input, its output
-  std::vector<ChunkScratch<Scalar>> chunk;  // one per thread
-};
 
 /// The chunk size forward() uses for per-head key width `keyDim` (see bench/README.md).
 inline Index recommendedChunkSize(Index keyDim) { return keyDim >= 128 ? 128 : 64; }
@@ -44,10 +31,11 @@ inline Index slabLength(Form form, Index time, Index chunkSize) {
 
 /// Runs step(xSlab, slabTime, ySlab) over consecutive slabs of at most `slab` positions of x
 /// (batch, time, inWidth) -> y (batch, time, outWidth), in order (states carry across slabs). A
-/// single batch item is used in place; several are gathered into `ws` and scattered back.
+/// single batch item is used in place; several are gathered into `in`/`out` and scattered back.
 template <typename Scalar, typename Step>
 void forEachSlab(const Scalar* x, Index batch, Index time, Index inWidth, Index outWidth,
-                 Index slab, Scalar* y, LayerWorkspace<Scalar>& ws, Step&& step) {
+                 Index slab, Scalar* y, Vector<Scalar>& inBuffer, Vector<Scalar>& outBuffer,
+                 Step&& step) {
   if (slab >= time) {
     step(x, time, y);
     return;
@@ -58,8 +46,8 @@ void forEachSlab(const Scalar* x, Index batch, Index time, Index inWidth, Index 
       step(x + start * inWidth, length, y + start * outWidth);
       continue;
     }
-    auto in = bufferView(ws.slabInput, batch * length, inWidth);
-    auto out = bufferView(ws.slabOutput, batch * length, outWidth);
+    auto in = bufferView(inBuffer, batch * length, inWidth);
+    auto out = bufferView(outBuffer, batch * length, outWidth);
     for (Index b = 0; b < batch; ++b) {
       in.middleRows(b * length, length) =
           Eigen::Map<const RowMatrix<Scalar>>(x + (b * time + start) * inWidth, length, inWidth);
@@ -71,31 +59,5 @@ void forEachSlab(const Scalar* x, Index batch, Index time, Index inWidth, Index 
     }
   }
 }
-
-/// Rows per task of element-wise work spread over threads (norms, activations, rotary).
-inline constexpr Index kElementwiseRows = 32;
-
-/// Calls body(begin, count) over [0, rows) in blocks of kElementwiseRows rows, in parallel.
-template <typename Body>
-void forRowBlocks(Index rows, Body&& body) {
-  parallelFor((rows + kElementwiseRows - 1) / kElementwiseRows, [&](Index block, int) {
-    const Index begin = block * kElementwiseRows;
-    body(begin, std::min(kElementwiseRows, rows - begin));
-  });
-}
-
-/// Owns scratch space that is not part of its owner's value: a copy starts empty, so copies of
-/// a state never share (or race on) buffers.
-template <typename Workspace>
-class Scratch {
- public:
-  Scratch() = default;
-  Scratch(const Scratch&) {}
-  Scratch& operator=(const Scratch&) { return *this; }
-  Workspace& get() const { return workspace_; }
-
- private:
-  mutable Workspace workspace_;
-};
 
 }  // namespace retnet::detail

@@ -1,0 +1,151 @@
+// The public forms of a sequence layer: what MultiScaleRetention and RetNetBlock (and any layer
+// mapping (B, T, D_in) to (B, T, D_out) with a recurrent state) offer their callers.
+//
+// A layer derives from SequenceLayer<Layer, Scalar, State, Scratch> and brings the forms into
+// its own class with using-declarations, so that a reader of the layer's header sees them:
+//
+//   forwardParallel(x)              forwardParallel(x, state)
+//   forwardChunkwise(x, chunk)      forwardChunkwise(x, chunk, state)
+//   forwardRecurrent(x)             forwardRecurrent(x, state)
+//   forwardRecurrent(x, state, out[, scratch])    decoding without allocation
+//   forward(x)  forward(x, state)   forward(form, x, chunk, state)
+//   forwardRows(form, x, batch, time, chunk, state, y, scratch)   the unchecked-shape core
+//
+// Each form checks its arguments (Layer::prepare), then runs the layer's data path
+// (Layer::forwardSlab, public, in the layer's header) over the input, long inputs in slabs of
+// whole chunks so that scratch memory is bounded by the slab. The state is the layer's value
+// (what a user saves and hands between forms); the scratch is not: it is passed in, or made
+// per call, or — for forwardRecurrent(x, state, out) — kept per thread.
+//
+// What the Layer provides (all public):
+//   static constexpr FormNames kFormNames;                  names for error messages
+//   Index inputWidth() const;  Index outputWidth() const;  Index recommendedChunkSize() const;
+//   void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State&) const;
+//   void forwardSlab(Form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunk,
+//                    State&, MatrixRef<Scalar> y, Scratch&) const;
+#pragma once
+
+#include "retnet/detail/checks.hpp"
+#include "retnet/detail/workspace.hpp"
+#include "retnet/form.hpp"
+#include "retnet/tensor.hpp"
+
+namespace retnet {
+
+/// Names of a layer's entry points, for error messages.
+struct FormNames {
+  const char* parallel;
+  const char* chunkwise;
+  const char* recurrent;
+};
+
+template <typename Layer, typename Scalar_, typename State_, typename Scratch_>
+class SequenceLayer {
+ public:
+  using Scalar = Scalar_;
+  using State = State_;
+  using Scratch = Scratch_;
+
+  Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x) const {
+    State state;
+    return forwardParallel(x, state);
+  }
+  /// The parallel form (eq. 5). With a non-empty incoming state it computes the chunkwise
+  /// formula with one chunk spanning x.
+  Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x, State& state) const {
+    return run(Layer::kFormNames.parallel, Form::kParallel, x, 0, state);
+  }
+
+  /// Chunks of `chunkSize` positions; the last may be shorter (same rows as torchscale's
+  /// zero-padding to a multiple of the chunk, without the padding's cost).
+  Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize) const {
+    State state;
+    return forwardChunkwise(x, chunkSize, state);
+  }
+  Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize, State& state) const {
+    detail::requireChunkSize(Layer::kFormNames.chunkwise, chunkSize);
+    return run(Layer::kFormNames.chunkwise, Form::kChunkwise, x, chunkSize, state);
+  }
+
+  /// One position at a time (eq. 6).
+  Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x) const {
+    State state;
+    return forwardRecurrent(x, state);
+  }
+  Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state) const {
+    return run(Layer::kFormNames.recurrent, Form::kRecurrent, x, 0, state);
+  }
+
+  /// The recurrent form writing into `out` (resized only if its shape differs) with the caller's
+  /// scratch: a decoding loop that reuses `out`, `state` and `scratch` allocates nothing after
+  /// its first step.
+  void forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state, Tensor3<Scalar>& out,
+                        Scratch& scratch) const {
+    layer().prepare(Layer::kFormNames.recurrent, x, state);
+    const Index width = layer().outputWidth();
+    if (out.dimension(0) != x.batch() || out.dimension(1) != x.time() || out.dimension(2) != width)
+      out.resize(x.batch(), x.time(), width);
+    forwardRows(Form::kRecurrent, x.data(), x.batch(), x.time(), 0, state, out.data(), scratch);
+  }
+  /// The same with a scratch kept per thread and layer type (grown to the largest call).
+  void forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state, Tensor3<Scalar>& out) const {
+    thread_local Scratch scratch;
+    forwardRecurrent(x, state, out, scratch);
+  }
+
+  /// The form and chunk size chosen for you: chunkwise with recommendedChunkSize() (for
+  /// T <= that chunk, one chunk: the parallel computation with the chunkwise normalisation).
+  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x, State& state) const {
+    return forwardChunkwise(x, layer().recommendedChunkSize(), state);
+  }
+  Tensor3<Scalar> forward(ConstTensor3Ref<Scalar> x) const {
+    State state;
+    return forward(x, state);
+  }
+
+  /// Any form by value: chunkSize is used by the chunkwise form only.
+  Tensor3<Scalar> forward(Form form, ConstTensor3Ref<Scalar> x, Index chunkSize,
+                          State& state) const {
+    switch (form) {
+      case Form::kParallel:
+        return forwardParallel(x, state);
+      case Form::kChunkwise:
+        return forwardChunkwise(x, chunkSize, state);
+      default:
+        return forwardRecurrent(x, state);
+    }
+  }
+
+  /// x (batch·time x inputWidth) -> y (batch·time x outputWidth), both row-major buffers, for
+  /// enclosing compositions (a model's stack of blocks) that have checked x and sized the state
+  /// with prepare(). Long inputs run in slabs of whole chunks, each through forwardSlab.
+  void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
+                   State& state, Scalar* y, Scratch& scratch) const {
+    const Index in = layer().inputWidth(), out = layer().outputWidth();
+    Vector<Scalar> slabInput, slabOutput;  // used (allocated) only for batch > 1 over slabs
+    detail::forEachSlab(x, batch, time, in, out, detail::slabLength(form, time, chunkSize), y,
+                        slabInput, slabOutput, [&](const Scalar* xs, Index slabTime, Scalar* ys) {
+                          const Eigen::Map<const RowMatrix<Scalar>> xSlab(xs, batch * slabTime, in);
+                          Eigen::Map<RowMatrix<Scalar>> ySlab(ys, batch * slabTime, out);
+                          layer().forwardSlab(form, xSlab, batch, slabTime, chunkSize, state, ySlab,
+                                              scratch);
+                        });
+  }
+
+ protected:
+  SequenceLayer() = default;
+
+ private:
+  const Layer& layer() const { return static_cast<const Layer&>(*this); }
+
+  Tensor3<Scalar> run(const char* where, Form form, const ConstTensor3Ref<Scalar>& x,
+                      Index chunkSize, State& state) const {
+    layer().prepare(where, x, state);
+    Tensor3<Scalar> out(x.batch(), x.time(), layer().outputWidth());
+    Scratch scratch;  // one call's buffers, sized by its slab
+    forwardRows(form, x.data(), x.batch(), x.time(), chunkSize, state, out.data(), scratch);
+    return out;
+  }
+};
+
+}  // namespace retnet

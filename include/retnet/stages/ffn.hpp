@@ -1,0 +1,78 @@
+// Stage: the gated feed-forward networks. torchscale's GLU, fc2(act(fc1 x) ⊙ gate x), and
+// FLA's SwiGLU, down(silu(gate x) ⊙ up x), are one computation with different names:
+//
+//   [a | b] = x · [W_a; W_b]ᵀ      (one GEMM into a (rows x 2F) buffer)
+//   y       = (act(a) ⊙ b) · W_outᵀ
+//
+// GLU: W_a = fc1, W_b = gate, act = gelu or swish. SwiGLU: W_a = gate_proj, W_b = up_proj,
+// act = swish (silu). FeedForwardWeights::glu / ::swiglu put the parts in that order.
+#pragma once
+
+#include "retnet/activation.hpp"
+#include "retnet/detail/assert.hpp"
+#include "retnet/detail/parallel_for.hpp"
+#include "retnet/errors.hpp"
+#include "retnet/stages/elementwise.hpp"
+#include "retnet/stages/linear.hpp"
+
+namespace retnet {
+
+/// The weights of a gated FFN: the activated and the linear branch stacked, and the output.
+template <typename Scalar>
+struct FeedForwardWeights {
+  LinearWeight<Scalar> input;   ///< (2F x D): [W_a; W_b], W_a the activated branch
+  LinearWeight<Scalar> output;  ///< (D x F)
+  Activation activation = Activation::kGelu;
+
+  Index hiddenDim() const { return output.inputs(); }  ///< F
+
+  /// torchscale's FeedForwardNetwork with a gate: fc2(act(fc1 x) ⊙ gate x).
+  static FeedForwardWeights glu(const RowMatrix<Scalar>& fc1, const RowMatrix<Scalar>& gate,
+                                const RowMatrix<Scalar>& fc2, Activation activation) {
+    return make(fc1, gate, fc2, activation, "FeedForwardWeights::glu");
+  }
+  /// FLA's GatedMLP: down(silu(gate_proj x) ⊙ up_proj x).
+  static FeedForwardWeights swiglu(const RowMatrix<Scalar>& gateProj,
+                                   const RowMatrix<Scalar>& upProj,
+                                   const RowMatrix<Scalar>& downProj) {
+    return make(gateProj, upProj, downProj, Activation::kSwish, "FeedForwardWeights::swiglu");
+  }
+
+ private:
+  static FeedForwardWeights make(const RowMatrix<Scalar>& a, const RowMatrix<Scalar>& b,
+                                 const RowMatrix<Scalar>& out, Activation activation,
+                                 const char* where) {
+    const Index F = a.rows(), D = a.cols();
+    detail::require(F >= 1 && D >= 1, where, "the branch weights must be non-empty");
+    detail::require(b.rows() == F && b.cols() == D, where, "both branches must be (", F, ", ", D,
+                    "), got (", b.rows(), ", ", b.cols(), ")");
+    detail::require(out.rows() == D && out.cols() == F, where, "the output weight must be (", D,
+                    ", ", F, "), got (", out.rows(), ", ", out.cols(), ")");
+    return {LinearWeight<Scalar>::stacked({&a, &b}), LinearWeight<Scalar>(out), activation};
+  }
+};
+
+namespace stages {
+
+/// y = (act(x W_aᵀ) ⊙ x W_bᵀ) W_outᵀ.
+///   x (rows x D); hidden (rows x 2F) scratch, left holding [act(a) ⊙ b | b]; y (rows x D),
+///   not overlapping x or hidden
+template <typename Scalar>
+void gatedFeedForward(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
+                      const FeedForwardWeights<Scalar>& weights,
+                      detail::NoDeduce<MatrixRef<Scalar>> hidden,
+                      detail::NoDeduce<MatrixRef<Scalar>> y) {
+  const Index F = weights.hiddenDim();
+  RETNET_ASSERT(hidden.rows() == x.rows() && hidden.cols() == 2 * F);
+  linear<Scalar>(x, weights.input, hidden);
+  auto activated = hidden.leftCols(F);
+  detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
+    auto block = activated.middleRows(begin, count);
+    activateRows<Scalar>(block, weights.activation);
+    block.array() *= hidden.block(begin, F, count, F).array();
+  });
+  linear<Scalar>(activated, weights.output, y);
+}
+
+}  // namespace stages
+}  // namespace retnet

@@ -1,0 +1,124 @@
+// Stage: the retention core of one head in its three forms (paper §2.1), with a normalisation
+// policy and the q·k scale on either side.
+//
+//   o_t = Σ_{s<=t} γ^(t−s) (q_t·k_s) v_s  [· scale]  [/ torchscale's per-form factor]
+//
+// parallel ((QKᵀ ⊙ D) V, eq. 5, one chunk spanning the input), chunkwise (eq. 7) or recurrent
+// (S_t = γ S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, eq. 6). S is the unnormalised state; it enters as
+// the state before the first row and leaves after the last, so forms hand over anywhere.
+//
+// Normalisation: kNone is plain retention (FLA's, and the single-head Retention layer).
+// kTorchscale divides each row by the factor torchscale's MultiScaleRetention uses in that form
+// (docs/semantics/torchscale.md §3.3): the parallel form's clamped abs-sum, the chunkwise
+// form's inner/cross normalisers, the recurrent form's sqrt of the decay window. The forms then
+// differ only through the group norm's eps, as torchscale's do.
+//
+// The fast kernel is detail/retention_kernel.hpp; its naive twin is tests/reference/.
+#pragma once
+
+#include <cmath>
+
+#include "retnet/detail/assert.hpp"
+#include "retnet/detail/decay.hpp"
+#include "retnet/detail/retention_kernel.hpp"
+#include "retnet/form.hpp"
+#include "retnet/tensor.hpp"
+
+namespace retnet {
+
+using detail::ScaleSide;
+
+enum class RetentionNormalization {
+  kNone,        ///< o = Σ γ^(t−s) (q·k) v: plain retention (FLA)
+  kTorchscale,  ///< o divided by torchscale's factor of the form in use
+};
+
+/// One head's retention: decay, normalisation and the q·k scale.
+struct RetentionHead {
+  double gamma = 1.0;
+  RetentionNormalization normalization = RetentionNormalization::kNone;
+  double scale = 1.0;                       ///< s multiplying q·k (FLA: dk^(−1/2))
+  ScaleSide scaleSide = ScaleSide::kQuery;  ///< which of q, k carries s (what S holds)
+};
+
+/// Per-thread scratch of the retention stage: buffers that only grow.
+template <typename Scalar>
+using RetentionScratch = detail::ChunkScratch<Scalar>;
+
+/// The decay tables of one head for one call of one form over `time` positions: O(chunk)
+/// memory, shared by every batch item; the recurrent form needs none (nothing is allocated).
+template <typename Scalar>
+class RetentionPlan {
+ public:
+  RetentionPlan(const RetentionHead& head, Form form, Index chunkSize, Index time)
+      : head_(head),
+        form_(form),
+        decay_(head.gamma),
+        chunks_(decay_,
+                form == Form::kRecurrent  ? 0
+                : form == Form::kParallel ? time
+                                          : chunkSize,
+                form == Form::kRecurrent ? 0 : time, head.scale, head.scaleSide) {}
+
+  const RetentionHead& head() const { return head_; }
+  Form form() const { return form_; }
+  const detail::DecayPowers& decay() const { return decay_; }
+  const detail::ChunkPlan<Scalar>& chunks() const { return chunks_; }
+
+ private:
+  RetentionHead head_;
+  Form form_;
+  detail::DecayPowers decay_;
+  detail::ChunkPlan<Scalar> chunks_;
+};
+
+namespace stages {
+
+/// Retention of one (batch item, head) over `time` positions in the plan's form.
+///   q, k (time x dk); v (time x dv); S (dk x dv), in and out; out (time x dv)
+///   start: positions consumed before q's first row (the torchscale recurrent factor needs it)
+///   stateIsZero: S is known to be zero (skips the products with it)
+template <typename Scalar>
+void retention(const RetentionPlan<Scalar>& plan, detail::NoDeduce<ConstMatrixRef<Scalar>> q,
+               detail::NoDeduce<ConstMatrixRef<Scalar>> k,
+               detail::NoDeduce<ConstMatrixRef<Scalar>> v, detail::NoDeduce<MatrixRef<Scalar>> S,
+               Index start, bool stateIsZero, detail::NoDeduce<MatrixRef<Scalar>> out,
+               RetentionScratch<Scalar>& scratch) {
+  const Index time = q.rows(), dk = q.cols(), dv = v.cols();
+  RETNET_ASSERT(k.rows() == time && k.cols() == dk && v.rows() == time && out.rows() == time &&
+                out.cols() == dv && S.rows() == dk && S.cols() == dv);
+  RETNET_ASSERT(S.outerStride() == dv);  // the kernels take S as a dense (dk x dv) block
+  const RetentionHead& head = plan.head();
+  const bool torchscale = head.normalization == RetentionNormalization::kTorchscale;
+  detail::StateMap<Scalar> state(S.data(), dk, dv);
+  if (plan.form() == Form::kRecurrent) {
+    const auto gamma = static_cast<Scalar>(head.gamma);
+    const auto s = static_cast<Scalar>(head.scale);
+    const Scalar keyScale = head.scaleSide == ScaleSide::kKey ? s : Scalar(1);
+    const Scalar queryScale = head.scaleSide == ScaleSide::kQuery ? s : Scalar(1);
+    for (Index t = 0; t < time; ++t) {
+      // torchscale's recurrent state is S / sqrt(n_t), n_t = Σ_{m<=t} γ^m: o_t = q_t S_t /
+      // sqrt(n_t)
+      Scalar outScale = queryScale;
+      if (torchscale) {
+        outScale *= static_cast<Scalar>(1.0 / std::sqrt(plan.decay().windowSum(start + t + 1)));
+      }
+      detail::recurrentStep(q.data() + t * q.outerStride(), k.data() + t * k.outerStride(),
+                            v.data() + t * v.outerStride(), dk, dv, gamma, state.data(),
+                            out.data() + t * out.outerStride(), outScale, keyScale);
+    }
+    return;
+  }
+  const detail::RowScaling scaling = !torchscale ? detail::RowScaling::kNone
+                                     : plan.form() == Form::kParallel
+                                         ? detail::RowScaling::kParallel
+                                         : detail::RowScaling::kChunkwise;
+  const detail::ConstRowsMap<Scalar> qm(q.data(), time, dk, Eigen::OuterStride<>(q.outerStride()));
+  const detail::ConstRowsMap<Scalar> km(k.data(), time, dk, Eigen::OuterStride<>(k.outerStride()));
+  const detail::ConstRowsMap<Scalar> vm(v.data(), time, dv, Eigen::OuterStride<>(v.outerStride()));
+  detail::RowsMap<Scalar> om(out.data(), time, dv, Eigen::OuterStride<>(out.outerStride()));
+  detail::retentionChunks(qm, km, vm, plan.chunks(), scaling, state, stateIsZero, om, scratch);
+}
+
+}  // namespace stages
+}  // namespace retnet
