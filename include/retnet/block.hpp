@@ -1,6 +1,9 @@
 // The RetNet block (paper §2.3, eq. 10), matching torchscale's DecoderLayer with pre-norm.
 #pragma once
 
+#include <utility>
+#include <vector>
+
 #include "retnet/multiscale_retention.hpp"
 #include "retnet/stages/elementwise.hpp"
 #include "retnet/stages/ffn.hpp"
@@ -19,6 +22,11 @@ struct RetNetBlockConfig {
   Activation gate = Activation::kSwish;       ///< gate_fn of the retention
 
   MultiScaleRetentionConfig retention() const { return {embedDim, valueDim, heads, eps, gate}; }
+
+  /// The shape a state file records (io/state_file.hpp), by name.
+  std::vector<std::pair<const char*, Index>> signature() const {
+    return {{"embedDim", embedDim}, {"valueDim", valueDim}, {"heads", heads}, {"ffnDim", ffnDim}};
+  }
 
   void validate(const char* where) const {
     retention().validate(where);

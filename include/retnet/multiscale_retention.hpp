@@ -148,6 +148,8 @@ class MultiScaleRetention
   void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
     detail::requireNonEmpty(where, "x", x);
     detail::requireEqual(where, "x's last dimension (embedDim)", config_.embedDim, x.features());
+    if (!state.empty())
+      detail::requireEqual(where, "x's batch size (the state's)", state.batch(), x.batch());
     prepareState(where, x.batch(), state);
   }
 
@@ -157,7 +159,7 @@ class MultiScaleRetention
       state.reset(batch, config_.heads, config_.keyDim(), config_.headValueDim());
       return;
     }
-    detail::requireEqual(where, "x's batch size (the state's)", state.batch(), batch);
+    detail::requireEqual(where, "batch size (the state's)", state.batch(), batch);
     detail::requireEqual(where, "state heads", config_.heads, state.heads());
     detail::requireEqual(where, "state key dim", config_.keyDim(), state.keyDim());
     detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());

@@ -3,10 +3,13 @@
 // Format (version 1, little-endian, no padding):
 //   "RETNETST"                      8 bytes of magic
 //   u32 version = 1, u32 bytes per value (4 = float32, 8 = float64)
-//   u64 vocab, layers, embedDim, valueDim, heads, ffnDim   the model it belongs to
+//   u64 vocab, layers, then the block's shape               the model it belongs to
+//       (RetNet: embedDim, valueDim, heads, ffnDim; BlockConfig::signature())
 //   u64 batch, then batch x u64 positions
-//   layers x batch x heads x dk x dv values                each layer's unnormalised S
+//   layers x (the layer state's values, data()/size())     RetNet: batch x heads x dk x dv of S
 //   u64 FNV-1a checksum of every byte before it
+// Written once for every LanguageModel: a block family's state files differ only in the
+// signature of its configuration and the values of its layer state.
 // A file is refused (retnet::FormatError naming it) if it is not one, is damaged or truncated,
 // or belongs to a model of another shape. Values are converted if the file's precision differs.
 #pragma once
@@ -17,6 +20,8 @@
 #include <iterator>
 #include <limits>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "retnet/model.hpp"
@@ -95,10 +100,20 @@ class Reader {
 
 }  // namespace state_file
 
+/// The model's shape as the state file records it: vocab, layers, then the block's signature.
+template <typename BlockConfig>
+std::vector<std::pair<const char*, Index>> modelSignature(
+    const LanguageModelConfig<BlockConfig>& c) {
+  std::vector<std::pair<const char*, Index>> signature{{"vocab", c.vocab}, {"layers", c.layers}};
+  for (const auto& entry : c.block.signature()) signature.push_back(entry);
+  return signature;
+}
+
 /// The bytes of a state file for `state`, which belongs to a model of shape `config`.
-template <typename Scalar>
-std::vector<unsigned char> serializeState(const RetNetModelState<Scalar>& state,
-                                          const RetNetModelConfig& config) {
+template <typename LayerState, typename BlockConfig>
+std::vector<unsigned char> serializeState(const LanguageModelState<LayerState>& state,
+                                          const LanguageModelConfig<BlockConfig>& config) {
+  using Scalar = std::remove_const_t<std::remove_pointer_t<decltype(state.layers[0].data())>>;
   const char* where = "serializeState";
   retnet::detail::require(!state.empty(), where, "the state is empty: nothing to save");
   retnet::detail::requireEqual(where, "state layers (the model's)", config.layers,
@@ -113,23 +128,25 @@ std::vector<unsigned char> serializeState(const RetNetModelState<Scalar>& state,
   out.bytes.insert(out.bytes.end(), std::begin(state_file::kMagic), std::end(state_file::kMagic));
   out.integer(state_file::kVersion);
   out.integer(static_cast<std::uint32_t>(sizeof(Scalar)));
-  for (const Index n : {config.vocab, config.layers, config.block.embedDim, config.block.valueDim,
-                        config.block.heads, config.block.ffnDim, first.batch()}) {
-    out.integer(static_cast<std::uint64_t>(n));
-  }
+  for (const auto& entry : modelSignature(config))
+    out.integer(static_cast<std::uint64_t>(entry.second));
+  out.integer(static_cast<std::uint64_t>(first.batch()));
   for (const Index p : first.positions()) out.integer(static_cast<std::uint64_t>(p));
   for (const auto& layer : state.layers) {
-    for (Index i = 0; i < layer.values().size(); ++i) out.value(layer.values().data()[i]);
+    for (Index i = 0; i < layer.size(); ++i) out.value(layer.data()[i]);
   }
   out.integer(state_file::fnv1a(out.bytes.data(), out.bytes.size()));
   return std::move(out.bytes);
 }
 
-/// Parses a state file's bytes for a model of shape `config`; `name` is used in messages.
-template <typename Scalar>
-RetNetModelState<Scalar> deserializeState(const std::vector<unsigned char>& bytes,
-                                          const RetNetModelConfig& config,
-                                          const std::string& name = "<memory>") {
+/// Parses a state file's bytes for a model of blocks `Block` and shape `config`; `name` is used
+/// in messages.
+template <typename Block>
+LanguageModelState<typename Block::State> deserializeModelState(
+    const std::vector<unsigned char>& bytes,
+    const LanguageModelConfig<typename Block::Config>& config,
+    const std::string& name = "<memory>") {
+  using Scalar = typename Block::Scalar;
   state_file::Reader in(bytes, name);
   in.need(sizeof(state_file::kMagic), "the magic number");
   if (std::memcmp(bytes.data(), state_file::kMagic, sizeof(state_file::kMagic)) != 0) {
@@ -152,29 +169,24 @@ RetNetModelState<Scalar> deserializeState(const std::vector<unsigned char>& byte
   if (stored != state_file::fnv1a(bytes.data(), body))
     in.fail("checksum mismatch: the file is damaged or truncated");
 
-  const char* names[] = {"vocab", "layers", "embedDim", "valueDim", "heads", "ffnDim"};
-  const Index expected[] = {config.vocab,          config.layers,      config.block.embedDim,
-                            config.block.valueDim, config.block.heads, config.block.ffnDim};
-  for (int i = 0; i < 6; ++i) {
-    const auto got = in.integer<std::uint64_t>(names[i]);
-    if (got != static_cast<std::uint64_t>(expected[i])) {
-      in.fail("the state belongs to another model: ", names[i], " is ", got, " in the file, ",
-              expected[i], " in this model");
+  for (const auto& [what, expected] : modelSignature(config)) {
+    const auto got = in.integer<std::uint64_t>(what);
+    if (got != static_cast<std::uint64_t>(expected)) {
+      in.fail("the state belongs to another model: ", what, " is ", got, " in the file, ", expected,
+              " in this model");
     }
   }
   const auto batch = in.integer<std::uint64_t>("the batch size");
-  const Index heads = config.block.heads, dk = config.block.embedDim / heads,
-              dv = config.block.valueDim / heads;
-  const std::uint64_t perLayer = static_cast<std::uint64_t>(heads * dk * dv);
+  // Values per layer and batch item, from a one-item state of this model's blocks.
+  const auto perItem = static_cast<std::uint64_t>(Block::makeState(config.block, 1).size());
   // Exact size check before any allocation: a hostile batch count cannot make us allocate.
   if (in.remaining() < 8) in.fail("truncated: no positions or values");
   const std::uint64_t payload = in.remaining() - 8;
   if (batch == 0 || batch > payload / 8 ||
-      batch * 8 + batch * perLayer * static_cast<std::uint64_t>(config.layers) * valueBytes !=
+      batch * 8 + batch * perItem * static_cast<std::uint64_t>(config.layers) * valueBytes !=
           payload) {
     in.fail("size mismatch: ", payload, " bytes of positions and values do not fit batch ", batch,
-            ", ", config.layers, " layers of ", heads, "x", dk, "x", dv, " values of ", valueBytes,
-            " bytes");
+            ", ", config.layers, " layers of ", perItem, " values of ", valueBytes, " bytes");
   }
   std::vector<Index> positions;
   for (std::uint64_t b = 0; b < batch; ++b) {
@@ -183,12 +195,12 @@ RetNetModelState<Scalar> deserializeState(const std::vector<unsigned char>& byte
       in.fail("position ", p, " is out of range");
     positions.push_back(static_cast<Index>(p));
   }
-  RetNetModelState<Scalar> state;
+  LanguageModelState<typename Block::State> state;
   for (Index l = 0; l < config.layers; ++l) {
-    MultiScaleRetentionState<Scalar> layer(static_cast<Index>(batch), heads, dk, dv);
-    for (Index i = 0; i < layer.values().size(); ++i) {
-      layer.values().data()[i] = valueBytes == 8 ? static_cast<Scalar>(in.value<double>())
-                                                 : static_cast<Scalar>(in.value<float>());
+    auto layer = Block::makeState(config.block, static_cast<Index>(batch));
+    for (Index i = 0; i < layer.size(); ++i) {
+      layer.data()[i] = valueBytes == 8 ? static_cast<Scalar>(in.value<double>())
+                                        : static_cast<Scalar>(in.value<float>());
     }
     for (std::uint64_t b = 0; b < batch; ++b)
       layer.setPosition(static_cast<Index>(b), positions[b]);
@@ -197,9 +209,17 @@ RetNetModelState<Scalar> deserializeState(const std::vector<unsigned char>& byte
   return state;
 }
 
+/// deserializeModelState for a RetNet model (torchscale blocks) of values Scalar.
 template <typename Scalar>
-void saveState(const RetNetModelState<Scalar>& state, const RetNetModelConfig& config,
-               const std::string& path) {
+RetNetModelState<Scalar> deserializeState(const std::vector<unsigned char>& bytes,
+                                          const RetNetModelConfig& config,
+                                          const std::string& name = "<memory>") {
+  return deserializeModelState<RetNetBlock<Scalar>>(bytes, config, name);
+}
+
+template <typename LayerState, typename BlockConfig>
+void saveState(const LanguageModelState<LayerState>& state,
+               const LanguageModelConfig<BlockConfig>& config, const std::string& path) {
   const std::vector<unsigned char> bytes = serializeState(state, config);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(reinterpret_cast<const char*>(bytes.data()),
