@@ -3,9 +3,9 @@
 
 Usage: bench/plot.py [--cpu-time] [RESULTS_DIR]   (default: bench/results next to this script)
 
-Reads forms.json, decode.json, baselines.json and parts.json (whichever exist) from RESULTS_DIR, writes
-forms_time_vs_T.png, forms_sgemm_fraction_vs_T.png, decode_latency_vs_L.png and memory_vs_L.png
-there, and prints markdown tables of the key results to stdout. --cpu-time re-expresses the
+Reads forms.json, decode.json, baselines.json and stages.json (whichever exist) from
+RESULTS_DIR, writes forms_time_vs_T.png, forms_sgemm_fraction_vs_T.png, decode_latency_vs_L.png
+and memory_vs_L.png there, and prints markdown tables of the key results to stdout. --cpu-time re-expresses the
 single-thread figures by the benchmark thread's CPU time (for a machine shared with other jobs)
 and adds a _cpu suffix to the plots whose numbers change.
 """
@@ -290,56 +290,38 @@ def print_decode(runs):
         print()
 
 
-PARTS_MSR = ["proj_in", "rotary", "retention", "groupnorm", "gate", "proj_out"]
-PARTS_BLOCK = ["rmsnorm", "ffn_in", "ffn_act", "ffn_out", "workspace"]
+STAGES = ["embed", "rmsnorm", "linear_in", "rotary_table", "rotary", "retention_parallel",
+          "retention_chunkwise", "retention_recurrent", "groupnorm_gate", "linear_out", "ffn"]
 
 
-def print_parts(runs):
-    """Per-stage cost of an MSR / block call (bench_parts), as µs per token and share of the
-    measured whole-layer call."""
+def print_stages(runs, threads=1):
+    """Each stage timed alone (bench_stages): µs per call and per token, GFLOP/s and share of the
+    same-binary SGEMM for the products, GB/s and share of the read bandwidth."""
     if not runs:
         return
     for cfg in sorted({r["args"]["cfg"] for r in runs}):
         for T in sorted({r["args"]["T"] for r in runs}):
             rs = {r["family"][1]: r for r in runs if r["args"].get("T") == T
-                  and r["args"].get("cfg") == cfg and "chunk" not in r["args"]}
-            chunked = [r for r in runs if r["args"].get("T") == T and r["args"].get("cfg") == cfg
-                       and "chunk" in r["args"]]
-            if T == 1:
-                rs["retention"] = rs.pop("retention_recurrent", None)
-            else:
-                chunked.sort(key=lambda r: abs(r["args"]["chunk"] - 128))  # C=128 if measured
-                rs["retention"] = chunked[0] if chunked else None
-            msr = rs.get("msr_total")
-            block = rs.get("block_total")
-            chunk = rs["retention"]["args"]["chunk"] if T > 1 and rs["retention"] else 128
-            what = "decode step (T=1)" if T == 1 else f"prefill T={T} (chunkwise C={chunk})"
-            print(f"## Stage breakdown, config {'AB'[cfg]}, {what}, 1 thread\n")
-            print("| stage | µs/token | share of MSR call | share of block call | GFLOP/s |")
-            print("|---|---|---|---|---|")
-            total_msr = total_block = 0.0
-            for name in PARTS_MSR + PARTS_BLOCK + ["msr_total", "block_total"]:
+                  and r["args"].get("cfg") == cfg and r["args"].get("thr", 1) == threads}
+            if not rs:
+                continue
+            what = "decode step (T=1)" if T == 1 else f"prefill T={T}"
+            print(f"## Stages alone, config {'AB'[cfg]}, {what}, {threads} thread(s)\n")
+            print("| stage | µs per call | µs/token | GFLOP/s | sgemm fraction | GB/s "
+                  "| bandwidth fraction |")
+            print("|---|---|---|---|---|---|---|")
+            for name in STAGES + sorted(set(rs) - set(STAGES)):
                 r = rs.get(name)
                 if r is None:
                     continue
-                t = r["s/token"]
-                mult = 2 if name == "rmsnorm" else 1  # a block has two RMSNorms
-                if name in PARTS_MSR:
-                    total_msr += t
-                if name in PARTS_MSR or name in PARTS_BLOCK:
-                    total_block += mult * t
-                share_msr = f"{100 * t / msr['s/token']:.1f}%" if msr and name in PARTS_MSR else ""
-                share_block = (f"{100 * mult * t / block['s/token']:.1f}%"
-                               if block and name not in ("msr_total", "block_total") else "")
-                gflops = f"{r['GFLOP/s']:.1f}" if "GFLOP/s" in r else ""
-                label = name + (" (x2)" if mult == 2 else "")
-                print(f"| {label} | {t * 1e6:.2f} | {share_msr} | {share_block} | {gflops} |")
-            if msr:
-                print(f"| sum of MSR stages | {total_msr * 1e6:.2f} | "
-                      f"{100 * total_msr / msr['s/token']:.1f}% | | |")
-            if block:
-                print(f"| sum of block stages | {total_block * 1e6:.2f} | | "
-                      f"{100 * total_block / block['s/token']:.1f}% | |")
+                cells = [name, f"{r['seconds'] * 1e6:.2f}", f"{r['seconds'] * 1e6 / T:.3f}"]
+                for key, fmt in (("GFLOP/s", "{:.1f}"), ("sgemm_fraction", "{:.2f}"),
+                                 ("bytes_per_second", "{:.1f}"), ("bandwidth_fraction", "{:.2f}")):
+                    value = r.get(key)
+                    if value is not None and key == "bytes_per_second":
+                        value /= 1e9
+                    cells.append(fmt.format(value) if value is not None else "")
+                print("| " + " | ".join(cells) + " |")
             print()
 
 
@@ -348,14 +330,14 @@ def main():
     cpu_time = "--cpu-time" in sys.argv[1:]
     directory = args[0] if args else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results")
-    names = ("forms", "decode", "baselines", "parts")
+    names = ("forms", "decode", "baselines", "stages")
     data = {name: load(directory, f"{name}.json") for name in names}
     if not any(data.values()):
-        sys.exit(f"no forms.json, decode.json, baselines.json or parts.json in {directory}")
+        sys.exit(f"no forms.json, decode.json, baselines.json or stages.json in {directory}")
     forms = parse_runs(data["forms"], cpu_time)
     decode = parse_runs(data["decode"], cpu_time)
     baselines = parse_runs(data["baselines"], cpu_time)
-    parts = parse_runs(data["parts"], cpu_time)
+    stages = parse_runs(data["stages"], cpu_time)
     suffix = "_cpu" if cpu_time else ""
     if cpu_time:
         print("_Single-thread figures by CPU time of the benchmark thread (--cpu-time); "
@@ -368,7 +350,7 @@ def main():
     print_machine(baselines, contexts)
     print_forms(forms)
     print_decode(decode)
-    print_parts(parts)
+    print_stages(stages)
     print(f"Plots written to {directory}.", file=sys.stderr)
 
 
