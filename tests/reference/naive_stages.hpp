@@ -241,8 +241,8 @@ struct NaiveRetentionOutput {
 ///   U_t   = Σ_{j<=t} γ^(t−j) (q'_t·k'_j) v_j  +  γ^(t+1) q'_t S_in
 ///   S_out = γ^T S_in + Σ_{j<T} γ^(T−1−j) k'_jᵀ v_j
 ///
-/// and returns o_t = U_t (plain retention) or, for torchscale's normalisation (golden README
-/// §3.3, naive_msr.hpp), o_t = U_t / f_t with the factor of the form:
+/// and returns o_t = U_t (plain retention) or, for torchscale's normalisation
+/// (docs/semantics/torchscale.md §3.3, naive_msr.hpp), o_t = U_t / f_t with the factor of the form:
 ///
 ///   recurrent:  f_t = sqrt(Σ_{m<=start+t} γ^m)
 ///   chunkwise:  rows in chunks of C from the call's first row; row t = c0 + i of the chunk at c0
