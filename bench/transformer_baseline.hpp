@@ -19,11 +19,12 @@
 #include <cmath>
 
 #include "retnet/activation.hpp"
-#include "retnet/detail/linear.hpp"
-#include "retnet/detail/ops.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/errors.hpp"
 #include "retnet/rotary.hpp"
+#include "retnet/stages/elementwise.hpp"
+#include "retnet/stages/linear.hpp"
+#include "retnet/stages/norms.hpp"
 #include "retnet/tensor.hpp"
 
 namespace retnet_bench {
@@ -58,19 +59,19 @@ class TransformerLayer {
   using Index = retnet::Index;
   using Matrix = retnet::RowMatrix<float>;
   using VectorF = retnet::Vector<float>;
+  using Linear = retnet::LinearWeight<float>;
 
   TransformerLayer(const TransformerConfig& config, const TransformerWeights& w, Index maxLength)
       : config_(config), rotary_(config.keyDim()), maxLength_(maxLength) {
     const Index D = config.embedDim, V = config.valueDim, F = config.ffnDim;
     retnet::detail::require(D % config.heads == 0 && V % config.heads == 0, "TransformerLayer",
                             "heads must divide D and V");
-    inputWeights_.resize(2 * D + V, D);  // q / sqrt(dk), k, v stacked: one GEMV
-    inputWeights_ << w.q * (1.0f / std::sqrt(static_cast<float>(config.keyDim()))), w.k, w.v;
-    outputWeights_ = w.out;
+    const Matrix scaledQ = w.q * (1.0f / std::sqrt(static_cast<float>(config.keyDim())));
+    inputWeights_ = Linear::stacked({&scaledQ, &w.k, &w.v});  // q / sqrt(dk), k, v: one GEMV
+    outputWeights_ = Linear(w.out);
     attnNorm_ = w.attnNorm;
-    ffnInput_.resize(2 * F, D);
-    ffnInput_ << w.fc1, w.gate;
-    ffnOutput_ = w.fc2;
+    ffnInput_ = Linear::stacked({&w.fc1, &w.gate});
+    ffnOutput_ = Linear(w.fc2);
     finalNorm_ = w.finalNorm;
 
     keys_.resize(config.heads * maxLength * config.keyDim());
@@ -111,11 +112,13 @@ class TransformerLayer {
   }
   /// Bytes of weights read by attentionStep and by layerStep.
   double attentionWeightBytes() const {
-    return 4.0 * static_cast<double>(inputWeights_.size() + outputWeights_.size());
+    return 4.0 *
+           static_cast<double>(inputWeights_.matrix().size() + outputWeights_.matrix().size());
   }
   double layerWeightBytes() const {
-    return attentionWeightBytes() + 4.0 * static_cast<double>(ffnInput_.size() + ffnOutput_.size() +
-                                                              attnNorm_.size() + finalNorm_.size());
+    return attentionWeightBytes() +
+           4.0 * static_cast<double>(ffnInput_.matrix().size() + ffnOutput_.matrix().size() +
+                                     attnNorm_.size() + finalNorm_.size());
   }
 
   /// Attention only (the analogue of MultiScaleRetention's step): x (D) -> y (D); appends the
@@ -126,10 +129,10 @@ class TransformerLayer {
     const Index dk = config_.keyDim(), dv = config_.headValueDim();
     const Index position = length_, n = length_ + 1;
 
-    // The dense layers use retnet's own (detail::linear): the same code, threads and speed.
+    // The dense layers use retnet's own (stages::linear): the same code, threads and speed.
     const Eigen::Map<const Matrix> input(x, 1, D);
     Eigen::Map<Matrix> projections(projections_.data(), 1, projections_.size());
-    retnet::detail::linear(input, inputWeights_, projections);
+    retnet::stages::linear(input, inputWeights_, projections);
     rotary_.fillTable(position, cosines_.data(), sines_.data());
     rotary_.rotate(projections_.data(), H, cosines_.data(), sines_.data());      // q
     rotary_.rotate(projections_.data() + D, H, cosines_.data(), sines_.data());  // k
@@ -157,7 +160,7 @@ class TransformerLayer {
     });
     const Eigen::Map<const Matrix> attended(attended_.data(), 1, attended_.size());
     Eigen::Map<Matrix> output(y, 1, D);
-    retnet::detail::linear(attended, outputWeights_, output);
+    retnet::stages::linear(attended, outputWeights_, output);
     length_ = n;
   }
 
@@ -167,20 +170,20 @@ class TransformerLayer {
     const Eigen::Map<const VectorF> input(x, D);
     auto normed = Eigen::Map<Matrix>(normed_.data(), 1, D);
     normed = input.transpose();
-    retnet::detail::rmsNormRows(normed, config_.eps, &attnNorm_);
+    retnet::stages::rmsNorm(normed, attnNorm_.data(), config_.eps, normed);
     attentionStep(normed_.data(), residual_.data());
     residual_ += input;
 
     normed = residual_.transpose();
-    retnet::detail::rmsNormRows(normed, config_.eps, &finalNorm_);
+    retnet::stages::rmsNorm(normed, finalNorm_.data(), config_.eps, normed);
     Eigen::Map<Matrix> hidden(hidden_.data(), 1, hidden_.size());
-    retnet::detail::linear(normed, ffnInput_, hidden);
+    retnet::stages::linear(normed, ffnInput_, hidden);
+    retnet::stages::activate<float>(hidden.leftCols(F), config_.activation);
     auto activated = hidden_.head(F);
-    retnet::detail::activateInPlace(activated.array(), config_.activation);
     activated.array() *= hidden_.tail(F).array();
     const Eigen::Map<const Matrix> activatedRow(hidden_.data(), 1, F);
     Eigen::Map<Matrix> output(y, 1, D);
-    retnet::detail::linear(activatedRow, ffnOutput_, output);
+    retnet::stages::linear(activatedRow, ffnOutput_, output);
     output += residual_.transpose();
   }
 
@@ -189,11 +192,11 @@ class TransformerLayer {
   retnet::RotaryEmbedding<float> rotary_;
   Index maxLength_;
   Index length_ = 0;
-  Matrix inputWeights_;   // (2D + V, D)
-  Matrix outputWeights_;  // (D, V)
+  Linear inputWeights_;   // (2D + V, D)
+  Linear outputWeights_;  // (D, V)
   VectorF attnNorm_, finalNorm_;
-  Matrix ffnInput_;   // (2F, D)
-  Matrix ffnOutput_;  // (D, F)
+  Linear ffnInput_;   // (2F, D)
+  Linear ffnOutput_;  // (D, F)
   VectorF keys_, values_, scores_;
   VectorF projections_, attended_, normed_, residual_, hidden_, cosines_, sines_;
 };

@@ -3,7 +3,9 @@
 #define EIGEN_RUNTIME_NO_MALLOC
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "retnet/io/checkpoint.hpp"
 
@@ -29,6 +31,35 @@ TEST(DecodeAllocation, RecurrentStepsAllocateNothingAfterTheFirst) {
   Eigen::internal::set_is_malloc_allowed(true);
   EXPECT_EQ(blockState.position(2), 9 + 6);
   EXPECT_EQ(msrState.position(0), 6);
+}
+
+TEST(DecodeAllocation, StepsWithAnExplicitScratchAndModelDecodingAllocateNothing) {
+  const auto file =
+      io::SafetensorsFile::open(std::string(RETNET_TEST_DATA_DIR) + "/decoder_small.safetensors");
+  const auto model = io::loadRetNetModel<float>(file);
+  RetNetModelState<float> state;
+  RetNetModel<float>::Scratch scratch;
+  RowMatrix<float> logits;
+  TokenMatrix prompt(2, 5);
+  prompt << 1, 2, 3, 4, 5, 6, 7, 8, 9, 10;
+  model.prefill(prompt, state, 2);
+  const std::vector<std::int64_t> tokens{3, 4};
+  model.decode(tokens, state, logits, scratch);  // first step sizes the buffers
+  model.decode(tokens, state, logits);           // and the per-thread scratch's
+  const auto& block = model.blocks().front();
+  Tensor3<float> token(2, 1, model.config().block.embedDim), out;
+  token.setConstant(0.25f);
+  MultiScaleRetentionState<float> blockState;
+  RetNetBlockScratch<float> blockScratch;
+  block.forwardRecurrent(token, blockState, out, blockScratch);
+  Eigen::internal::set_is_malloc_allowed(false);
+  for (int step = 0; step < 5; ++step) {
+    model.decode(tokens, state, logits, scratch);
+    model.decode(tokens, state, logits);
+    block.forwardRecurrent(token, blockState, out, blockScratch);
+  }
+  Eigen::internal::set_is_malloc_allowed(true);
+  EXPECT_EQ(state.position(1), 5 + 2 + 10);
 }
 
 }  // namespace

@@ -53,9 +53,16 @@ void parallelFor(Eigen::Index count, Body&& body) {
 inline constexpr Eigen::Index kElementwiseRows = 32;
 
 /// Calls body(begin, count) over [0, rows) in blocks of kElementwiseRows rows, in parallel. Each
-/// row is computed by one thread whatever the thread count, so results do not depend on it.
+/// row is computed by one thread whatever the thread count, so results do not depend on it. A
+/// single block (a decoding step) runs on the calling thread: opening a parallel region would
+/// cost more than the work, and element-wise bodies run no Eigen products that the region would
+/// have to keep single-threaded.
 template <typename Body>
 void forRowBlocks(Eigen::Index rows, Body&& body) {
+  if (rows <= kElementwiseRows) {
+    if (rows > 0) body(Eigen::Index{0}, rows);
+    return;
+  }
   parallelFor((rows + kElementwiseRows - 1) / kElementwiseRows, [&](Eigen::Index block, int) {
     const Eigen::Index begin = block * kElementwiseRows;
     body(begin, rows - begin < kElementwiseRows ? rows - begin : kElementwiseRows);

@@ -5,7 +5,9 @@
 //
 // parallel ((QKᵀ ⊙ D) V, eq. 5, one chunk spanning the input), chunkwise (eq. 7) or recurrent
 // (S_t = γ S_{t−1} + k_tᵀ v_t, o_t = q_t S_t, eq. 6). S is the unnormalised state; it enters as
-// the state before the first row and leaves after the last, so forms hand over anywhere.
+// the state before the first row and leaves after the last. Without normalisation the forms
+// hand over anywhere; torchscale's chunkwise factors restart with each call (as torchscale's
+// do), so there a split off the chunk grid changes the rows after it.
 //
 // Normalisation: kNone is plain retention (FLA's, and the single-head Retention layer).
 // kTorchscale divides each row by the factor torchscale's MultiScaleRetention uses in that form
@@ -37,7 +39,8 @@ enum class RetentionNormalization {
 struct RetentionHead {
   double gamma = 1.0;
   RetentionNormalization normalization = RetentionNormalization::kNone;
-  double scale = 1.0;                       ///< s multiplying q·k (FLA: dk^(−1/2))
+  double scale = 1.0;  ///< s multiplying q·k (FLA: dk^(−1/2)); torchscale's normalisers see it
+                       ///< wherever it sits (σ reads S, which holds s only on the key side)
   ScaleSide scaleSide = ScaleSide::kQuery;  ///< which of q, k carries s (what S holds)
 };
 
@@ -53,6 +56,7 @@ class RetentionPlan {
   RetentionPlan(const RetentionHead& head, Form form, Index chunkSize, Index time)
       : head_(head),
         form_(form),
+        time_(time),
         decay_(head.gamma),
         chunks_(decay_,
                 form == Form::kRecurrent  ? 0
@@ -62,12 +66,14 @@ class RetentionPlan {
 
   const RetentionHead& head() const { return head_; }
   Form form() const { return form_; }
+  Index time() const { return time_; }  ///< the call length the tables were made for
   const detail::DecayPowers& decay() const { return decay_; }
   const detail::ChunkPlan<Scalar>& chunks() const { return chunks_; }
 
  private:
   RetentionHead head_;
   Form form_;
+  Index time_;
   detail::DecayPowers decay_;
   detail::ChunkPlan<Scalar> chunks_;
 };
@@ -88,6 +94,11 @@ void retention(const RetentionPlan<Scalar>& plan, detail::NoDeduce<ConstMatrixRe
   RETNET_ASSERT(k.rows() == time && k.cols() == dk && v.rows() == time && out.rows() == time &&
                 out.cols() == dv && S.rows() == dk && S.cols() == dv);
   RETNET_ASSERT(S.outerStride() == dv);  // the kernels take S as a dense (dk x dv) block
+  // The tables must be those of this call: a parallel plan spans exactly `time` rows (a shorter
+  // one would silently run chunkwise), a chunkwise one at least a chunk of them.
+  RETNET_ASSERT(plan.form() == Form::kRecurrent ||
+                (time <= plan.time() && plan.chunks().rows >= 1 &&
+                 (plan.form() != Form::kParallel || time == plan.time())));
   const RetentionHead& head = plan.head();
   const bool torchscale = head.normalization == RetentionNormalization::kTorchscale;
   detail::StateMap<Scalar> state(S.data(), dk, dv);

@@ -1,0 +1,149 @@
+// The pieces the "one house" refactor made public: per-head decay schedules in the MSR config,
+// explicit scratch for the forms, batch-item operations on states, and state files written once
+// for any LanguageModel.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "retnet/io/checkpoint.hpp"
+#include "retnet/io/state_file.hpp"
+#include "test_util.hpp"
+
+namespace retnet {
+namespace {
+
+const io::SafetensorsFile& file(const char* name) {
+  static std::vector<std::pair<std::string, io::SafetensorsFile>> files;
+  for (const auto& entry : files)
+    if (entry.first == name) return entry.second;
+  files.emplace_back(name,
+                     io::SafetensorsFile::open(std::string(RETNET_TEST_DATA_DIR) + "/" + name));
+  return files.back().second;
+}
+
+Tensor3<double> randomInput(Index batch, Index time, Index width, std::uint64_t seed) {
+  return testing::toTensor<double>(
+      testing::randomValues(static_cast<std::size_t>(batch * time * width), seed), batch, time,
+      width);
+}
+
+bool bitwiseEqual(const Tensor3<double>& a, const Tensor3<double>& b) {
+  if (a.size() != b.size()) return false;
+  for (Index i = 0; i < a.size(); ++i)
+    if (a.data()[i] != b.data()[i]) return false;
+  return true;
+}
+
+TEST(Decays, TheDefaultScheduleWrittenOutGivesTheSameBits) {
+  MultiScaleRetentionConfig config =
+      io::readMultiScaleRetentionConfig(file("layer_small.safetensors"), "retention.");
+  const auto standard =
+      io::loadMultiScaleRetention<double>(file("layer_small.safetensors"), "retention.", config);
+  config.decays = stages::retnetDecays(config.heads);
+  const auto explicitDecays =
+      io::loadMultiScaleRetention<double>(file("layer_small.safetensors"), "retention.", config);
+  const Tensor3<double> x = randomInput(2, 37, config.embedDim, 5);
+  EXPECT_TRUE(bitwiseEqual(standard.forwardChunkwise(x, 8), explicitDecays.forwardChunkwise(x, 8)));
+  EXPECT_TRUE(bitwiseEqual(standard.forwardRecurrent(x), explicitDecays.forwardRecurrent(x)));
+}
+
+TEST(Decays, OtherDecaysChangeTheOutputAndTheFormsStillAgree) {
+  MultiScaleRetentionConfig config =
+      io::readMultiScaleRetentionConfig(file("layer_small.safetensors"), "retention.");
+  config.eps = 0;  // every form's factor then cancels in the group norm (see test_layers)
+  const auto standard =
+      io::loadMultiScaleRetention<double>(file("layer_small.safetensors"), "retention.", config);
+  config.decays.assign(static_cast<std::size_t>(config.heads), 0.5);
+  config.decays.back() = 1.0;
+  const auto custom =
+      io::loadMultiScaleRetention<double>(file("layer_small.safetensors"), "retention.", config);
+  const Tensor3<double> x = randomInput(1, 41, config.embedDim, 6);
+  const Tensor3<double> parallel = custom.forwardParallel(x);
+  EXPECT_GT(testing::normwiseError(standard.forwardParallel(x), testing::toDoubles(parallel)),
+            1e-3);
+  // eps = 0: the forms agree to rounding (double, T = 41: a few hundred ulps at most).
+  EXPECT_LT(testing::normwiseError(custom.forwardChunkwise(x, 7), testing::toDoubles(parallel)),
+            1e-10);
+  EXPECT_LT(testing::normwiseError(custom.forwardRecurrent(x), testing::toDoubles(parallel)),
+            1e-10);
+}
+
+TEST(Decays, AScheduleOfTheWrongLengthOrRangeIsRefused) {
+  MultiScaleRetentionConfig config =
+      io::readMultiScaleRetentionConfig(file("layer_small.safetensors"), "retention.");
+  config.decays = {0.9};
+  RETNET_EXPECT_THROW_WITH(config.validate("here"), InvalidArgument, "expected one decay per head");
+  config.decays.assign(static_cast<std::size_t>(config.heads), 0.9);
+  config.decays[0] = 1.5;
+  RETNET_EXPECT_THROW_WITH(config.validate("here"), InvalidArgument,
+                           "gamma must be a finite value in [0, 1], got 1.5");
+}
+
+TEST(Scratch, AnExplicitScratchGivesTheSameBitsAsTheOthers) {
+  const auto block = io::loadRetNetBlock<double>(file("layer_small.safetensors"));
+  const Index D = block.config().embedDim;
+  const Tensor3<double> prompt = randomInput(2, 9, D, 7), token = randomInput(2, 1, D, 8);
+  MultiScaleRetentionState<double> a, b;
+  block.forwardChunkwise(prompt, 4, a);
+  block.forwardChunkwise(prompt, 4, b);
+  RetNetBlockScratch<double> scratch;
+  Tensor3<double> outA, outB;
+  for (int step = 0; step < 3; ++step) {
+    block.forwardRecurrent(token, a, outA, scratch);
+    block.forwardRecurrent(token, b, outB);  // the per-thread scratch
+    ASSERT_TRUE(bitwiseEqual(outA, outB));
+  }
+  EXPECT_TRUE(bitwiseEqual(outA, block.forwardRecurrent(token, b)) == false);  // b moved on
+}
+
+TEST(StateItems, ItemSetItemAndAppendMoveWholeBatchItems) {
+  MultiScaleRetentionState<double> state(3, 2, 4, 6);
+  for (Index i = 0; i < state.size(); ++i) state.data()[i] = static_cast<double>(i);
+  for (Index b = 0; b < 3; ++b) state.setPosition(b, 10 + b);
+
+  const MultiScaleRetentionState<double> second = state.item(1);
+  EXPECT_EQ(second.batch(), 1);
+  EXPECT_EQ(second.position(0), 11);
+  EXPECT_EQ(second.matrix(0, 1), state.matrix(1, 1));
+
+  MultiScaleRetentionState<double> grown = state;
+  grown.append(second);
+  EXPECT_EQ(grown.batch(), 4);
+  EXPECT_EQ(grown.position(3), 11);
+  EXPECT_EQ(grown.matrix(3, 0), state.matrix(1, 0));
+  EXPECT_EQ(grown.matrix(2, 1), state.matrix(2, 1));
+
+  grown.setItem(0, state, 2);
+  EXPECT_EQ(grown.position(0), 12);
+  EXPECT_EQ(grown.matrix(0, 1), state.matrix(2, 1));
+
+  MultiScaleRetentionState<double> empty;
+  empty.append(second);
+  EXPECT_EQ(empty.batch(), 1);
+  RETNET_EXPECT_THROW_WITH(grown.setItem(0, MultiScaleRetentionState<double>(1, 2, 4, 5), 0),
+                           InvalidArgument, "shapes differ");
+  RETNET_EXPECT_THROW_WITH((void)state.item(3), InvalidArgument, "got (3, 0)");
+}
+
+TEST(StateFile, TheGenericReaderIsTheRetNetReader) {
+  const auto model = io::loadRetNetModel<double>(file("decoder_small.safetensors"));
+  RetNetModelState<double> state;
+  TokenMatrix tokens(2, 5);
+  tokens << 1, 2, 3, 4, 5, 6, 7, 8, 9, 10;
+  model.prefill(tokens, state, 2);
+  const std::vector<unsigned char> bytes = io::serializeState(state, model.config());
+  const auto viaModel = io::deserializeModelState<RetNetBlock<double>>(bytes, model.config());
+  const auto viaRetNet = io::deserializeState<double>(bytes, model.config());
+  ASSERT_EQ(viaModel.layers.size(), state.layers.size());
+  for (std::size_t l = 0; l < state.layers.size(); ++l) {
+    EXPECT_EQ(viaModel.layers[l].positions(), state.layers[l].positions());
+    for (Index i = 0; i < state.layers[l].size(); ++i) {
+      ASSERT_EQ(viaModel.layers[l].data()[i], state.layers[l].data()[i]);
+      ASSERT_EQ(viaRetNet.layers[l].data()[i], state.layers[l].data()[i]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace retnet
