@@ -184,7 +184,8 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
 
     if (scaling != RowScaling::kNone) {
       // f_i = r_i · a_i with a_i = max(iota_i, sigma), iota_i = max(Σ_j |q_i·k_j| γ^(i-j) / r_i, 1)
-      // (docs/semantics/torchscale.md §3.3); the parallel form also caps a_i at 5e4 as torchscale does.
+      // (docs/semantics/torchscale.md §3.3); the parallel form also caps a_i at 5e4 as torchscale
+      // does.
       for (Index i = r0; i < r1; ++i) {
         const Scalar r = plan.rowNorm(i);
         const Scalar iota = std::max<Scalar>(rowAbsSum(i - r0) / r, 1);
