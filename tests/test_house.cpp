@@ -3,6 +3,7 @@
 // for any LanguageModel.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -94,7 +95,7 @@ TEST(Scratch, AnExplicitScratchGivesTheSameBitsAsTheOthers) {
     block.forwardRecurrent(token, b, outB);  // the per-thread scratch
     ASSERT_TRUE(bitwiseEqual(outA, outB));
   }
-  EXPECT_TRUE(bitwiseEqual(outA, block.forwardRecurrent(token, b)) == false);  // b moved on
+  EXPECT_FALSE(bitwiseEqual(outA, block.forwardRecurrent(token, b)));  // b has moved on
 }
 
 TEST(StateItems, ItemSetItemAndAppendMoveWholeBatchItems) {
@@ -143,6 +144,66 @@ TEST(StateFile, TheGenericReaderIsTheRetNetReader) {
       ASSERT_EQ(viaRetNet.layers[l].data()[i], state.layers[l].data()[i]);
     }
   }
+}
+
+TEST(StageErrors, EveryStageRefusesMismatchedArguments) {
+  RowMatrix<double> x = RowMatrix<double>::Ones(3, 4), y(3, 5), g(3, 4);
+  const LinearWeight<double> w(RowMatrix<double>::Ones(4, 4));
+  RETNET_EXPECT_THROW_WITH(stages::linear(x, w, y), InvalidArgument,
+                           "stages::linear: y (rows x out) must be (3, 4), got (3, 5)");
+  RETNET_EXPECT_THROW_WITH(stages::rmsNorm<double>(x, nullptr, 1e-6, y), InvalidArgument,
+                           "stages::rmsNorm: y (x's shape) must be (3, 4), got (3, 5)");
+  RETNET_EXPECT_THROW_WITH(stages::layerNorm<double>(x, nullptr, nullptr, 1e-5, x), InvalidArgument,
+                           "weight and bias are needed");
+  RETNET_EXPECT_THROW_WITH(stages::addTo<double>(x, y), InvalidArgument, "stages::addTo");
+  RETNET_EXPECT_THROW_WITH(
+      stages::groupNormGate<double>(x, 3, nullptr, 1e-6, g, Activation::kSwish), InvalidArgument,
+      "heads (3) must be >= 1 and divide o's width (4)");
+  const std::int64_t tokens[3] = {0, 1, 4};
+  RETNET_EXPECT_THROW_WITH(stages::embed<double>(tokens, RowMatrix<double>::Ones(4, 4), 1.0, x),
+                           InvalidArgument, "token ids must be in [0, 4), got 4");
+  const RotaryEmbedding<double> rope(4);
+  RotaryTable<double> table;
+  rope.fillTable(0, 2, table);
+  RETNET_EXPECT_THROW_WITH(stages::rotate(rope, table, x), InvalidArgument,
+                           "the table must hold 3 rows of 2 pairs, got (2, 2)");
+
+  const RetentionHead head{0.9, RetentionNormalization::kNone, 1.0, ScaleSide::kQuery};
+  RETNET_EXPECT_THROW_WITH(RetentionPlan<double>(head, Form::kChunkwise, 0, 3), InvalidArgument,
+                           "chunkSize must be >= 1, got 0");
+  RETNET_EXPECT_THROW_WITH(
+      RetentionPlan<double>({1.5, RetentionNormalization::kNone, 1.0, ScaleSide::kQuery},
+                            Form::kRecurrent, 0, 3),
+      InvalidArgument, "gamma must be a finite value in [0, 1], got 1.5");
+  const RetentionPlan<double> parallel(head, Form::kParallel, 0, 2);
+  RowMatrix<double> S = RowMatrix<double>::Zero(4, 4), out(3, 4);
+  RetentionScratch<double> scratch;
+  RETNET_EXPECT_THROW_WITH(stages::retention(parallel, x, x, x, S, 0, true, out, scratch),
+                           InvalidArgument,
+                           "the plan was made for 2 rows of the parallel form, got 3");
+  RowMatrix<double> wrongState = RowMatrix<double>::Zero(4, 3);
+  const RetentionPlan<double> recurrent(head, Form::kRecurrent, 0, 3);
+  RETNET_EXPECT_THROW_WITH(stages::retention(recurrent, x, x, x, wrongState, 0, true, out, scratch),
+                           InvalidArgument, "S (dk x dv) must be (4, 4), got (4, 3)");
+}
+
+TEST(StageErrors, TheRowsInterfaceChecksItsState) {
+  const auto block = io::loadRetNetBlock<double>(file("layer_small.safetensors"));
+  const Index D = block.config().embedDim;
+  RowMatrix<double> x = RowMatrix<double>::Ones(2, D), y(2, D);
+  MultiScaleRetentionState<double> empty, wrong(3, block.config().heads, D / block.config().heads,
+                                                block.config().valueDim / block.config().heads);
+  RetNetBlockScratch<double> scratch;
+  RETNET_EXPECT_THROW_WITH(block.forwardSlab(Form::kRecurrent, x, 2, 1, 0, empty, y, scratch),
+                           InvalidArgument, "the state must be sized (prepare) first");
+  RETNET_EXPECT_THROW_WITH(block.forwardSlab(Form::kRecurrent, x, 2, 1, 0, wrong, y, scratch),
+                           InvalidArgument, "batch size (the state's) must be 3, got 2");
+  RETNET_EXPECT_THROW_WITH(
+      block.forwardRows(Form::kChunkwise, x.data(), 2, 1, 0, wrong, y.data(), scratch),
+      InvalidArgument, "chunkSize must be >= 1, got 0");
+  RETNET_EXPECT_THROW_WITH(
+      block.forwardRows(Form::kRecurrent, nullptr, 2, 1, 0, wrong, y.data(), scratch),
+      InvalidArgument, "non-null");
 }
 
 }  // namespace

@@ -77,11 +77,12 @@ class RetNetBlock
   RetNetBlock(const Config& config, const Weights& weights)
       : config_(checkedConfig(config)), retention_(config.retention(), weights.retention) {
     const Index D = config.embedDim, F = config.ffnDim;
-    checkVector("retentionNorm", weights.retentionNorm, D);
-    checkVector("finalNorm", weights.finalNorm, D);
-    checkMatrix("fc1", weights.fc1, F, D);
-    checkMatrix("gate", weights.gate, F, D);
-    checkMatrix("fc2", weights.fc2, D, F);
+    const char* where = "RetNetBlock";
+    detail::requireLength(where, weights.retentionNorm, D, "weight retentionNorm");
+    detail::requireLength(where, weights.finalNorm, D, "weight finalNorm");
+    detail::requireShape(where, weights.fc1, F, D, "weight fc1");
+    detail::requireShape(where, weights.gate, F, D, "weight gate");
+    detail::requireShape(where, weights.fc2, D, F, "weight fc2");
     retentionNorm_ = weights.retentionNorm;
     finalNorm_ = weights.finalNorm;
     ffn_ =
@@ -123,6 +124,9 @@ class RetNetBlock
   void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
                    State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
     const Index D = config_.embedDim, rows = batch * time;
+    const char* where = "RetNetBlock::forwardSlab";
+    detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
+    detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
     auto normed = detail::bufferView(scratch.normed, rows, D);
     auto h = detail::bufferView(scratch.residual, rows, D);
 
@@ -142,14 +146,6 @@ class RetNetBlock
   static Config checkedConfig(const Config& config) {
     config.validate("RetNetBlock");
     return config;
-  }
-  static void checkMatrix(const char* name, const RowMatrix<Scalar>& w, Index rows, Index cols) {
-    detail::require(w.rows() == rows && w.cols() == cols, "RetNetBlock", "weight ", name,
-                    " must be (", rows, ", ", cols, "), got (", w.rows(), ", ", w.cols(), ")");
-  }
-  static void checkVector(const char* name, const Vector<Scalar>& w, Index size) {
-    detail::require(w.size() == size, "RetNetBlock", "weight ", name, " must have ", size,
-                    " entries, got ", w.size());
   }
 
   Config config_;

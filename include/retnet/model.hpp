@@ -64,19 +64,13 @@ class LanguageModel {
 
   LanguageModel(const Config& config, const Weights& weights) : config_(checkedConfig(config)) {
     const Index D = config.block.embedDim;
-    detail::require(weights.embed.rows() == config.vocab && weights.embed.cols() == D,
-                    "RetNetModel", "embed must be (", config.vocab, ", ", D, "), got (",
-                    weights.embed.rows(), ", ", weights.embed.cols(), ")");
+    const char* where = "RetNetModel";
+    detail::requireShape(where, weights.embed, config.vocab, D, "embed");
     detail::require(static_cast<Index>(weights.layers.size()) == config.layers, "RetNetModel",
                     "expected weights for ", config.layers, " layers, got ", weights.layers.size());
-    detail::require(weights.finalNorm.size() == D, "RetNetModel", "finalNorm must have ", D,
-                    " entries, got ", weights.finalNorm.size());
-    if (!config.tiedEmbedding) {
-      detail::require(
-          weights.outputProjection.rows() == config.vocab && weights.outputProjection.cols() == D,
-          "RetNetModel", "outputProjection must be (", config.vocab, ", ", D, "), got (",
-          weights.outputProjection.rows(), ", ", weights.outputProjection.cols(), ")");
-    }
+    detail::requireLength(where, weights.finalNorm, D, "finalNorm");
+    if (!config.tiedEmbedding)
+      detail::requireShape(where, weights.outputProjection, config.vocab, D, "outputProjection");
     embed_ = LinearWeight<Scalar>(weights.embed);
     for (const auto& layer : weights.layers) blocks_.emplace_back(config.block, layer);
     finalNorm_ = weights.finalNorm;

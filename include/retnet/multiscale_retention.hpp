@@ -104,11 +104,12 @@ class MultiScaleRetention
   MultiScaleRetention(const Config& config, const Weights& weights)
       : config_(checkedConfig(config)), rotary_(config.keyDim()) {
     const Index D = config.embedDim, V = config.valueDim;
-    checkWeight("q", weights.q, D, D);
-    checkWeight("k", weights.k, D, D);
-    checkWeight("v", weights.v, V, D);
-    checkWeight("g", weights.g, V, D);
-    checkWeight("out", weights.out, D, V);
+    const char* where = "MultiScaleRetention";
+    detail::requireShape(where, weights.q, D, D, "weight q");
+    detail::requireShape(where, weights.k, D, D, "weight k");
+    detail::requireShape(where, weights.v, V, D, "weight v");
+    detail::requireShape(where, weights.g, V, D, "weight g");
+    detail::requireShape(where, weights.out, D, V, "weight out");
     // One GEMM for all four input projections; k's 1/sqrt(dk) folded into its rows, so the
     // retention stage runs with scale 1 and S holds the scaled keys, as torchscale's does.
     inputWeights_ = LinearWeight<Scalar>::stacked({&weights.q, &weights.k, &weights.v, &weights.g});
@@ -148,21 +149,12 @@ class MultiScaleRetention
   void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
     detail::requireNonEmpty(where, "x", x);
     detail::requireEqual(where, "x's last dimension (embedDim)", config_.embedDim, x.features());
-    if (!state.empty())
-      detail::requireEqual(where, "x's batch size (the state's)", state.batch(), x.batch());
-    prepareState(where, x.batch(), state);
+    sizeOrCheckState(where, "x's batch size (the state's)", x.batch(), state);
   }
 
   /// Sizes an empty state for `batch` items, or checks a non-empty one against this layer.
   void prepareState(const char* where, Index batch, State& state) const {
-    if (state.empty()) {
-      state.reset(batch, config_.heads, config_.keyDim(), config_.headValueDim());
-      return;
-    }
-    detail::requireEqual(where, "batch size (the state's)", state.batch(), batch);
-    detail::requireEqual(where, "state heads", config_.heads, state.heads());
-    detail::requireEqual(where, "state key dim", config_.keyDim(), state.keyDim());
-    detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
+    sizeOrCheckState(where, "batch size (the state's)", batch, state);
   }
 
   /// The data path of one slab: x (batch·time x D) -> y (batch·time x D), every batch item
@@ -170,8 +162,11 @@ class MultiScaleRetention
   void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
                    State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
     const Index D = config_.embedDim, V = config_.valueDim, rows = batch * time;
-    RETNET_ASSERT(x.rows() == rows && x.cols() == D && y.rows() == rows && y.cols() == D);
-    RETNET_ASSERT(state.batch() == batch && state.heads() == config_.heads);
+    const char* where = "MultiScaleRetention::forwardSlab";
+    detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
+    detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
+    detail::require(!state.empty(), where, "the state must be sized (prepare) first");
+    prepareState(where, batch, state);
 
     // 1. [q | k | v | g] = x [Wq; Wk/sqrt(dk); Wv; Wg]ᵀ      (rows x 2D+2V), one GEMM
     auto qkvg = detail::bufferView(scratch.projections, rows, 2 * D + 2 * V);
@@ -203,9 +198,15 @@ class MultiScaleRetention
     return config;
   }
 
-  static void checkWeight(const char* name, const RowMatrix<Scalar>& w, Index rows, Index cols) {
-    detail::require(w.rows() == rows && w.cols() == cols, "MultiScaleRetention", "weight ", name,
-                    " must be (", rows, ", ", cols, "), got (", w.rows(), ", ", w.cols(), ")");
+  void sizeOrCheckState(const char* where, const char* batchName, Index batch, State& state) const {
+    if (state.empty()) {
+      state.reset(batch, config_.heads, config_.keyDim(), config_.headValueDim());
+      return;
+    }
+    detail::requireEqual(where, batchName, state.batch(), batch);
+    detail::requireEqual(where, "state heads", config_.heads, state.heads());
+    detail::requireEqual(where, "state key dim", config_.keyDim(), state.keyDim());
+    detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
   }
 
   /// Step 3: the retention stage of every (batch item, head), in parallel over both.

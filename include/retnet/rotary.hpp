@@ -12,7 +12,6 @@
 #include <cmath>
 #include <vector>
 
-#include "retnet/detail/assert.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/errors.hpp"
 #include "retnet/tensor.hpp"
@@ -118,7 +117,11 @@ namespace stages {
 template <typename Scalar>
 void rotate(const RotaryEmbedding<Scalar>& rope, const RotaryTable<Scalar>& table,
             detail::NoDeduce<MatrixRef<Scalar>> x) {
-  RETNET_ASSERT(x.cols() % rope.keyDim() == 0 && table.cosines.rows() >= x.rows());
+  detail::require(x.cols() % rope.keyDim() == 0, "stages::rotate", "x's width (", x.cols(),
+                  ") must be a multiple of the key dim (", rope.keyDim(), ")");
+  detail::require(table.cosines.rows() >= x.rows() && table.cosines.cols() == rope.pairs(),
+                  "stages::rotate", "the table must hold ", x.rows(), " rows of ", rope.pairs(),
+                  " pairs, got (", table.cosines.rows(), ", ", table.cosines.cols(), ")");
   const Index heads = x.cols() / rope.keyDim();
   detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
     for (Index t = begin; t < begin + count; ++t)

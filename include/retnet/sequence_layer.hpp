@@ -117,10 +117,15 @@ class SequenceLayer {
   }
 
   /// x (batch·time x inputWidth) -> y (batch·time x outputWidth), both row-major buffers, for
-  /// enclosing compositions (a model's stack of blocks) that have checked x and sized the state
-  /// with prepare(). Long inputs run in slabs of whole chunks, each through forwardSlab.
+  /// enclosing compositions (a model's stack of blocks) that have sized the state with prepare();
+  /// forwardSlab checks the state against the layer. Long inputs run in slabs of whole chunks.
   void forwardRows(Form form, const Scalar* x, Index batch, Index time, Index chunkSize,
                    State& state, Scalar* y, Scratch& scratch) const {
+    const char* where = "SequenceLayer::forwardRows";
+    detail::require(x != nullptr && y != nullptr && batch >= 1 && time >= 1, where,
+                    "x and y must be non-null buffers of batch, time >= 1, got (", batch, ", ",
+                    time, ")");
+    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
     const Index in = layer().inputWidth(), out = layer().outputWidth();
     Vector<Scalar> slabInput, slabOutput;  // used (allocated) only for batch > 1 over slabs
     detail::forEachSlab(x, batch, time, in, out, detail::slabLength(form, time, chunkSize), y,

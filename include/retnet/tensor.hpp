@@ -33,6 +33,17 @@ using MatrixRef = Eigen::Ref<RowMatrix<Scalar>, 0, Eigen::OuterStride<>>;
 template <typename Scalar>
 using ConstMatrixRef = Eigen::Ref<const RowMatrix<Scalar>, 0, Eigen::OuterStride<>>;
 
+namespace detail {
+/// Marks a parameter as not taking part in template argument deduction, so that `Scalar` is
+/// deduced from another argument and a Map or block converts to the MatrixRef parameter.
+template <typename T>
+struct TypeIdentity {
+  using type = T;
+};
+template <typename T>
+using NoDeduce = typename TypeIdentity<T>::type;
+}  // namespace detail
+
 /// A read-only view of a row-major rank-3 tensor: data pointer and dimensions, nothing copied.
 template <typename Scalar>
 class ConstTensor3Ref {

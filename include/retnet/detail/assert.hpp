@@ -28,13 +28,4 @@ namespace retnet::detail {
   std::abort();
 }
 
-/// Marks a parameter as not taking part in template argument deduction, so that `Scalar` is
-/// deduced from another argument and a Map or block converts to the MatrixRef parameter.
-template <typename T>
-struct TypeIdentity {
-  using type = T;
-};
-template <typename T>
-using NoDeduce = typename TypeIdentity<T>::type;
-
 }  // namespace retnet::detail

@@ -3,11 +3,28 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "retnet/errors.hpp"
 #include "retnet/tensor.hpp"
 
 namespace retnet::detail {
+
+/// Throws InvalidArgument "<where>: <name…> must be (rows, cols), got (r, c)" unless `m` (any
+/// matrix or Eigen expression) has that shape.
+template <typename Matrix, typename... Name>
+void requireShape(const char* where, const Matrix& m, Index rows, Index cols, Name&&... name) {
+  require(m.rows() == rows && m.cols() == cols, where, std::forward<Name>(name)..., " must be (",
+          rows, ", ", cols, "), got (", m.rows(), ", ", m.cols(), ")");
+}
+
+/// Throws InvalidArgument "<where>: <name…> must have <size> entries, got n" unless `v` has that
+/// many.
+template <typename Vec, typename... Name>
+void requireLength(const char* where, const Vec& v, Index size, Name&&... name) {
+  require(v.size() == size, where, std::forward<Name>(name)..., " must have ", size,
+          " entries, got ", v.size());
+}
 
 inline std::string shapeString(Index a, Index b, Index c) {
   return concat("(", a, ", ", b, ", ", c, ")");

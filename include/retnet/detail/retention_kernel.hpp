@@ -15,6 +15,7 @@
 #include <cmath>
 #include <vector>
 
+#include "retnet/detail/assert.hpp"
 #include "retnet/detail/decay.hpp"
 #include "retnet/detail/matrix_views.hpp"
 
@@ -48,8 +49,7 @@ struct ChunkPlan {
   Vector<Scalar> rowNorm;      ///< r_i = sqrt(Σ_{j<=i} γ^(i-j)): torchscale's mask row normaliser
   Scalar windowSum = 1;        ///< L = Σ_{j<C} γ^j: torchscale's chunk state is S / L
 
-  ChunkPlan(const DecayPowers& decay, Index chunkSize, Index time, double scale = 1.0,
-            ScaleSide side = ScaleSide::kKey) {
+  ChunkPlan(const DecayPowers& decay, Index chunkSize, Index time, double scale, ScaleSide side) {
     rows = std::min(chunkSize, time);
     if (rows <= 0) {  // the recurrent form's plan: no tables, nothing allocated
       rows = 0;
@@ -57,14 +57,9 @@ struct ChunkPlan {
     }
     powers.resize(rows + 1);
     for (Index m = 0; m <= rows; ++m) powers(m) = static_cast<Scalar>(decay(m));
-    const auto s = static_cast<Scalar>(scale);
-    if (scale == 1.0) {  // the common case, bit for bit the unscaled tables
-      maskPowers = crossPowers = keyPowers = powers;
-    } else {
-      maskPowers = s * powers;
-      crossPowers = side == ScaleSide::kQuery ? maskPowers : powers;
-      keyPowers = side == ScaleSide::kKey ? maskPowers : powers;
-    }
+    maskPowers = static_cast<Scalar>(scale) * powers;  // s = 1 leaves γ^m bit for bit
+    crossPowers = side == ScaleSide::kQuery ? maskPowers : powers;
+    keyPowers = side == ScaleSide::kKey ? maskPowers : powers;
     rowNorm.resize(rows);
     double rowSum = 0;
     for (Index i = 0; i < rows; ++i) {
@@ -139,6 +134,7 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
                     RowsMap<Scalar>& out, ChunkScratch<Scalar>& scratch) {
   const Index c = q.rows(), keyDim = k.cols();
   // q is (c x dk), k (c x dk), v (c x dv), state (dk x dv), out (c x dv)
+  RETNET_ASSERT(c >= 1 && c <= plan.rows && state.rows() == keyDim && out.rows() == c);
 
   // torchscale's cross-chunk normaliser, read from the state before this chunk: the largest
   // column abs-sum of R = S / L, floored at 1.
@@ -208,6 +204,7 @@ void retentionChunks(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& 
                      RowScaling scaling, StateMap<Scalar>& state, bool stateIsZero,
                      RowsMap<Scalar>& out, ChunkScratch<Scalar>& scratch) {
   const Index time = q.rows();
+  RETNET_ASSERT(plan.rows >= 1);  // else the loop would not advance
   for (Index start = 0; start < time; start += plan.rows) {
     const Index c = std::min(plan.rows, time - start);
     const auto rowsOf = [&](const ConstRowsMap<Scalar>& m) {
@@ -225,15 +222,14 @@ void retentionChunks(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& 
 /// pass over S. q, k have dk entries; v and out dv; state is (dk x dv) row-major.
 template <typename Scalar>
 void recurrentStep(const Scalar* q, const Scalar* k, const Scalar* v, Index keyDim, Index valueDim,
-                   Scalar gamma, Scalar* state, Scalar* out, Scalar outScale,
-                   Scalar keyScale = Scalar(1)) {
+                   Scalar gamma, Scalar* state, Scalar* out, Scalar outScale, Scalar keyScale) {
   using RowVec = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
   const Eigen::Map<const RowVec> value(v, valueDim);
   Eigen::Map<RowVec> output(out, valueDim);
   output.setZero();
   for (Index a = 0; a < keyDim; ++a) {
     Eigen::Map<RowVec> row(state + a * valueDim, valueDim);
-    row = gamma * row + (keyScale == Scalar(1) ? k[a] : keyScale * k[a]) * value;
+    row = gamma * row + (keyScale * k[a]) * value;  // keyScale = 1 leaves k[a] bit for bit
     output += q[a] * row;
   }
   output *= outScale;

@@ -5,7 +5,7 @@
 #include <unsupported/Eigen/SpecialFunctions>
 
 #include "retnet/activation.hpp"
-#include "retnet/detail/assert.hpp"
+#include "retnet/detail/checks.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/tensor.hpp"
 
@@ -36,7 +36,7 @@ void activate(detail::NoDeduce<MatrixRef<Scalar>> x, Activation activation) {
 ///   x, y (rows x n)
 template <typename Scalar>
 void addTo(detail::NoDeduce<ConstMatrixRef<Scalar>> x, detail::NoDeduce<MatrixRef<Scalar>> y) {
-  RETNET_ASSERT(x.rows() == y.rows() && x.cols() == y.cols());
+  detail::requireShape("stages::addTo", y, x.rows(), x.cols(), "y (x's shape)");
   detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
     y.middleRows(begin, count) += x.middleRows(begin, count);
   });

@@ -3,21 +3,23 @@
 
 #include <cstdint>
 
-#include "retnet/detail/assert.hpp"
+#include "retnet/detail/checks.hpp"
 #include "retnet/tensor.hpp"
 
 namespace retnet::stages {
 
 /// y_r = scale · E[token_r]: row lookup in the embedding table, scaled (torchscale: 1 or
-/// sqrt(D)). Token ids must be in [0, vocab) (checked by the caller).
+/// sqrt(D)). Token ids must be in [0, vocab).
 ///   tokens (rows); E (vocab x D); y (rows x D)
 template <typename Scalar>
 void embed(const std::int64_t* tokens, detail::NoDeduce<ConstMatrixRef<Scalar>> table, double scale,
            detail::NoDeduce<MatrixRef<Scalar>> y) {
-  RETNET_ASSERT(y.cols() == table.cols());
+  const char* where = "stages::embed";
+  detail::requireShape(where, y, y.rows(), table.cols(), "y (rows x D)");
   const auto s = static_cast<Scalar>(scale);
   for (Index r = 0; r < y.rows(); ++r) {
-    RETNET_ASSERT(tokens[r] >= 0 && tokens[r] < table.rows());
+    detail::require(tokens[r] >= 0 && tokens[r] < table.rows(), where, "token ids must be in [0, ",
+                    table.rows(), "), got ", tokens[r]);
     y.row(r) = table.row(static_cast<Index>(tokens[r])) * s;
   }
 }

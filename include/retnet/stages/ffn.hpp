@@ -9,7 +9,7 @@
 #pragma once
 
 #include "retnet/activation.hpp"
-#include "retnet/detail/assert.hpp"
+#include "retnet/detail/checks.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/errors.hpp"
 #include "retnet/stages/elementwise.hpp"
@@ -63,7 +63,7 @@ void gatedFeedForward(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
                       detail::NoDeduce<MatrixRef<Scalar>> hidden,
                       detail::NoDeduce<MatrixRef<Scalar>> y) {
   const Index F = weights.hiddenDim();
-  RETNET_ASSERT(hidden.rows() == x.rows() && hidden.cols() == 2 * F);
+  detail::requireShape("stages::gatedFeedForward", hidden, x.rows(), 2 * F, "hidden (rows x 2F)");
   linear<Scalar>(x, weights.input, hidden);
   auto activated = hidden.leftCols(F);
   detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "retnet/activation.hpp"
-#include "retnet/detail/assert.hpp"
+#include "retnet/detail/checks.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/stages/elementwise.hpp"
 #include "retnet/tensor.hpp"
@@ -19,8 +19,10 @@ namespace retnet::stages {
 template <typename Scalar>
 void groupNormGate(detail::NoDeduce<MatrixRef<Scalar>> o, Index heads, const Scalar* w, double eps,
                    detail::NoDeduce<MatrixRef<Scalar>> g, Activation gate) {
-  RETNET_ASSERT(heads >= 1 && o.cols() % heads == 0 && g.rows() == o.rows() &&
-                g.cols() == o.cols());
+  const char* where = "stages::groupNormGate";
+  detail::require(heads >= 1 && o.cols() % heads == 0, where, "heads (", heads,
+                  ") must be >= 1 and divide o's width (", o.cols(), ")");
+  detail::requireShape(where, g, o.rows(), o.cols(), "g (o's shape)");
   const Index dv = o.cols() / heads;
   const auto epsilon = static_cast<Scalar>(eps);
   detail::forRowBlocks(o.rows(), [&](Index begin, Index count) {

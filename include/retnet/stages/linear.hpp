@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <initializer_list>
 
-#include "retnet/detail/assert.hpp"
+#include "retnet/detail/checks.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/errors.hpp"
 #include "retnet/tensor.hpp"
@@ -77,7 +77,8 @@ void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scala
             detail::NoDeduce<MatrixRef<Scalar>> y) {
   const RowMatrix<Scalar>& w = weight.matrix();
   const Index n = w.rows(), rows = x.rows();
-  RETNET_ASSERT(x.cols() == w.cols() && y.rows() == rows && y.cols() == n);
+  detail::requireShape("stages::linear", x, rows, w.cols(), "x (rows x in)");
+  detail::requireShape("stages::linear", y, rows, n, "y (rows x out)");
   const Index blocks = (n + kLinearColumnBlock - 1) / kLinearColumnBlock;
   detail::parallelFor(blocks, [&](Index block, int) {
     const Index begin = block * kLinearColumnBlock, width = std::min(kLinearColumnBlock, n - begin);

@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-#include "retnet/detail/assert.hpp"
+#include "retnet/detail/checks.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/tensor.hpp"
 
@@ -18,7 +18,7 @@ namespace retnet::stages {
 template <typename Scalar>
 void rmsNorm(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const Scalar* w, double eps,
              detail::NoDeduce<MatrixRef<Scalar>> y) {
-  RETNET_ASSERT(y.rows() == x.rows() && y.cols() == x.cols());
+  detail::requireShape("stages::rmsNorm", y, x.rows(), x.cols(), "y (x's shape)");
   const Index n = x.cols();
   const auto epsilon = static_cast<Scalar>(eps);
   detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
@@ -42,7 +42,8 @@ void rmsNorm(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const Scalar* w, double
 template <typename Scalar>
 void layerNorm(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const Scalar* w, const Scalar* b,
                double eps, detail::NoDeduce<MatrixRef<Scalar>> y) {
-  RETNET_ASSERT(y.rows() == x.rows() && y.cols() == x.cols() && w != nullptr && b != nullptr);
+  detail::requireShape("stages::layerNorm", y, x.rows(), x.cols(), "y (x's shape)");
+  detail::require(w != nullptr && b != nullptr, "stages::layerNorm", "weight and bias are needed");
   using RowVector = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
   const Index n = x.cols();
   const Eigen::Map<const RowVector> weight(w, n), bias(b, n);

@@ -20,7 +20,7 @@
 
 #include <cmath>
 
-#include "retnet/detail/assert.hpp"
+#include "retnet/detail/checks.hpp"
 #include "retnet/detail/decay.hpp"
 #include "retnet/detail/retention_kernel.hpp"
 #include "retnet/form.hpp"
@@ -54,7 +54,7 @@ template <typename Scalar>
 class RetentionPlan {
  public:
   RetentionPlan(const RetentionHead& head, Form form, Index chunkSize, Index time)
-      : head_(head),
+      : head_(checkedHead(head, form, chunkSize, time)),
         form_(form),
         time_(time),
         decay_(head.gamma),
@@ -71,6 +71,16 @@ class RetentionPlan {
   const detail::ChunkPlan<Scalar>& chunks() const { return chunks_; }
 
  private:
+  static const RetentionHead& checkedHead(const RetentionHead& head, Form form, Index chunkSize,
+                                          Index time) {
+    const char* where = "RetentionPlan";
+    detail::requireDecay(where, head.gamma);
+    detail::require(std::isfinite(head.scale), where, "scale must be finite, got ", head.scale);
+    detail::require(time >= 0, where, "time must be >= 0, got ", time);
+    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
+    return head;
+  }
+
   RetentionHead head_;
   Form form_;
   Index time_;
@@ -91,14 +101,18 @@ void retention(const RetentionPlan<Scalar>& plan, detail::NoDeduce<ConstMatrixRe
                Index start, bool stateIsZero, detail::NoDeduce<MatrixRef<Scalar>> out,
                RetentionScratch<Scalar>& scratch) {
   const Index time = q.rows(), dk = q.cols(), dv = v.cols();
-  RETNET_ASSERT(k.rows() == time && k.cols() == dk && v.rows() == time && out.rows() == time &&
-                out.cols() == dv && S.rows() == dk && S.cols() == dv);
-  RETNET_ASSERT(S.outerStride() == dv);  // the kernels take S as a dense (dk x dv) block
+  const char* where = "stages::retention";
+  detail::requireShape(where, k, time, dk, "k (q's shape)");
+  detail::requireEqual(where, "v's rows (q's)", time, v.rows());
+  detail::requireShape(where, out, time, dv, "out (time x dv)");
+  detail::requireShape(where, S, dk, dv, "S (dk x dv)");
+  detail::require(S.outerStride() == dv, where, "S must be a dense (dk x dv) block");
   // The tables must be those of this call: a parallel plan spans exactly `time` rows (a shorter
-  // one would silently run chunkwise), a chunkwise one at least a chunk of them.
-  RETNET_ASSERT(plan.form() == Form::kRecurrent ||
-                (time <= plan.time() && plan.chunks().rows >= 1 &&
-                 (plan.form() != Form::kParallel || time == plan.time())));
+  // one would silently run chunkwise), a chunkwise one at most the rows it was made for.
+  detail::require(plan.form() == Form::kRecurrent ||
+                      (plan.form() == Form::kParallel ? time == plan.time() : time <= plan.time()),
+                  where, "the plan was made for ", plan.time(), " rows of the ",
+                  formName(plan.form()), " form, got ", time);
   const RetentionHead& head = plan.head();
   const bool torchscale = head.normalization == RetentionNormalization::kTorchscale;
   detail::StateMap<Scalar> state(S.data(), dk, dv);
