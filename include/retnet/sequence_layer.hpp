@@ -9,7 +9,7 @@
 //   forwardRecurrent(x)             forwardRecurrent(x, state)
 //   forwardRecurrent(x, state, out[, scratch])    decoding without allocation
 //   forward(x)  forward(x, state)   forward(form, x, chunk, state)
-//   forwardRows(form, x, batch, time, chunk, state, y, scratch)   the unchecked-shape core
+//   forwardRows(form, x, batch, time, chunk, state, y, scratch)   raw buffers, for compositions
 //
 // Each form checks its arguments (Layer::prepare), then runs the layer's data path
 // (Layer::forwardSlab, public, in the layer's header) over the input, long inputs in slabs of
