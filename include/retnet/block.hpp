@@ -1,4 +1,5 @@
-// The RetNet block (paper §2.3, eq. 10), matching torchscale's DecoderLayer with pre-norm.
+// The RetNet block (paper §2.3, eq. 10): torchscale's DecoderLayer with pre-norm, and by
+// configuration FLA's RetNetBlock (the same data path with FLA's retention and SwiGLU MLP).
 #pragma once
 
 #include <utility>
@@ -11,7 +12,8 @@
 
 namespace retnet {
 
-/// Shape of a RetNet block (torchscale's names in comments).
+/// Shape of a RetNet block (torchscale's names in comments). The defaults are torchscale's; the
+/// retention fields after `gate` select other semantics (MultiScaleRetentionConfig).
 struct RetNetBlockConfig {
   Index embedDim = 0;  ///< D (decoder_embed_dim)
   Index valueDim = 0;  ///< V (decoder_value_embed_dim)
@@ -20,12 +22,44 @@ struct RetNetBlockConfig {
   double eps = 1e-6;   ///< layernorm_eps: both RMSNorms and the retention group norm
   Activation activation = Activation::kGelu;  ///< activation_fn of the FFN
   Activation gate = Activation::kSwish;       ///< gate_fn of the retention
+  std::vector<double> decays = {};            ///< γ_h; empty: 1 − 2^(−5−h)
+  Index headKeyDim = 0;                       ///< dk; 0: D / H
+  Index kvHeads = 0;                          ///< key/value heads; 0: H
+  RotaryLayout rotary = RotaryLayout::kInterleaved;
+  RetentionNormalization normalization = RetentionNormalization::kTorchscale;
+  ScaleSide scaleSide = ScaleSide::kKey;
 
-  MultiScaleRetentionConfig retention() const { return {embedDim, valueDim, heads, eps, gate}; }
+  MultiScaleRetentionConfig retention() const {
+    MultiScaleRetentionConfig c;
+    c.embedDim = embedDim;
+    c.valueDim = valueDim;
+    c.heads = heads;
+    c.eps = eps;
+    c.gate = gate;
+    c.decays = decays;
+    c.headKeyDim = headKeyDim;
+    c.kvHeads = kvHeads;
+    c.rotary = rotary;
+    c.normalization = normalization;
+    c.scaleSide = scaleSide;
+    return c;
+  }
 
-  /// The shape a state file records (io/state_file.hpp), by name.
+  /// The shape a state file records (io/state_file.hpp), by name. Entries beyond torchscale's
+  /// four appear only where they differ from torchscale, so its state files stay as they were.
   std::vector<std::pair<const char*, Index>> signature() const {
-    return {{"embedDim", embedDim}, {"valueDim", valueDim}, {"heads", heads}, {"ffnDim", ffnDim}};
+    std::vector<std::pair<const char*, Index>> entries = {
+        {"embedDim", embedDim}, {"valueDim", valueDim}, {"heads", heads}, {"ffnDim", ffnDim}};
+    const MultiScaleRetentionConfig r = retention();
+    if (r.keyDim() * heads != embedDim) entries.push_back({"headKeyDim", r.keyDim()});
+    if (r.keyValueHeads() != heads) entries.push_back({"kvHeads", r.keyValueHeads()});
+    if (rotary != RotaryLayout::kInterleaved)
+      entries.push_back({"rotaryLayout", static_cast<Index>(rotary)});
+    if (normalization != RetentionNormalization::kTorchscale)
+      entries.push_back({"normalization", static_cast<Index>(normalization)});
+    if (scaleSide != ScaleSide::kKey)
+      entries.push_back({"scaleSide", static_cast<Index>(scaleSide)});
+    return entries;
   }
 
   void validate(const char* where) const {
@@ -58,6 +92,9 @@ struct RetNetBlockScratch {
 ///
 ///   h = x + MSR(RMSNorm(x; w_ret))
 ///   y = h + fc2( act(fc1 z) ⊙ gate z ),  z = RMSNorm(h; w_final)
+///
+/// FLA's block is the same with its names: attn_norm, attn, mlp_norm, and the SwiGLU MLP
+/// down(silu(gate_proj z) ⊙ up_proj z), that is fc1 = gate_proj, gate = up_proj, fc2 = down_proj.
 ///
 /// with the same three forms, state and handoff rules as MultiScaleRetention (its state is the
 /// retention's). Inputs and outputs are row-major (B, T, D).
@@ -116,8 +153,8 @@ class RetNetBlock
 
   /// A zero state for `batch` sequences of a block of shape `config`.
   static State makeState(const Config& config, Index batch) {
-    return State(batch, config.heads, config.embedDim / config.heads,
-                 config.valueDim / config.heads);
+    const MultiScaleRetentionConfig retention = config.retention();
+    return State(batch, retention.heads, retention.keyDim(), retention.headValueDim());
   }
 
   /// The data path of one slab: x (batch·time x D) -> y (batch·time x D).

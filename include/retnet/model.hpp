@@ -1,6 +1,7 @@
-// A language model: embedding -> N blocks -> final RMSNorm -> output projection, with every
-// form, chunkwise prefill, O(1) decoding and generation. Written once for any block family;
-// RetNetModel is torchscale's RetNetDecoder (RetNet blocks).
+// A language model: embedding [-> scale -> RMSNorm] -> N blocks -> final RMSNorm -> output
+// projection, with every form, chunkwise prefill, O(1) decoding and generation. Written once for
+// any block family; RetNetModel (RetNet blocks) is torchscale's RetNetDecoder, syncdoth's
+// RetNetForCausalLM and FLA's RetNetForCausalLM by configuration (io/load_model.hpp).
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,8 @@ struct LanguageModelConfig {
   BlockConfig block;        ///< every block's shape; block.eps is also the final norm's
   double embedScale = 1.0;  ///< token embeddings are multiplied by this (torchscale: 1, or sqrt(D))
   bool tiedEmbedding = false;  ///< the output projection is the embedding table
+  bool embedNorm = false;      ///< RMSNorm (weight embedNorm, eps block.eps) after the scale
+                               ///< (syncdoth's layernorm_embedding)
 
   void validate(const char* where) const {
     detail::require(vocab >= 1, where, "vocab must be >= 1, got ", vocab);
@@ -38,6 +41,7 @@ struct LanguageModelConfig {
 template <typename BlockWeights, typename Scalar>
 struct LanguageModelWeights {
   RowMatrix<Scalar> embed;             ///< embed_tokens.weight (vocab, D)
+  Vector<Scalar> embedNorm;            ///< layernorm_embedding.weight (D); empty unless embedNorm
   std::vector<BlockWeights> layers;    ///< layers.{i}.*
   Vector<Scalar> finalNorm;            ///< layer_norm.weight (D)
   RowMatrix<Scalar> outputProjection;  ///< output_projection.weight (vocab, D); empty if tied
@@ -62,19 +66,36 @@ class LanguageModel {
   using State = LanguageModelState<typename Block::State>;
   using Scratch = LanguageModelScratch<typename Block::Scratch, Scalar>;
 
-  LanguageModel(const Config& config, const Weights& weights) : config_(checkedConfig(config)) {
+  LanguageModel(const Config& config, const Weights& weights)
+      : LanguageModel(config, Weights(weights)) {}
+
+  /// From weights that are no longer needed: each layer's are released once its block is built,
+  /// so loading holds little more than the model (io/load_model.hpp).
+  LanguageModel(const Config& config, Weights&& weights) : config_(checkedConfig(config)) {
     const Index D = config.block.embedDim;
     const char* where = "RetNetModel";
     detail::requireShape(where, weights.embed, config.vocab, D, "embed");
     detail::require(static_cast<Index>(weights.layers.size()) == config.layers, "RetNetModel",
                     "expected weights for ", config.layers, " layers, got ", weights.layers.size());
     detail::requireLength(where, weights.finalNorm, D, "finalNorm");
+    if (config.embedNorm) {
+      detail::requireLength(where, weights.embedNorm, D, "embedNorm");
+    } else {
+      detail::require(weights.embedNorm.size() == 0, where,
+                      "an embedNorm weight was given but config.embedNorm is false");
+    }
     if (!config.tiedEmbedding)
       detail::requireShape(where, weights.outputProjection, config.vocab, D, "outputProjection");
-    embed_ = LinearWeight<Scalar>(weights.embed);
-    for (const auto& layer : weights.layers) blocks_.emplace_back(config.block, layer);
-    finalNorm_ = weights.finalNorm;
-    if (!config.tiedEmbedding) outputProjection_ = LinearWeight<Scalar>(weights.outputProjection);
+    embed_ = LinearWeight<Scalar>(std::move(weights.embed));
+    embedNorm_ = std::move(weights.embedNorm);
+    blocks_.reserve(weights.layers.size());
+    for (auto& layer : weights.layers) {
+      blocks_.emplace_back(config.block, layer);
+      layer = typename Block::Weights{};
+    }
+    finalNorm_ = std::move(weights.finalNorm);
+    if (!config.tiedEmbedding)
+      outputProjection_ = LinearWeight<Scalar>(std::move(weights.outputProjection));
   }
 
   const Config& config() const { return config_; }
@@ -136,8 +157,7 @@ class LanguageModel {
     const Index D = config_.block.embedDim;
     Scalar* in = detail::bufferView(scratch.hidden, batch, D).data();  // (batch x D)
     Scalar* out = detail::bufferView(scratch.other, batch, D).data();
-    stages::embed<Scalar>(tokens.data(), embed_.matrix(), config_.embedScale,
-                          Eigen::Map<RowMatrix<Scalar>>(in, batch, D));
+    embed(tokens.data(), Eigen::Map<RowMatrix<Scalar>>(in, batch, D));
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       blocks_[l].forwardRows(Form::kRecurrent, in, batch, 1, 0, state.layers[l], out,
                              scratch.block);
@@ -216,12 +236,18 @@ class LanguageModel {
     prepareState(where, tokens.rows(), state);
   }
 
+  /// x = E[token]·s, then RMSNorm(x; w_embed) if configured.   x (tokens x D)
+  void embed(const std::int64_t* tokens, MatrixRef<Scalar> x) const {
+    stages::embed<Scalar>(tokens, embed_.matrix(), config_.embedScale, x);
+    if (config_.embedNorm) stages::rmsNorm(x, embedNorm_.data(), config_.block.eps, x);
+  }
+
   /// Embeds the tokens and runs every block: hidden states (B·T x D) before the final norm.
   RowMatrix<Scalar> runBlocks(Form form, const TokenMatrix& tokens, Index chunkSize,
                               State& state) const {
     const Index rows = tokens.size(), D = config_.block.embedDim;
     RowMatrix<Scalar> x(rows, D), y(rows, D);
-    stages::embed<Scalar>(tokens.data(), embed_.matrix(), config_.embedScale, x);
+    embed(tokens.data(), x);
     Scratch scratch;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       blocks_[l].forwardRows(form, x.data(), tokens.rows(), tokens.cols(), chunkSize,
@@ -248,6 +274,7 @@ class LanguageModel {
 
   Config config_;
   LinearWeight<Scalar> embed_;  // (vocab, D): the lookup table, and the head when tied
+  Vector<Scalar> embedNorm_;    // (D) or empty
   std::vector<Block> blocks_;
   Vector<Scalar> finalNorm_;               // (D)
   LinearWeight<Scalar> outputProjection_;  // (vocab, D); empty when tied

@@ -1,4 +1,5 @@
-// Multi-scale retention (paper §2.2, eqs. 8–9), matching torchscale's MultiScaleRetention.
+// Multi-scale retention (paper §2.2, eqs. 8–9): torchscale's MultiScaleRetention by default, and
+// by configuration FLA's (flash-linear-attention) MultiScaleRetention, one data path for both.
 #pragma once
 
 #include <cmath>
@@ -20,17 +21,41 @@
 
 namespace retnet {
 
-/// Shape of a multi-scale retention layer (torchscale's names in comments).
+/// Shape and semantics of a multi-scale retention layer (torchscale's names in comments). The
+/// defaults are torchscale's; MultiScaleRetentionConfig::fla() gives FLA's semantics.
 struct MultiScaleRetentionConfig {
   Index embedDim = 0;  ///< D (embed_dim): input and output width
-  Index valueDim = 0;  ///< V (value_dim): width of v, g and the concatenated heads
-  Index heads = 0;     ///< H (retention_heads): must divide D and V; D/H must be even
-  double eps = 1e-6;   ///< group-norm eps (layernorm_eps)
+  Index valueDim = 0;  ///< V (value_dim): width of g and of the concatenated heads, H·dv
+  Index heads = 0;  ///< H (retention_heads): query heads; must divide V (and D if headKeyDim is 0)
+  double eps = 1e-6;                     ///< group-norm eps (layernorm_eps)
   Activation gate = Activation::kSwish;  ///< gate_fn
   std::vector<double> decays = {};       ///< γ_h per head; empty: the paper's 1 − 2^(−5−h)
+  Index headKeyDim = 0;  ///< dk per head; 0: D / H (torchscale). FLA: expand_k·D / H
+  Index kvHeads = 0;     ///< key/value heads (FLA num_kv_heads); 0: H. Must divide H; query head
+                         ///< h reads key/value head h / (H / kvHeads)
+  RotaryLayout rotary = RotaryLayout::kInterleaved;  ///< torchscale's; FLA: kHalfSplit
+  RetentionNormalization normalization = RetentionNormalization::kTorchscale;  ///< FLA: kNone
+  ScaleSide scaleSide = ScaleSide::kKey;  ///< which of q, k carries dk^(−1/2); FLA: kQuery
 
-  Index keyDim() const { return embedDim / heads; }        ///< dk = D / H
-  Index headValueDim() const { return valueDim / heads; }  ///< dv = V / H
+  /// FLA's semantics (half-split rotary, raw retention, q scaled) on a shape.
+  static MultiScaleRetentionConfig fla(Index embedDim, Index heads, Index kvHeads, Index headKeyDim,
+                                       Index headValueDim, double eps) {
+    MultiScaleRetentionConfig c;
+    c.embedDim = embedDim;
+    c.valueDim = heads * headValueDim;
+    c.heads = heads;
+    c.eps = eps;
+    c.headKeyDim = headKeyDim;
+    c.kvHeads = kvHeads;
+    c.rotary = RotaryLayout::kHalfSplit;
+    c.normalization = RetentionNormalization::kNone;
+    c.scaleSide = ScaleSide::kQuery;
+    return c;
+  }
+
+  Index keyDim() const { return headKeyDim > 0 ? headKeyDim : embedDim / heads; }  ///< dk
+  Index headValueDim() const { return valueDim / heads; }                          ///< dv
+  Index keyValueHeads() const { return kvHeads > 0 ? kvHeads : heads; }            ///< H_kv
 
   /// γ_h of every head: `decays`, or the paper's schedule when it is empty.
   std::vector<double> headDecays() const {
@@ -41,12 +66,18 @@ struct MultiScaleRetentionConfig {
     detail::require(embedDim >= 1 && valueDim >= 1 && heads >= 1, where,
                     "embedDim, valueDim and heads must be >= 1, got ", embedDim, ", ", valueDim,
                     ", ", heads);
-    detail::require(embedDim % heads == 0, where, "heads (", heads, ") must divide embedDim (",
-                    embedDim, ")");
+    detail::require(headKeyDim >= 0 && kvHeads >= 0, where,
+                    "headKeyDim and kvHeads must be >= 0 (0: the default), got ", headKeyDim, ", ",
+                    kvHeads);
+    detail::require(headKeyDim > 0 || embedDim % heads == 0, where, "heads (", heads,
+                    ") must divide embedDim (", embedDim, ") unless headKeyDim is given");
     detail::require(valueDim % heads == 0, where, "heads (", heads, ") must divide valueDim (",
                     valueDim, ")");
-    detail::require(keyDim() % 2 == 0, where,
-                    "embedDim / heads must be even for the rotary pairs, got ", keyDim());
+    detail::require(heads % keyValueHeads() == 0, where, "kvHeads (", keyValueHeads(),
+                    ") must divide heads (", heads, ")");
+    detail::require(keyDim() >= 2 && keyDim() % 2 == 0, where,
+                    "the per-head key dim must be even and >= 2 for the rotary pairs, got ",
+                    keyDim());
     detail::require(std::isfinite(eps) && eps >= 0, where, "eps must be finite and >= 0, got ",
                     eps);
     if (!decays.empty()) stages::checkDecays(where, decays, heads);
@@ -54,38 +85,43 @@ struct MultiScaleRetentionConfig {
 };
 
 /// Weights in PyTorch's Linear layout (out, in), applied as y = x · Wᵀ; no biases.
+/// With H_kv = H and dk = D/H (torchscale) q and k are (D, D) and v is (V, D).
 template <typename Scalar>
 struct MultiScaleRetentionWeights {
-  RowMatrix<Scalar> q;    ///< q_proj.weight   (D, D)
-  RowMatrix<Scalar> k;    ///< k_proj.weight   (D, D)
-  RowMatrix<Scalar> v;    ///< v_proj.weight   (V, D)
-  RowMatrix<Scalar> g;    ///< g_proj.weight   (V, D)
-  RowMatrix<Scalar> out;  ///< out_proj.weight (D, V)
+  RowMatrix<Scalar> q;      ///< q_proj.weight   (H·dk, D)
+  RowMatrix<Scalar> k;      ///< k_proj.weight   (H_kv·dk, D)
+  RowMatrix<Scalar> v;      ///< v_proj.weight   (H_kv·dv, D)
+  RowMatrix<Scalar> g;      ///< g_proj.weight   (V, D), V = H·dv
+  RowMatrix<Scalar> out;    ///< out_proj.weight (D, V) (FLA: o_proj)
+  Vector<Scalar> headNorm;  ///< the group norm's weight (dv), shared by all heads (FLA's
+                            ///< g_norm_swish_gate); empty: no weight (torchscale)
 };
 
 /// Buffers of one multi-scale retention call (not part of any state's value).
 template <typename Scalar>
 struct MultiScaleRetentionScratch {
-  Vector<Scalar> projections;                       // (rows x 2D+2V): q | k | v | g
+  Vector<Scalar> projections;                       // (rows x width): q | k | v | g
   Vector<Scalar> retained;                          // (rows x V): heads side by side
   RotaryTable<Scalar> rotary;                       // (time x dk/2)
   std::vector<RetentionPlan<Scalar>> plans;         // one per head
   std::vector<RetentionScratch<Scalar>> perThread;  // the retention stage's
 };
 
-/// Multi-scale retention, torchscale's MultiScaleRetention in all three forms:
+/// Multi-scale retention in all three forms:
 ///
-///   q, k, v, g = x Wqᵀ, x Wkᵀ / sqrt(dk), x Wvᵀ, x Wgᵀ      (x is (B, T, D))
-///   q, k      <- rotated by position (RotaryEmbedding, interleaved)
-///   o_h       = retention of head h with γ_h = 1 − 2^(−5−h), divided by the form's factor
-///   y         = (swish(g) ⊙ concat_h GroupRMSNorm(o_h)) Woutᵀ              (eq. 8–9)
+///   q, k, v, g = x Wqᵀ, x Wkᵀ, x Wvᵀ, x Wgᵀ            (x is (B, T, D)); dk^(−1/2) on k or q
+///   q, k      <- rotated by position (RotaryEmbedding, the configured layout)
+///   o_h       = retention of query head h (key/value head h / (H/H_kv)) with γ_h, divided by
+///               the form's factor when normalization is kTorchscale
+///   y         = (act(g) ⊙ concat_h GroupRMSNorm(o_h) [⊙ w]) Woutᵀ                 (eq. 8–9)
 ///
-/// Each form reproduces the matching torchscale form: the per-form factors differ (and so do
-/// the outputs, through the group-norm eps, by ~1e-6); with eps = 0 all forms agree to
-/// rounding. Each takes an optional state and leaves it after its input, so a sequence can be
-/// split anywhere between forms. With a non-empty incoming state the parallel form computes the
-/// chunkwise formula with one chunk spanning its input (torchscale has no parallel form with a
-/// state). Inputs and outputs are row-major (B, T, D).
+/// With the defaults each form reproduces the matching torchscale form: the per-form factors
+/// differ (and so do the outputs, through the group-norm eps, by ~1e-6); with eps = 0 all forms
+/// agree to rounding. With FLA's semantics (config fla()) there are no factors and every form
+/// computes the same function to rounding; the state is FLA's raw S. Each form takes an optional
+/// state and leaves it after its input, so a sequence can be split anywhere between forms. With a
+/// non-empty incoming state the parallel form computes the chunkwise formula with one chunk
+/// spanning its input. Inputs and outputs are row-major (B, T, D).
 template <typename Scalar>
 class MultiScaleRetention
     : public SequenceLayer<MultiScaleRetention<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
@@ -102,21 +138,29 @@ class MultiScaleRetention
   using Scratch = MultiScaleRetentionScratch<Scalar>;
 
   MultiScaleRetention(const Config& config, const Weights& weights)
-      : config_(checkedConfig(config)), rotary_(config.keyDim()) {
-    const Index D = config.embedDim, V = config.valueDim;
+      : config_(checkedConfig(config)), rotary_(config.keyDim(), config.rotary) {
+    const Index D = config.embedDim, V = config.valueDim, dk = config.keyDim();
+    const Index qWidth = config.heads * dk, kWidth = config.keyValueHeads() * dk;
+    const Index vWidth = config.keyValueHeads() * config.headValueDim();
     const char* where = "MultiScaleRetention";
-    detail::requireShape(where, weights.q, D, D, "weight q");
-    detail::requireShape(where, weights.k, D, D, "weight k");
-    detail::requireShape(where, weights.v, V, D, "weight v");
+    detail::requireShape(where, weights.q, qWidth, D, "weight q");
+    detail::requireShape(where, weights.k, kWidth, D, "weight k");
+    detail::requireShape(where, weights.v, vWidth, D, "weight v");
     detail::requireShape(where, weights.g, V, D, "weight g");
     detail::requireShape(where, weights.out, D, V, "weight out");
-    // One GEMM for all four input projections; k's 1/sqrt(dk) folded into its rows, so the
-    // retention stage runs with scale 1 and S holds the scaled keys, as torchscale's does.
+    if (weights.headNorm.size() != 0)
+      detail::requireLength(where, weights.headNorm, config.headValueDim(), "weight headNorm");
+    // One GEMM for all four input projections; dk^(−1/2) folded into the rows of k (torchscale:
+    // S holds the scaled keys, which its normalisers read) or of q (FLA: S is the raw Σ kᵀv), so
+    // the retention stage runs with scale 1.
     inputWeights_ = LinearWeight<Scalar>::stacked({&weights.q, &weights.k, &weights.v, &weights.g});
-    inputWeights_.rows(D, D) *= static_cast<Scalar>(1.0 / std::sqrt(double(config.keyDim())));
+    const bool scaleKeys = config.scaleSide == ScaleSide::kKey;
+    inputWeights_.rows(scaleKeys ? qWidth : 0, scaleKeys ? kWidth : qWidth) *=
+        static_cast<Scalar>(1.0 / std::sqrt(double(dk)));
     outputWeights_ = LinearWeight<Scalar>(weights.out);
+    headNorm_ = weights.headNorm;
     for (double gamma : config.headDecays())
-      heads_.push_back({gamma, RetentionNormalization::kTorchscale, 1.0, ScaleSide::kKey});
+      heads_.push_back({gamma, config.normalization, 1.0, config.scaleSide});
   }
 
   const Config& config() const { return config_; }
@@ -131,7 +175,7 @@ class MultiScaleRetention
   using Forms::forwardRecurrent;
   using Forms::forwardRows;
 
-  /// γ_h = 1 − 2^(−5−h), torchscale's decay of head h.
+  /// γ_h = 1 − 2^(−5−h), the paper's (torchscale's, FLA's) decay of head h.
   static double headGamma(Index head) { return stages::retnetDecay(head); }
 
   /// Chunk size of forward(): measured fastest on the benchmark machine (bench/README.md) for
@@ -162,30 +206,31 @@ class MultiScaleRetention
   void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
                    State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
     const Index D = config_.embedDim, V = config_.valueDim, rows = batch * time;
+    const Index rotated = qkWidth(), width = inputWeights_.outputs();
     const char* where = "MultiScaleRetention::forwardSlab";
     detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
     detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
     detail::require(!state.empty(), where, "the state must be sized (prepare) first");
     prepareState(where, batch, state);
 
-    // 1. [q | k | v | g] = x [Wq; Wk/sqrt(dk); Wv; Wg]ᵀ      (rows x 2D+2V), one GEMM
-    auto qkvg = detail::bufferView(scratch.projections, rows, 2 * D + 2 * V);
+    // 1. [q | k | v | g] = x [Wq; Wk; Wv; Wg]ᵀ, dk^(−1/2) folded in     (rows x width), one GEMM
+    auto qkvg = detail::bufferView(scratch.projections, rows, width);
     stages::linear(x, inputWeights_, qkvg);
 
     // 2. q and k rotated, each batch item's rows by its own positions
     for (Index b = 0; b < batch; ++b) {
       if (b == 0 || state.position(b) != state.position(b - 1))  // items usually share them
         rotary_.fillTable(state.position(b), time, scratch.rotary);
-      stages::rotate(rotary_, scratch.rotary, qkvg.block(b * time, 0, time, 2 * D));
+      stages::rotate(rotary_, scratch.rotary, qkvg.block(b * time, 0, time, rotated));
     }
 
-    // 3. o = retention of every (batch item, head), divided by torchscale's factor (rows x V)
+    // 3. o = retention of every (batch item, query head), with the form's factor if any (rows x V)
     auto o = detail::bufferView(scratch.retained, rows, V);
     retainHeads(form, qkvg, batch, time, chunkSize, state, o, scratch);
 
-    // 4. o = GroupNorm(o) ⊙ swish(g)   (eq. 8)
-    stages::groupNormGate<Scalar>(o, config_.heads, nullptr, config_.eps, qkvg.rightCols(V),
-                                  config_.gate);
+    // 4. o = GroupNorm(o) [⊙ w] ⊙ act(g)   (eq. 8)
+    stages::groupNormGate<Scalar>(o, config_.heads, headNorm_.size() ? headNorm_.data() : nullptr,
+                                  config_.eps, qkvg.rightCols(V), config_.gate);
 
     // 5. y = o Woutᵀ
     stages::linear(o, outputWeights_, y);
@@ -209,12 +254,16 @@ class MultiScaleRetention
     detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
   }
 
+  /// Width of q and k together, the rotated columns: (H + H_kv)·dk.
+  Index qkWidth() const { return (config_.heads + config_.keyValueHeads()) * config_.keyDim(); }
+
   /// Step 3: the retention stage of every (batch item, head), in parallel over both.
   void retainHeads(Form form, const Eigen::Map<RowMatrix<Scalar>>& qkvg, Index batch, Index time,
                    Index chunkSize, State& state, Eigen::Map<RowMatrix<Scalar>>& o,
                    Scratch& scratch) const {
-    const Index H = config_.heads, D = config_.embedDim;
+    const Index H = config_.heads, group = H / config_.keyValueHeads();
     const Index dk = config_.keyDim(), dv = config_.headValueDim();
+    const Index kBegin = H * dk, vBegin = qkWidth();
     scratch.plans.clear();  // keeps its capacity: the recurrent plans allocate nothing
     for (const RetentionHead& head : heads_)
       scratch.plans.emplace_back(head, form, chunkSize, time);
@@ -222,22 +271,23 @@ class MultiScaleRetention
     if (scratch.perThread.size() < slots) scratch.perThread.resize(slots);
 
     detail::parallelFor(batch * H, [&](Index task, int thread) {
-      const Index b = task / H, h = task % H, first = b * time;
-      // this item's rows; head h's columns: q, k (time x dk), v, o (time x dv), S (dk x dv)
+      const Index b = task / H, h = task % H, j = h / group, first = b * time;
+      // this item's rows; query head h's q and o, key/value head j's k and v; S (dk x dv)
       const Index start = state.position(b);
       stages::retention(
           scratch.plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
-          qkvg.block(first, D + h * dk, time, dk), qkvg.block(first, 2 * D + h * dv, time, dv),
-          state.matrix(b, h), start, start == 0, o.block(first, h * dv, time, dv),
-          scratch.perThread[static_cast<std::size_t>(thread)]);
+          qkvg.block(first, kBegin + j * dk, time, dk),
+          qkvg.block(first, vBegin + j * dv, time, dv), state.matrix(b, h), start, start == 0,
+          o.block(first, h * dv, time, dv), scratch.perThread[static_cast<std::size_t>(thread)]);
     });
   }
 
   Config config_;
   RotaryEmbedding<Scalar> rotary_;
-  LinearWeight<Scalar> inputWeights_;   // (2D+2V, D): q, k/sqrt(dk), v, g stacked
+  LinearWeight<Scalar> inputWeights_;   // (width, D): q, k, v, g stacked, dk^(−1/2) folded in
   LinearWeight<Scalar> outputWeights_;  // (D, V)
-  std::vector<RetentionHead> heads_;    // γ_h, torchscale normalisation, scale folded into k
+  Vector<Scalar> headNorm_;             // (dv) or empty
+  std::vector<RetentionHead> heads_;    // γ_h, the normalisation, scale 1 (folded)
 };
 
 }  // namespace retnet

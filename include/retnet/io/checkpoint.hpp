@@ -113,24 +113,40 @@ Vector<Scalar> readVectorWeight(const SafetensorsFile& file, const std::string& 
   return file.readVector<Scalar>(name, size);
 }
 
-/// The weights of the RetNet block under `prefix`, shapes as `c` implies.
-template <typename Scalar>
-RetNetBlockWeights<Scalar> readBlockWeights(const SafetensorsFile& file, const std::string& prefix,
-                                            const RetNetBlockConfig& c) {
+/// The weights of the RetNet block under `prefix` by torchscale's names, shapes as `c` implies:
+/// matrix(name, rows, cols) and vector(name, size) read one tensor (torchscale's files, or
+/// syncdoth's under "model.").
+template <typename Scalar, typename ReadMatrix, typename ReadVector>
+RetNetBlockWeights<Scalar> readBlockWeights(const std::string& prefix, const RetNetBlockConfig& c,
+                                            ReadMatrix matrix, ReadVector vector) {
   const Index D = c.embedDim, V = c.valueDim, F = c.ffnDim;
   const std::string r = prefix + "retention.";
   RetNetBlockWeights<Scalar> w;
-  w.retention.q = readWeight<Scalar>(file, r + "q_proj.weight", D, D);
-  w.retention.k = readWeight<Scalar>(file, r + "k_proj.weight", D, D);
-  w.retention.v = readWeight<Scalar>(file, r + "v_proj.weight", V, D);
-  w.retention.g = readWeight<Scalar>(file, r + "g_proj.weight", V, D);
-  w.retention.out = readWeight<Scalar>(file, r + "out_proj.weight", D, V);
-  w.retentionNorm = readVectorWeight<Scalar>(file, prefix + "retention_layer_norm.weight", D);
-  w.fc1 = readWeight<Scalar>(file, prefix + "ffn.fc1.weight", F, D);
-  w.gate = readWeight<Scalar>(file, prefix + "ffn.gate.weight", F, D);
-  w.fc2 = readWeight<Scalar>(file, prefix + "ffn.fc2.weight", D, F);
-  w.finalNorm = readVectorWeight<Scalar>(file, prefix + "final_layer_norm.weight", D);
+  w.retention.q = matrix(r + "q_proj.weight", D, D);
+  w.retention.k = matrix(r + "k_proj.weight", D, D);
+  w.retention.v = matrix(r + "v_proj.weight", V, D);
+  w.retention.g = matrix(r + "g_proj.weight", V, D);
+  w.retention.out = matrix(r + "out_proj.weight", D, V);
+  w.retentionNorm = vector(prefix + "retention_layer_norm.weight", D);
+  w.fc1 = matrix(prefix + "ffn.fc1.weight", F, D);
+  w.gate = matrix(prefix + "ffn.gate.weight", F, D);
+  w.fc2 = matrix(prefix + "ffn.fc2.weight", D, F);
+  w.finalNorm = vector(prefix + "final_layer_norm.weight", D);
   return w;
+}
+
+/// The same from one torchscale safetensors file.
+template <typename Scalar>
+RetNetBlockWeights<Scalar> readBlockWeights(const SafetensorsFile& file, const std::string& prefix,
+                                            const RetNetBlockConfig& c) {
+  return readBlockWeights<Scalar>(
+      prefix, c,
+      [&](const std::string& name, Index rows, Index cols) {
+        return readWeight<Scalar>(file, name, rows, cols);
+      },
+      [&](const std::string& name, Index size) {
+        return readVectorWeight<Scalar>(file, name, size);
+      });
 }
 
 }  // namespace detail
@@ -278,7 +294,7 @@ RetNetModel<Scalar> loadRetNetModel(const SafetensorsFile& file,
   w.finalNorm = detail::readVectorWeight<Scalar>(file, "layer_norm.weight", D);
   if (!c.tiedEmbedding)
     w.outputProjection = detail::readWeight<Scalar>(file, "output_projection.weight", c.vocab, D);
-  return RetNetModel<Scalar>(c, w);
+  return RetNetModel<Scalar>(c, std::move(w));
 }
 
 }  // namespace retnet::io

@@ -5,8 +5,11 @@
 // {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the data section) and may
 // hold "__metadata__", an object of string -> string. Tensor data is little-endian and row-major.
 //
-// The reader loads the whole file and validates the header completely before anything is read, so
-// every later read is in bounds. Every problem is a retnet::FormatError naming the file, the
+// open() reads only the header and validates it completely against the file's size before any
+// tensor is read, so every later read is in bounds; each tensor is then read from the file in
+// pieces of at most kReadPieceBytes and converted, so the raw file is never held in memory
+// (loading a checkpoint costs the converted weights, not the file on top). fromBytes() parses a
+// file held in memory (tests, fuzzing). Every problem is a retnet::FormatError naming the file, the
 // tensor when there is one, and what was expected against what was found.
 //
 // Hostile files cost bounded work: nothing a header claims is allocated unless the file holds the
@@ -55,6 +58,9 @@ struct TensorInfo {
     return count;
   }
 };
+
+/// Tensors are read from disk in pieces of at most this many bytes, converted piece by piece.
+inline constexpr std::size_t kReadPieceBytes = std::size_t(1) << 20;
 
 /// The longest header the reader accepts: the safetensors format caps it at 100 MB.
 inline constexpr std::uint64_t kMaxHeaderLength = 100'000'000;
@@ -193,7 +199,8 @@ class SafetensorsFile {
   template <typename Scalar, int Rank>
   using RowMajorTensor = Eigen::Tensor<Scalar, Rank, Eigen::RowMajor>;
 
-  /// Reads the whole file at `path`; FormatError if it cannot be read or is malformed.
+  /// Opens the file at `path` and reads its header (tensors are read when asked for);
+  /// FormatError if it cannot be read, is not a regular file or its header is malformed.
   static SafetensorsFile open(const std::string& path) {
     // A directory opens fine as a stream on Linux; say what is wrong instead of reading nothing.
     std::error_code error;
@@ -202,20 +209,35 @@ class SafetensorsFile {
     }
     std::ifstream in(path, std::ios::binary);
     if (!in) throw FormatError(retnet::detail::concat(path, ": cannot open file for reading"));
-    std::vector<unsigned char> bytes;
+    // Tensors are read later at their offsets: that needs a file of a known size, not a stream.
+    if (!std::filesystem::is_regular_file(path, error)) {
+      throw FormatError(retnet::detail::concat(
+          path, ": not a regular file (a safetensors file is read at its offsets)"));
+    }
     const std::uintmax_t size = std::filesystem::file_size(path, error);
-    if (!error) bytes.reserve(static_cast<std::size_t>(size));
-    // Read in chunks rather than trusting a size up front: works for pipes and special files too.
-    std::array<char, 1 << 16> chunk;
-    while (in) {
-      in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-      bytes.insert(bytes.end(), chunk.data(), chunk.data() + in.gcount());
+    if (error) {
+      throw FormatError(retnet::detail::concat(path, ": cannot tell its size: ", error.message()));
     }
-    if (in.bad()) {
+    // The 8-byte length, then the header it announces, read only once both fit the file.
+    std::vector<unsigned char> prefix(static_cast<std::size_t>(std::min<std::uintmax_t>(size, 8)));
+    in.read(reinterpret_cast<char*>(prefix.data()), static_cast<std::streamsize>(prefix.size()));
+    if (prefix.size() == 8) {
+      const std::uint64_t headerLength = detail::loadLittleEndian<std::uint64_t>(prefix.data());
+      if (headerLength <= kMaxHeaderLength && headerLength <= size - 8) {
+        prefix.resize(8 + static_cast<std::size_t>(headerLength));
+        in.read(reinterpret_cast<char*>(prefix.data() + 8),
+                static_cast<std::streamsize>(headerLength));
+      }
+    }
+    if (!in) {
       throw FormatError(
-          retnet::detail::concat(path, ": read failed after ", bytes.size(), " bytes"));
+          retnet::detail::concat(path, ": read failed in the first ", prefix.size(), " bytes"));
     }
-    return fromBytes(std::move(bytes), path);
+    SafetensorsFile file(std::move(prefix), path);
+    file.path_ = path;
+    file.fileSize_ = static_cast<std::size_t>(size);
+    file.parseHeader();
+    return file;
   }
 
   /// Parses an in-memory file; `displayName` is what error messages call it.
@@ -328,17 +350,44 @@ class SafetensorsFile {
       failTensor(name, "expected dtype I64, got ", dtypeName(tensor.dtype));
     }
     std::vector<std::int64_t> values(static_cast<std::size_t>(tensor.numel()));
-    const unsigned char* source = bytes_.data() + dataStart_ + tensor.begin;
-    for (std::size_t i = 0; i < values.size(); ++i) {
-      values[i] = detail::bitCast<std::int64_t>(detail::loadLittleEndian<std::uint64_t>(source));
-      source += 8;
-    }
+    forEachPiece(tensor, [&](const unsigned char* source, std::size_t first, std::size_t count) {
+      for (std::size_t i = 0; i < count; ++i, source += 8) {
+        values[first + i] =
+            detail::bitCast<std::int64_t>(detail::loadLittleEndian<std::uint64_t>(source));
+      }
+    });
     return values;
   }
 
  private:
   SafetensorsFile(std::vector<unsigned char> bytes, std::string displayName)
-      : bytes_(std::move(bytes)), displayName_(std::move(displayName)) {}
+      : bytes_(std::move(bytes)), displayName_(std::move(displayName)), fileSize_(bytes_.size()) {}
+
+  /// Calls visit(bytes, first, count) for consecutive runs of the tensor's elements: the whole
+  /// tensor at once from memory, pieces of at most kReadPieceBytes from disk.
+  template <typename Visit>
+  void forEachPiece(const TensorInfo& tensor, Visit visit) const {
+    const auto count = static_cast<std::size_t>(tensor.numel());
+    if (path_.empty()) {
+      visit(bytes_.data() + dataStart_ + tensor.begin, std::size_t(0), count);
+      return;
+    }
+    if (count == 0) return;
+    const std::size_t stride = dtypeSize(tensor.dtype);
+    const std::size_t perPiece = std::max<std::size_t>(1, kReadPieceBytes / stride);
+    std::ifstream in(path_, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(dataStart_ + tensor.begin));
+    std::vector<unsigned char> piece(std::min(count, perPiece) * stride);
+    for (std::size_t first = 0; first < count; first += perPiece) {
+      const std::size_t n = std::min(perPiece, count - first);
+      in.read(reinterpret_cast<char*>(piece.data()), static_cast<std::streamsize>(n * stride));
+      if (!in) {
+        failTensor(tensor.name, "read failed at element ", first, " of ", count,
+                   " (was the file changed or truncated after it was opened?)");
+      }
+      visit(piece.data(), first, n);
+    }
+  }
 
   template <typename... Parts>
   [[noreturn]] void fail(Parts&&... parts) const {
@@ -363,10 +412,17 @@ class SafetensorsFile {
   template <typename Scalar>
   void decode(const TensorInfo& tensor, Scalar* out) const {
     static_assert(std::is_floating_point_v<Scalar>, "tensors are read as float or double");
-    const unsigned char* source = bytes_.data() + dataStart_ + tensor.begin;
-    const std::size_t count = static_cast<std::size_t>(tensor.numel());
-    const std::size_t stride = dtypeSize(tensor.dtype);
-    switch (tensor.dtype) {
+    forEachPiece(tensor, [&](const unsigned char* source, std::size_t first, std::size_t count) {
+      decodePiece(tensor.dtype, source, count, out + first);
+    });
+  }
+
+  /// Converts `count` elements of `dtype` at `source` into `out`.
+  template <typename Scalar>
+  static void decodePiece(Dtype dtype, const unsigned char* source, std::size_t count,
+                          Scalar* out) {
+    const std::size_t stride = dtypeSize(dtype);
+    switch (dtype) {
       case Dtype::F64:
         return convert(source, count, stride, out, [](const unsigned char* element) {
           return detail::bitCast<double>(detail::loadLittleEndian<std::uint64_t>(element));
@@ -405,8 +461,8 @@ class SafetensorsFile {
   }
 
   void parseHeader() {
-    if (bytes_.size() < 8) {
-      fail("file is ", bytes_.size(), " bytes, shorter than the 8-byte header length");
+    if (fileSize_ < 8) {
+      fail("file is ", fileSize_, " bytes, shorter than the 8-byte header length");
     }
     const std::uint64_t headerLength = detail::loadLittleEndian<std::uint64_t>(bytes_.data());
     // Checked before the length is used for anything, so a corrupt length allocates nothing.
@@ -414,13 +470,13 @@ class SafetensorsFile {
       fail("header length ", headerLength, " exceeds the safetensors limit of ", kMaxHeaderLength,
            " bytes");
     }
-    const std::size_t available = bytes_.size() - 8;
+    const std::size_t available = fileSize_ - 8;
     if (headerLength > available) {
       fail("header length ", headerLength, " exceeds the ", available,
-           " bytes after the 8-byte length (file size ", bytes_.size(), ")");
+           " bytes after the 8-byte length (file size ", fileSize_, ")");
     }
     dataStart_ = 8 + static_cast<std::size_t>(headerLength);
-    const std::size_t dataSize = bytes_.size() - dataStart_;
+    const std::size_t dataSize = fileSize_ - dataStart_;
 
     nlohmann::json header;
     detail::HeaderBuilder builder(header, kMaxHeaderDepth);
@@ -545,8 +601,10 @@ class SafetensorsFile {
     return tensor;
   }
 
-  std::vector<unsigned char> bytes_;
+  std::vector<unsigned char> bytes_;  ///< the whole file (fromBytes), or its header (open)
   std::string displayName_;
+  std::string path_;           ///< where tensors are read from; empty: from bytes_
+  std::size_t fileSize_ = 0;   ///< bytes in the file
   std::size_t dataStart_ = 0;  ///< 8 + header length: where data offsets count from.
   std::map<std::string, TensorInfo> tensors_;
   std::vector<std::string> names_;
