@@ -1,6 +1,7 @@
-// retnet_generate: load a torchscale RetNet checkpoint (safetensors) and generate tokens.
+// retnet_generate: load a RetNet checkpoint (an FLA or syncdoth Hugging Face directory, or a
+// torchscale safetensors file) and generate tokens.
 //
-//   retnet_generate --model decoder.safetensors --prompt-ids 1,2,3 --max-new 32
+//   retnet_generate --model DIR|FILE.safetensors --prompt-ids 1,2,3 --max-new 32
 //                   [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--seed 7] [--stop-ids 0,2]
 //                   [--chunk 64] [--threads 2] [--precision float|double]
 //                   [--save-state FILE] [--load-state FILE]
@@ -14,7 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
-#include <retnet/io/checkpoint.hpp>
+#include <retnet/io/load_model.hpp>
 #include <retnet/io/state_file.hpp>
 #include <retnet/retnet.hpp>
 #include <sstream>
@@ -31,7 +32,7 @@ struct UsageError : std::runtime_error {
 };
 
 const char* const kUsage =
-    "usage: retnet_generate --model FILE --prompt-ids 1,2,3 [--max-new N] [--temperature T] "
+    "usage: retnet_generate --model DIR|FILE --prompt-ids 1,2,3 [--max-new N] [--temperature T] "
     "[--top-k K] "
     "[--top-p P] [--seed S] [--stop-ids a,b] [--chunk C] [--threads N] [--precision float|double] "
     "[--save-state FILE] [--load-state FILE]";
@@ -130,14 +131,18 @@ double secondsSince(std::chrono::steady_clock::time_point start) {
 
 template <typename Scalar>
 int run(const Arguments& a) {
-  const auto file = retnet::io::SafetensorsFile::open(a.model);
-  const auto model = retnet::io::loadRetNetModel<Scalar>(file);
+  retnet::io::ModelInfo info;
+  const auto loadStart = std::chrono::steady_clock::now();
+  const auto model = retnet::io::loadModel<Scalar>(a.model, &info);
+  const double loadSeconds = secondsSince(loadStart);
   const auto& c = model.config();
-  std::printf("model: %s (layers %ld, embed %ld, value %ld, heads %ld, ffn %ld, vocab %ld), %s\n",
-              a.model.c_str(), static_cast<long>(c.layers), static_cast<long>(c.block.embedDim),
-              static_cast<long>(c.block.valueDim), static_cast<long>(c.block.heads),
-              static_cast<long>(c.block.ffnDim), static_cast<long>(c.vocab),
-              sizeof(Scalar) == 4 ? "float32" : "float64");
+  std::printf(
+      "model: %s (%s: layers %ld, embed %ld, value %ld, heads %ld, ffn %ld, vocab %ld), %s, "
+      "loaded in %.2f s\n",
+      a.model.c_str(), retnet::io::familyName(info.family), static_cast<long>(c.layers),
+      static_cast<long>(c.block.embedDim), static_cast<long>(c.block.valueDim),
+      static_cast<long>(c.block.heads), static_cast<long>(c.block.ffnDim),
+      static_cast<long>(c.vocab), sizeof(Scalar) == 4 ? "float32" : "float64", loadSeconds);
   if (a.threads > 0) retnet::setNumThreads(a.threads);
   std::printf("threads: %d%s\n", retnet::numThreads(),
               retnet::numThreads() == 1 && a.threads > 1 ? " (built without OpenMP)" : "");

@@ -1,5 +1,6 @@
 # Runs examples/retnet_generate on the shipped test checkpoint: its output, save/load round trip,
-# and the one-line errors and exit codes of bad arguments and bad files. Inputs: CLI, MODEL, WORK_DIR.
+# and the one-line errors and exit codes of bad arguments and bad files; then on the FLA and
+# syncdoth model directories. Inputs: CLI, MODEL, DATA (tests/data), WORK_DIR.
 file(MAKE_DIRECTORY ${WORK_DIR})
 
 function(run_cli expected_code out_var err_var)
@@ -67,3 +68,35 @@ file(WRITE ${WORK_DIR}/garbage.bin "not a state")
 expect_error(1 ".*garbage.bin: " --model ${MODEL} --prompt-ids 1 --load-state ${WORK_DIR}/garbage.bin)
 file(WRITE ${WORK_DIR}/garbage.safetensors "\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
 expect_error(1 ".*garbage.safetensors" --model ${WORK_DIR}/garbage.safetensors --prompt-ids 1)
+
+# A state file is read no further than a state of this model can be long: /dev/zero is refused
+# at once (it used to be read without end).
+if(EXISTS /dev/zero)
+  expect_error(1 ".*/dev/zero: not a retnet state file" --model ${MODEL} --prompt-ids 1
+               --load-state /dev/zero)
+endif()
+
+# Hugging Face model directories of the other families: --model DIR, the family named, a
+# generation, and a save/resume round trip through a state of that model.
+foreach(dir fla/fla_small fla/fla_sharded_fused_tied syncdoth/sd_small)
+  string(REGEX MATCH "^[a-z]+" family "${dir}")
+  run_cli(0 out err --model ${DATA}/${dir} --prompt-ids 1,2,3 --max-new 6 --seed 3 --temperature 0.7)
+  expect_match("${out}" "\\(${family}: layers [0-9]+" "family of ${dir}")
+  string(REGEX MATCH "generated:[ 0-9]+" whole_ids "${out}")
+  run_cli(0 first err --model ${DATA}/${dir} --prompt-ids 1,2,3 --max-new 2 --seed 3 --temperature 0.7
+          --save-state ${WORK_DIR}/state_${family}.bin)
+  string(REGEX MATCH "--prompt-ids ([0-9]+)" hint "${first}")
+  run_cli(0 second err --model ${DATA}/${dir} --prompt-ids ${CMAKE_MATCH_1} --max-new 4 --seed 3
+          --temperature 0.7 --load-state ${WORK_DIR}/state_${family}.bin)
+  string(REGEX MATCH "generated:([ 0-9]+)" first_ids "${first}")
+  set(first_ids "${CMAKE_MATCH_1}")
+  string(REGEX MATCH "generated:([ 0-9]+)" second_ids "${second}")
+  if(NOT "generated:${first_ids}${CMAKE_MATCH_1}" STREQUAL "${whole_ids}")
+    message(FATAL_ERROR "${dir}: resumed '${first_ids}' + '${CMAKE_MATCH_1}' != '${whole_ids}'")
+  endif()
+endforeach()
+# A state of one family's model is refused by another's.
+expect_error(1 ".*state_fla.bin: the state belongs to another model" --model ${DATA}/syncdoth/sd_small
+             --prompt-ids 1 --load-state ${WORK_DIR}/state_fla.bin)
+expect_error(1 ".*no model.safetensors and no model.safetensors.index.json" --model ${WORK_DIR}
+             --prompt-ids 1)

@@ -14,6 +14,8 @@
 // or belongs to a model of another shape. Values are converted if the file's precision differs.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -227,13 +229,65 @@ void saveState(const LanguageModelState<LayerState>& state,
   if (!out) throw FormatError(path + ": cannot write the state file");
 }
 
-template <typename Scalar>
-RetNetModelState<Scalar> loadState(const std::string& path, const RetNetModelConfig& config) {
+/// Reads a state file for a model of blocks `Block` and shape `config`, never more bytes than a
+/// state of that model with the batch size its header gives takes: a stream that does not end
+/// (/dev/zero, a wrong path to a huge file) is refused once it exceeds that size.
+template <typename Block>
+LanguageModelState<typename Block::State> loadModelState(
+    const std::string& path, const LanguageModelConfig<typename Block::Config>& config) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw FormatError(path + ": cannot open the state file");
-  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
-                                         std::istreambuf_iterator<char>());
-  return deserializeState<Scalar>(bytes, config, path);
+  std::vector<unsigned char> bytes;
+  const auto readUpTo = [&](std::uint64_t total) {  // stops at the end of the stream
+    std::array<char, 1 << 16> chunk;
+    while (bytes.size() < total && in) {
+      const auto want =
+          static_cast<std::streamsize>(std::min<std::uint64_t>(chunk.size(), total - bytes.size()));
+      in.read(chunk.data(), want);
+      bytes.insert(bytes.end(), chunk.data(), chunk.data() + in.gcount());
+    }
+  };
+  // The fixed part: magic, version, value size, signature, batch.
+  const std::uint64_t header = 16 + 8 * (modelSignature(config).size() + 1);
+  readUpTo(header);
+  if (bytes.size() == header && std::memcmp(bytes.data(), state_file::kMagic, 8) == 0) {
+    // A state of another model is said to be one before its length is compared with ours.
+    std::size_t at = 16;
+    for (const auto& [what, expected] : modelSignature(config)) {
+      std::uint64_t got = 0;
+      for (std::size_t i = 0; i < 8; ++i) got |= std::uint64_t(bytes[at + i]) << (8 * i);
+      at += 8;
+      if (got != static_cast<std::uint64_t>(expected)) {
+        throw FormatError(
+            retnet::detail::concat(path, ": the state belongs to another model: ", what, " is ",
+                                   got, " in the file, ", expected, " in this model"));
+      }
+    }
+    std::uint32_t valueBytes = 0;
+    std::uint64_t batch = 0;
+    for (std::size_t i = 0; i < 4; ++i) valueBytes |= std::uint32_t(bytes[12 + i]) << (8 * i);
+    for (std::size_t i = 0; i < 8; ++i) batch |= std::uint64_t(bytes[header - 8 + i]) << (8 * i);
+    const auto perItem = static_cast<std::uint64_t>(Block::makeState(config.block, 1).size()) *
+                         static_cast<std::uint64_t>(config.layers);
+    // The size the header implies, computed only where it cannot overflow (the parser below
+    // says what is wrong with any other header).
+    const std::uint64_t limit = std::uint64_t(1) << 56;
+    if (valueBytes <= 8 && batch >= 1 && batch < limit / (8 + perItem * valueBytes + 1)) {
+      const std::uint64_t total = header + batch * (8 + perItem * valueBytes) + 8;
+      readUpTo(total);
+      if (bytes.size() == total && in.peek() != std::char_traits<char>::eof()) {
+        throw FormatError(retnet::detail::concat(
+            path, ": longer than the ", total, " bytes a state of ", batch,
+            " sequences of this model takes (is it a state file of this model?)"));
+      }
+    }
+  }
+  return deserializeModelState<Block>(bytes, config, path);
+}
+
+template <typename Scalar>
+RetNetModelState<Scalar> loadState(const std::string& path, const RetNetModelConfig& config) {
+  return loadModelState<RetNetBlock<Scalar>>(path, config);
 }
 
 }  // namespace retnet::io
