@@ -101,6 +101,18 @@ class LanguageModel {
   const Config& config() const { return config_; }
   const std::vector<Block>& blocks() const { return blocks_; }
 
+  /// The input of the first block (B, T, D): embedding, scale and embedding norm. With blocks()
+  /// this gives every layer's hidden state.
+  Tensor3<Scalar> embedding(const TokenMatrix& tokens) const {
+    const char* where = "RetNetModel::embedding";
+    detail::require(tokens.size() >= 1, where, "tokens must be non-empty");
+    for (Index i = 0; i < tokens.size(); ++i) checkToken(where, tokens.data()[i]);
+    Tensor3<Scalar> x(tokens.rows(), tokens.cols(), config_.block.embedDim);
+    embed(tokens.data(),
+          Eigen::Map<RowMatrix<Scalar>>(x.data(), tokens.size(), config_.block.embedDim));
+    return x;
+  }
+
   /// Logits (B, T, vocab) of every position, every layer in the parallel form.
   Tensor3<Scalar> forwardParallel(const TokenMatrix& tokens) const {
     State state;
