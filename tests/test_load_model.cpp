@@ -1,0 +1,454 @@
+// retnet::io::loadModel on the golden model directories of the FLA and syncdoth families
+// (tests/data/fla/*, tests/data/syncdoth/*; every case directory found there is run), in float
+// and double, and its refusals.
+//
+// FLA: logits of every form, every layer's hidden state and final retention state (from every
+// form), and prefill of k tokens (chunkwise) + token-by-token decoding for several k, against
+// golden.safetensors. syncdoth: logits of each form against that form's tensor, and the
+// generate path (a parallel prompt of k tokens, then recurrent steps); a chunkwise prompt then
+// recurrent steps is checked to the group-norm eps effect.
+//
+// Tolerances (normwise max|y − ref| / max|ref|): double 1e-9, float 1e-4. Independent float64
+// implementations agree to ~2.5e-14 and a wrong eps, scale or decay shows at ≥ 7e-7 in double
+// (tests/data/fla/README.md §3, tests/data/syncdoth/README.md §5); FLA's and syncdoth's own
+// float32 code land within 1.6e-5 and 8.6e-7, so float gets 1e-4 for its summation orders.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "retnet/io/load_model.hpp"
+#include "retnet/io/safetensors.hpp"
+#include "test_util.hpp"
+
+namespace retnet {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::normwiseError;
+
+template <typename Scalar>
+constexpr double tolerance() {
+  return std::is_same_v<Scalar, double> ? 1e-9 : 1e-4;
+}
+
+fs::path dataDir() { return fs::path(RETNET_TEST_DATA_DIR); }
+
+std::vector<std::string> caseDirs(const std::string& family) {
+  std::vector<std::string> dirs;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(dataDir() / family, error)) {
+    if (entry.is_directory() && fs::exists(entry.path() / "golden.safetensors"))
+      dirs.push_back(family + "/" + entry.path().filename().string());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  return dirs;
+}
+
+struct Golden {
+  io::SafetensorsFile file;
+  TokenMatrix tokens;
+  Index batch = 0, time = 0;
+
+  explicit Golden(const fs::path& dir)
+      : file(io::SafetensorsFile::open((dir / "golden.safetensors").string())) {
+    const auto shape = file.info("tokens").shape;
+    batch = shape.at(0);
+    time = shape.at(1);
+    const auto ids = file.readIntegers("tokens");
+    tokens.resize(batch, time);
+    for (Index i = 0; i < tokens.size(); ++i) tokens.data()[i] = ids[static_cast<std::size_t>(i)];
+  }
+  Index number(const std::string& key) const { return std::stol(file.metadataValue(key).value()); }
+  std::vector<double> values(const std::string& name) const { return file.readFlat<double>(name); }
+  /// Rows [begin, end) of every batch item of a (B, T, n) golden tensor.
+  std::vector<double> rows(const std::string& name, Index begin, Index end) const {
+    const std::vector<double> all = values(name);
+    const std::size_t n = all.size() / static_cast<std::size_t>(batch * time);
+    std::vector<double> out;
+    for (Index b = 0; b < batch; ++b) {
+      const auto first = all.begin() + static_cast<std::ptrdiff_t>((b * time + begin) * Index(n));
+      out.insert(out.end(), first, first + static_cast<std::ptrdiff_t>((end - begin) * Index(n)));
+    }
+    return out;
+  }
+};
+
+/// Logits of `tokens` after `prefix` is consumed by `first` in form `prefill` (chunk C), the rest
+/// one token at a time by decode(): (B, T − k, vocab) for the last T − k positions.
+template <typename Scalar>
+std::vector<double> prefillThenDecode(const RetNetModel<Scalar>& model, const TokenMatrix& tokens,
+                                      Index k, Form prefill, Index chunk,
+                                      std::vector<double>* prefixLogits = nullptr) {
+  typename RetNetModel<Scalar>::State state;
+  const TokenMatrix prompt = tokens.leftCols(k);
+  const Tensor3<Scalar> first = prefill == Form::kParallel
+                                    ? model.forwardParallel(prompt, state)
+                                    : model.forwardChunkwise(prompt, chunk, state);
+  if (prefixLogits) prefixLogits->assign(first.data(), first.data() + first.size());
+  const Index batch = tokens.rows(), vocab = model.config().vocab, rest = tokens.cols() - k;
+  std::vector<double> out(static_cast<std::size_t>(batch * rest * vocab));
+  RowMatrix<Scalar> logits;
+  for (Index t = 0; t < rest; ++t) {
+    std::vector<std::int64_t> step;
+    for (Index b = 0; b < batch; ++b) step.push_back(tokens(b, k + t));
+    model.decode(step, state, logits);
+    for (Index b = 0; b < batch; ++b)
+      for (Index v = 0; v < vocab; ++v)
+        out[static_cast<std::size_t>((b * rest + t) * vocab + v)] = logits(b, v);
+  }
+  return out;
+}
+
+template <typename Scalar>
+Tensor3<Scalar> runForm(const RetNetModel<Scalar>& model, Form form, const TokenMatrix& tokens,
+                        Index chunk, typename RetNetModel<Scalar>::State& state) {
+  switch (form) {
+    case Form::kParallel:
+      return model.forwardParallel(tokens, state);
+    case Form::kChunkwise:
+      return model.forwardChunkwise(tokens, chunk, state);
+    case Form::kRecurrent:
+      break;
+  }
+  return model.forwardRecurrent(tokens, state);
+}
+
+const char* logitsName(Form form) {
+  return form == Form::kParallel    ? "logits_parallel"
+         : form == Form::kChunkwise ? "logits_chunkwise"
+                                    : "logits_recurrent";
+}
+
+template <typename Scalar>
+void checkFla(const std::string& name) {
+  const fs::path dir = dataDir() / name;
+  io::ModelInfo info;
+  const RetNetModel<Scalar> model = io::loadModel<Scalar>(dir.string(), &info);
+  ASSERT_EQ(info.family, io::ModelFamily::kFla);
+  const Golden golden(dir);
+  const Index chunk = golden.number("chunk_size"), T = golden.time, B = golden.batch;
+  const double tol = tolerance<Scalar>();
+  const MultiScaleRetentionConfig r = model.config().block.retention();
+  const Index H = r.heads, dk = r.keyDim(), dv = r.headValueDim();
+
+  for (const Form form : {Form::kParallel, Form::kChunkwise, Form::kRecurrent}) {
+    typename RetNetModel<Scalar>::State state;
+    const Tensor3<Scalar> logits = runForm(model, form, golden.tokens, chunk, state);
+    EXPECT_LE(normwiseError(logits, golden.values(logitsName(form))), tol)
+        << name << " " << formName(form);
+    // The final state S of every layer, K-major (B, H, dk, dv), as FLA's cache holds it.
+    for (Index l = 0; l < model.config().layers; ++l) {
+      const auto& layer = state.layers[static_cast<std::size_t>(l)];
+      std::vector<double> ours;
+      for (Index b = 0; b < B; ++b)
+        for (Index h = 0; h < H; ++h)
+          for (Index i = 0; i < dk; ++i)
+            for (Index j = 0; j < dv; ++j) ours.push_back(layer.matrix(b, h)(i, j));
+      const std::vector<double> ref = golden.values("state_" + std::to_string(l));
+      ASSERT_EQ(ours.size(), ref.size());
+      EXPECT_LE(normwiseError(ours.data(), ref.data(), ref.size()), tol)
+          << name << " state_" << l << " " << formName(form);
+    }
+  }
+  // Every layer's hidden state: the blocks one by one from the embedding, parallel form.
+  Tensor3<Scalar> x = model.embedding(golden.tokens);
+  for (Index l = 0; l < model.config().layers; ++l) {
+    x = model.blocks()[static_cast<std::size_t>(l)].forwardParallel(x);
+    EXPECT_LE(normwiseError(x, golden.values("hidden_" + std::to_string(l))), tol)
+        << name << " hidden_" << l;
+  }
+  // A chunkwise prefill of k tokens, then decoding: the rows of one pass.
+  for (const Index k : {Index(1), T / 2, T - 1}) {
+    if (k < 1 || k >= T) continue;
+    const std::vector<double> decoded =
+        prefillThenDecode(model, golden.tokens, k, Form::kChunkwise, chunk);
+    const std::vector<double> ref = golden.rows("logits_recurrent", k, T);
+    EXPECT_LE(normwiseError(decoded.data(), ref.data(), ref.size()), tol) << name << " k=" << k;
+  }
+}
+
+template <typename Scalar>
+void checkSyncdoth(const std::string& name) {
+  const fs::path dir = dataDir() / name;
+  io::ModelInfo info;
+  const RetNetModel<Scalar> model = io::loadModel<Scalar>(dir.string(), &info);
+  ASSERT_EQ(info.family, io::ModelFamily::kSyncdoth);
+  const Golden golden(dir);
+  const Index chunk = info.chunkSize, T = golden.time, k = golden.number("k");
+  ASSERT_GE(chunk, 1) << "recurrent_chunk_size";
+  const double tol = tolerance<Scalar>();
+  for (const Form form : {Form::kParallel, Form::kChunkwise, Form::kRecurrent}) {
+    if (!golden.file.contains(logitsName(form))) continue;  // stored only where it is defined
+    typename RetNetModel<Scalar>::State state;
+    const Tensor3<Scalar> logits = runForm(model, form, golden.tokens, chunk, state);
+    EXPECT_LE(normwiseError(logits, golden.values(logitsName(form))), tol)
+        << name << " " << formName(form);
+  }
+  // generate's path: a parallel prompt of k tokens, then recurrent steps from its state.
+  std::vector<double> prompt;
+  const std::vector<double> decoded =
+      prefillThenDecode(model, golden.tokens, k, Form::kParallel, chunk, &prompt);
+  const std::vector<double> promptRef = golden.rows("logits_prefill_then_decode", 0, k);
+  EXPECT_LE(normwiseError(prompt.data(), promptRef.data(), promptRef.size()), tol) << name;
+  if (k < T) {
+    const std::vector<double> ref = golden.rows("logits_prefill_then_decode", k, T);
+    EXPECT_LE(normwiseError(decoded.data(), ref.data(), ref.size()), tol) << name;
+    // A chunkwise prompt hands over the same state up to the group-norm eps effect (~1e-5,
+    // README §4.5): its per-form factors differ from the parallel form's.
+    const std::vector<double> chunked =
+        prefillThenDecode(model, golden.tokens, k, Form::kChunkwise, chunk);
+    EXPECT_LE(normwiseError(chunked.data(), ref.data(), ref.size()), 1e-3) << name;
+  }
+}
+
+class FlaGolden : public ::testing::TestWithParam<std::string> {};
+class SyncdothGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FlaGolden, Double) { checkFla<double>(GetParam()); }
+TEST_P(FlaGolden, Float) { checkFla<float>(GetParam()); }
+TEST_P(SyncdothGolden, Double) { checkSyncdoth<double>(GetParam()); }
+TEST_P(SyncdothGolden, Float) { checkSyncdoth<float>(GetParam()); }
+
+std::string caseName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param.substr(info.param.find('/') + 1);
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
+}
+INSTANTIATE_TEST_SUITE_P(Cases, FlaGolden, ::testing::ValuesIn(caseDirs("fla")), caseName);
+INSTANTIATE_TEST_SUITE_P(Cases, SyncdothGolden, ::testing::ValuesIn(caseDirs("syncdoth")),
+                         caseName);
+
+// A torchscale file keeps loading through the one loader.
+TEST(LoadModel, TorchscaleFile) {
+  io::ModelInfo info;
+  const auto model =
+      io::loadModel<double>((dataDir() / "decoder_small.safetensors").string(), &info);
+  EXPECT_EQ(info.family, io::ModelFamily::kTorchscale);
+  const auto direct = io::loadRetNetModel<double>(
+      io::SafetensorsFile::open((dataDir() / "decoder_small.safetensors").string()));
+  TokenMatrix tokens(1, 5);
+  tokens << 1, 2, 3, 4, 5;
+  const Tensor3<double> a = model.forwardParallel(tokens), b = direct.forwardParallel(tokens);
+  EXPECT_EQ(normwiseError(a, std::vector<double>(b.data(), b.data() + b.size())), 0.0);
+}
+
+// A bare weights file (no config.json) of each family: the configuration from the shapes. FLA's
+// files say everything; syncdoth's do not say the activation or the embedding scale (the
+// metadata may: activation_fn, no_scale_embedding), so only the shapes are compared there.
+TEST(LoadModel, BareFilesByTensorNames) {
+  for (const std::string name : {"fla/fla_small", "syncdoth/sd_small"}) {
+    const fs::path dir = dataDir() / name;
+    io::ModelInfo fromDir, fromFile;
+    const auto a = io::loadModel<double>(dir.string(), &fromDir);
+    const auto b = io::loadModel<double>((dir / "model.safetensors").string(), &fromFile);
+    EXPECT_EQ(fromDir.family, fromFile.family) << name;
+    EXPECT_EQ(a.config().block.signature(), b.config().block.signature()) << name;
+    EXPECT_EQ(a.config().block.retention().headDecays(), b.config().block.retention().headDecays())
+        << name;
+    if (fromFile.family != io::ModelFamily::kFla) continue;
+    const Golden golden(dir);
+    const Tensor3<double> y = b.forwardParallel(golden.tokens);
+    EXPECT_LE(normwiseError(y, golden.values("logits_parallel")), 1e-9) << name;
+  }
+}
+
+// ---- Refusals: a FormatError naming the key, file or tensor. ----
+
+/// A copy of a test case directory, to damage.
+class ScratchCase {
+ public:
+  explicit ScratchCase(const std::string& name)
+      : dir_(fs::temp_directory_path() /
+             ("retnet_load_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++))) {
+    fs::create_directories(dir_);
+    for (const auto& entry : fs::directory_iterator(dataDir() / name))
+      fs::copy_file(entry.path(), dir_ / entry.path().filename());
+  }
+  ~ScratchCase() {
+    std::error_code error;
+    fs::remove_all(dir_, error);
+  }
+  std::string path() const { return dir_.string(); }
+  fs::path file(const std::string& name) const { return dir_ / name; }
+
+  nlohmann::json json(const std::string& name) const {
+    std::ifstream in(file(name));
+    return nlohmann::json::parse(in);
+  }
+  void write(const std::string& name, const std::string& text) const {
+    fs::permissions(file(name), fs::perms::owner_write, fs::perm_options::add);
+    std::ofstream(file(name), std::ios::trunc) << text;
+  }
+  /// Sets config.json's `key` to `value` (null removes nothing: it sets null).
+  void setConfig(const std::string& key, const nlohmann::json& value) const {
+    nlohmann::json config = json("config.json");
+    config[key] = value;
+    write("config.json", config.dump(2));
+  }
+
+ private:
+  static int& counter() {
+    static int n = 0;
+    return n;
+  }
+  fs::path dir_;
+};
+
+#define EXPECT_REFUSED(path, ...) \
+  RETNET_EXPECT_THROW_WITH(io::loadModel<float>(path), FormatError, __VA_ARGS__)
+
+TEST(LoadModelRefuses, FlaHybridAttention) {
+  ScratchCase c("fla/fla_small");
+  c.setConfig("attn", {{"layers", {1}}, {"num_heads", 4}});
+  EXPECT_REFUSED(c.path(), "config.json", "'attn'", "softmax-attention");
+}
+
+TEST(LoadModelRefuses, FlaShortConvolution) {
+  ScratchCase c("fla/fla_small");
+  c.setConfig("use_short_conv", true);
+  EXPECT_REFUSED(c.path(), "config.json", "'use_short_conv'");
+}
+
+TEST(LoadModelRefuses, FlaFeatureMap) {
+  ScratchCase c("fla/fla_small");
+  c.setConfig("feature_map", "elu");
+  EXPECT_REFUSED(c.path(), "config.json", "'feature_map'", "elu");
+}
+
+TEST(LoadModelRefuses, FlaUnknownAttnMode) {
+  ScratchCase c("fla/fla_small");
+  c.setConfig("attn_mode", "softmax");
+  EXPECT_REFUSED(c.path(), "config.json", "attn_mode", "softmax");
+}
+
+TEST(LoadModelRefuses, UnknownConfigKey) {
+  ScratchCase fla("fla/fla_small");
+  fla.setConfig("use_rope", false);
+  EXPECT_REFUSED(fla.path(), "config.json", "unknown FLA RetNet config key 'use_rope'");
+  ScratchCase sd("syncdoth/sd_small");
+  sd.setConfig("xpos_scale_base", 512);
+  EXPECT_REFUSED(sd.path(), "config.json", "unknown syncdoth RetNet config key 'xpos_scale_base'");
+}
+
+TEST(LoadModelRefuses, FlaNoOutputGateOrAffine) {
+  ScratchCase c("fla/fla_small");
+  c.setConfig("use_output_gate", false);
+  EXPECT_REFUSED(c.path(), "'use_output_gate'");
+  ScratchCase d("fla/fla_small");
+  d.setConfig("elementwise_affine", false);
+  EXPECT_REFUSED(d.path(), "'elementwise_affine'");
+}
+
+TEST(LoadModelRefuses, SyncdothDeepnormAndNonGlu) {
+  ScratchCase a("syncdoth/sd_small");
+  a.setConfig("deepnorm", true);
+  EXPECT_REFUSED(a.path(), "config.json", "'deepnorm'");
+  ScratchCase b("syncdoth/sd_small");
+  b.setConfig("use_glu", false);
+  EXPECT_REFUSED(b.path(), "config.json", "'use_glu'");
+  ScratchCase c("syncdoth/sd_small");
+  c.setConfig("decoder_normalize_before", false);
+  EXPECT_REFUSED(c.path(), "config.json", "'decoder_normalize_before'");
+}
+
+TEST(LoadModelRefuses, MissingShard) {
+  ScratchCase c("fla/fla_sharded_fused_tied");
+  fs::remove(c.file("model-00002-of-00002.safetensors"));
+  EXPECT_REFUSED(c.path(), "model.safetensors.index.json",
+                 "shard 'model-00002-of-00002.safetensors'", "missing");
+}
+
+TEST(LoadModelRefuses, WeightMapPointingNowhere) {
+  ScratchCase c("fla/fla_sharded_fused_tied");
+  nlohmann::json index = c.json("model.safetensors.index.json");
+  index["weight_map"]["model.norm.weight"] = "model-00001-of-00002.safetensors";
+  c.write("model.safetensors.index.json", index.dump());
+  EXPECT_REFUSED(c.path(), "'model.norm.weight'", "model-00001-of-00002.safetensors",
+                 "does not hold it");
+  index["weight_map"]["model.norm.weight"] = "../model-00002-of-00002.safetensors";
+  c.write("model.safetensors.index.json", index.dump());
+  EXPECT_REFUSED(c.path(), "plain file names");
+}
+
+TEST(LoadModelRefuses, NoWeights) {
+  ScratchCase c("fla/fla_small");
+  fs::remove(c.file("model.safetensors"));
+  EXPECT_REFUSED(c.path(), "no model.safetensors and no model.safetensors.index.json");
+}
+
+TEST(LoadModelRefuses, ShapeContradictsConfig) {
+  ScratchCase c("fla/fla_small");
+  c.setConfig("intermediate_size", 512);  // down_proj is (64, 256)
+  EXPECT_REFUSED(c.path(), "model.layers.0.mlp.down_proj.weight", "expected shape [64, 512]",
+                 "got [64, 256]");
+  ScratchCase d("syncdoth/sd_small");
+  d.setConfig("vocab_size", 62);
+  EXPECT_REFUSED(d.path(), "model.embed_tokens.weight", "expected shape [62, 64]");
+}
+
+TEST(LoadModelRefuses, DtypeOtherThanConfig) {
+  ScratchCase c("fla/fla_small");  // BF16 weights
+  c.setConfig("torch_dtype", "float16");
+  EXPECT_REFUSED(c.path(), "model.embeddings.weight", "is BF16", "torch_dtype says F16");
+  c.setConfig("torch_dtype", "int8");
+  EXPECT_REFUSED(c.path(), "torch_dtype must be float32, float16 or bfloat16", "int8");
+}
+
+TEST(LoadModelRefuses, WeightsOfAnotherDtype) {
+  // The golden file itself is F64: as weights, refused (and without config.json, by names).
+  ScratchCase c("fla/fla_small");
+  const io::SafetensorsFile weights =
+      io::SafetensorsFile::open(c.file("model.safetensors").string());
+  io::SafetensorsWriter writer;
+  for (const std::string& name : weights.names()) {
+    const auto values = weights.readFlat<double>(name);
+    writer.addTensor(name, io::Dtype::F64, weights.info(name).shape, values.data());
+  }
+  fs::remove(c.file("model.safetensors"));
+  writer.write(c.file("model.safetensors").string());
+  c.setConfig("torch_dtype", nullptr);
+  EXPECT_REFUSED(c.path(), "weights must be F32, F16 or BF16, got F64");
+}
+
+TEST(LoadModelRefuses, StoredRelPosBuffersOfAnotherSchedule) {
+  ScratchCase c("syncdoth/sd_small");
+  c.setConfig("use_lm_decay", true);  // the file stores the default schedule
+  EXPECT_REFUSED(c.path(), "model.retnet_rel_pos.decay", "the configuration gives");
+}
+
+TEST(LoadModelRefuses, SyncdothEmbeddingNormMismatch) {
+  ScratchCase c("syncdoth/sd_small");
+  c.setConfig("layernorm_embedding", false);
+  EXPECT_REFUSED(c.path(), "model.layernorm_embedding.weight", "layernorm_embedding false");
+}
+
+TEST(LoadModelRefuses, BadJson) {
+  ScratchCase c("fla/fla_small");
+  c.write("config.json", "{\"hidden_size\": 64, \"hidden_size\": 65}");
+  EXPECT_REFUSED(c.path(), "config.json", "duplicate key 'hidden_size'");
+  c.write("config.json", "[1, 2]");
+  EXPECT_REFUSED(c.path(), "config.json", "expected a JSON object");
+  c.write("config.json", std::string(io::kMaxConfigBytes + 1, ' '));
+  EXPECT_REFUSED(c.path(), "config.json", "more than the");
+  c.write("config.json", "{\"model_type\": \"llama\", \"vocab_size\": 3}");
+  EXPECT_REFUSED(c.path(), "not a RetNet configuration", "llama");
+  c.write("config.json", "{\"hidden_size\": 64.5, \"num_heads\": 4}");
+  EXPECT_REFUSED(c.path(), "'hidden_size' must be an integer");
+}
+
+TEST(LoadModelRefuses, NotACheckpoint) {
+  EXPECT_REFUSED((dataDir() / "fla/fla_small/golden.safetensors").string(),
+                 "not a RetNet checkpoint retnet knows");
+  EXPECT_REFUSED((dataDir() / "missing.safetensors").string(), "cannot open file");
+}
+
+}  // namespace
+}  // namespace retnet
