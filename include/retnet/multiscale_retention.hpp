@@ -88,13 +88,13 @@ struct MultiScaleRetentionConfig {
 /// With H_kv = H and dk = D/H (torchscale) q and k are (D, D) and v is (V, D).
 template <typename Scalar>
 struct MultiScaleRetentionWeights {
-  RowMatrix<Scalar> q;      ///< q_proj.weight   (H·dk, D)
-  RowMatrix<Scalar> k;      ///< k_proj.weight   (H_kv·dk, D)
-  RowMatrix<Scalar> v;      ///< v_proj.weight   (H_kv·dv, D)
-  RowMatrix<Scalar> g;      ///< g_proj.weight   (V, D), V = H·dv
-  RowMatrix<Scalar> out;    ///< out_proj.weight (D, V) (FLA: o_proj)
-  Vector<Scalar> headNorm;  ///< the group norm's weight (dv), shared by all heads (FLA's
-                            ///< g_norm_swish_gate); empty: no weight (torchscale)
+  RowMatrix<Scalar> q;        ///< q_proj.weight   (H·dk, D)
+  RowMatrix<Scalar> k;        ///< k_proj.weight   (H_kv·dk, D)
+  RowMatrix<Scalar> v;        ///< v_proj.weight   (H_kv·dv, D)
+  RowMatrix<Scalar> g;        ///< g_proj.weight   (V, D), V = H·dv
+  RowMatrix<Scalar> out;      ///< out_proj.weight (D, V) (FLA: o_proj)
+  Vector<Scalar> headNorm{};  ///< the group norm's weight (dv), shared by all heads (FLA's
+                              ///< g_norm_swish_gate); empty: no weight (torchscale)
 };
 
 /// Buffers of one multi-scale retention call (not part of any state's value).

@@ -16,6 +16,7 @@
 
 #include "retnet/errors.hpp"
 #include "retnet/io/safetensors_reader.hpp"
+#include "retnet/tensor.hpp"
 
 namespace retnet::io {
 

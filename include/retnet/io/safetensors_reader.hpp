@@ -28,6 +28,8 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -234,7 +236,8 @@ class SafetensorsFile {
           retnet::detail::concat(path, ": read failed in the first ", prefix.size(), " bytes"));
     }
     SafetensorsFile file(std::move(prefix), path);
-    file.path_ = path;
+    file.stream_ = std::make_shared<OpenStream>();
+    file.stream_->in = std::move(in);
     file.fileSize_ = static_cast<std::size_t>(size);
     file.parseHeader();
     return file;
@@ -368,14 +371,18 @@ class SafetensorsFile {
   template <typename Visit>
   void forEachPiece(const TensorInfo& tensor, Visit visit) const {
     const auto count = static_cast<std::size_t>(tensor.numel());
-    if (path_.empty()) {
+    if (!stream_) {
       visit(bytes_.data() + dataStart_ + tensor.begin, std::size_t(0), count);
       return;
     }
     if (count == 0) return;
     const std::size_t stride = dtypeSize(tensor.dtype);
     const std::size_t perPiece = std::max<std::size_t>(1, kReadPieceBytes / stride);
-    std::ifstream in(path_, std::ios::binary);
+    // The stream opened by open(): the file read is the file whose header was checked (even if
+    // the path is removed or replaced since). One reader at a time: a read seeks.
+    const std::lock_guard<std::mutex> lock(stream_->mutex);
+    std::ifstream& in = stream_->in;
+    in.clear();
     in.seekg(static_cast<std::streamoff>(dataStart_ + tensor.begin));
     std::vector<unsigned char> piece(std::min(count, perPiece) * stride);
     for (std::size_t first = 0; first < count; first += perPiece) {
@@ -603,9 +610,13 @@ class SafetensorsFile {
 
   std::vector<unsigned char> bytes_;  ///< the whole file (fromBytes), or its header (open)
   std::string displayName_;
-  std::string path_;           ///< where tensors are read from; empty: from bytes_
-  std::size_t fileSize_ = 0;   ///< bytes in the file
-  std::size_t dataStart_ = 0;  ///< 8 + header length: where data offsets count from.
+  struct OpenStream {
+    std::ifstream in;
+    std::mutex mutex;
+  };
+  std::shared_ptr<OpenStream> stream_;  ///< where tensors are read from; null: from bytes_
+  std::size_t fileSize_ = 0;            ///< bytes in the file
+  std::size_t dataStart_ = 0;           ///< 8 + header length: where data offsets count from.
   std::map<std::string, TensorInfo> tensors_;
   std::vector<std::string> names_;
   std::map<std::string, std::string> metadata_;

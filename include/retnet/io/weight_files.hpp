@@ -18,6 +18,7 @@
 
 #include "retnet/io/json_file.hpp"
 #include "retnet/io/safetensors_reader.hpp"
+#include "retnet/tensor.hpp"
 
 namespace retnet::io {
 
