@@ -3,7 +3,8 @@
 //
 //   retnet_generate --model DIR|FILE.safetensors --prompt-ids 1,2,3 --max-new 32
 //                   [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--seed 7] [--stop-ids 0,2]
-//                   [--chunk 64] [--threads 2] [--precision float|double]
+//                   [--chunk 64] [--prefill chunkwise|parallel] [--threads 2]
+//                   [--precision float|double]
 //                   [--save-state FILE] [--load-state FILE]
 //
 // Prints the generated ids, prefill and decode speeds and the size of the state. With
@@ -34,7 +35,8 @@ struct UsageError : std::runtime_error {
 const char* const kUsage =
     "usage: retnet_generate --model DIR|FILE --prompt-ids 1,2,3 [--max-new N] [--temperature T] "
     "[--top-k K] "
-    "[--top-p P] [--seed S] [--stop-ids a,b] [--chunk C] [--threads N] [--precision float|double] "
+    "[--top-p P] [--seed S] [--stop-ids a,b] [--chunk C] [--prefill chunkwise|parallel] "
+    "[--threads N] [--precision float|double] "
     "[--save-state FILE] [--load-state FILE]";
 
 std::vector<std::int64_t> parseIds(const std::string& flag, const std::string& text) {
@@ -84,9 +86,9 @@ struct Arguments {
 
 Arguments parse(int argc, char** argv) {
   const std::vector<std::string> valued{
-      "--model",     "--prompt-ids", "--max-new",   "--temperature", "--top-k",
-      "--top-p",     "--seed",       "--stop-ids",  "--chunk",       "--threads",
-      "--precision", "--save-state", "--load-state"};
+      "--model",   "--prompt-ids", "--max-new",    "--temperature", "--top-k",
+      "--top-p",   "--seed",       "--stop-ids",   "--chunk",       "--prefill",
+      "--threads", "--precision",  "--save-state", "--load-state"};
   std::map<std::string, std::string> given;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -114,6 +116,12 @@ Arguments parse(int argc, char** argv) {
   if (given.count("--seed")) a.options.seed = parseNumber<std::uint64_t>("--seed", given["--seed"]);
   if (given.count("--chunk"))
     a.options.chunkSize = parseNumber<retnet::Index>("--chunk", given["--chunk"]);
+  if (given.count("--prefill")) {
+    const std::string form = given["--prefill"];
+    if (form != "chunkwise" && form != "parallel")
+      throw UsageError("--prefill must be chunkwise or parallel, got \"" + form + "\"");
+    a.options.prefillForm = form == "parallel" ? retnet::Form::kParallel : retnet::Form::kChunkwise;
+  }
   if (given.count("--threads")) a.threads = parseNumber<int>("--threads", given["--threads"]);
   if (given.count("--precision")) a.precision = given["--precision"];
   if (a.precision != "float" && a.precision != "double")

@@ -208,6 +208,26 @@ void checkSyncdoth(const std::string& name) {
   }
 }
 
+// generate() with syncdoth's prompt form: the first token is the argmax of the golden
+// parallel-prompt logits at position k − 1.
+TEST(LoadModel, GenerateWithParallelPrefill) {
+  for (const std::string& name : caseDirs("syncdoth")) {
+    const fs::path dir = dataDir() / name;
+    const auto model = io::loadModel<double>(dir.string());
+    const Golden golden(dir);
+    const Index k = golden.number("k");
+    GenerationOptions options;
+    options.maxNewTokens = 1;
+    options.prefillForm = Form::kParallel;
+    std::vector<std::int64_t> prompt(golden.tokens.data(), golden.tokens.data() + k);
+    const auto generated = model.generate({prompt}, options);
+    const std::vector<double> row = golden.rows("logits_prefill_then_decode", k - 1, k);
+    const Index vocab = model.config().vocab;
+    const auto best = std::max_element(row.begin(), row.begin() + vocab) - row.begin();
+    EXPECT_EQ(generated.at(0).at(0), best) << name;
+  }
+}
+
 class FlaGolden : public ::testing::TestWithParam<std::string> {};
 class SyncdothGolden : public ::testing::TestWithParam<std::string> {};
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "retnet/detail/checks.hpp"
+#include "retnet/form.hpp"
 #include "retnet/sampling.hpp"
 #include "retnet/tensor.hpp"
 
@@ -22,6 +23,7 @@ struct GenerationOptions {
   std::uint64_t seed = 0;                ///< same seed, same prompts: same tokens
   std::vector<std::int64_t> stopTokens;  ///< generation of a sequence ends after one of these
   Index chunkSize = 64;                  ///< prefill chunk
+  Form prefillForm = Form::kChunkwise;   ///< how prompts are consumed (syncdoth: kParallel)
   /// Called for every generated token: (sequence index, token id).
   std::function<void(Index, std::int64_t)> onToken;
 };
@@ -60,7 +62,7 @@ std::vector<std::vector<std::int64_t>> continueGeneration(
     detail::require(!tokens.empty(), where, "sequence ", b, " has no tokens to feed");
     State single = state.empty() ? State() : state.item(b);
     const TokenMatrix row = TokenMatrix::Map(tokens.data(), 1, static_cast<Index>(tokens.size()));
-    logits.row(b) = model.prefill(row, single, options.chunkSize);
+    logits.row(b) = model.prefill(row, single, options.chunkSize, options.prefillForm);
     grown.append(single);
   }
   state = std::move(grown);

@@ -142,14 +142,16 @@ class LanguageModel {
     return forward("RetNetModel::forwardRecurrent", Form::kRecurrent, tokens, 0, state);
   }
 
-  /// Consumes a prompt chunkwise and returns the logits of its last position (B x vocab): the
-  /// O(T) start of generation. The state continues from where it was (empty: position 0).
-  RowMatrix<Scalar> prefill(const TokenMatrix& tokens, State& state, Index chunkSize = 64) const {
+  /// Consumes a prompt chunkwise (or in `form`: syncdoth's generate prefills in parallel) and
+  /// returns the logits of its last position (B x vocab): the O(T) start of generation. The
+  /// state continues from where it was (empty: position 0).
+  RowMatrix<Scalar> prefill(const TokenMatrix& tokens, State& state, Index chunkSize = 64,
+                            Form form = Form::kChunkwise) const {
     const char* where = "RetNetModel::prefill";
     detail::requireChunkSize(where, chunkSize);
     prepare(where, tokens, state);
     const Index batch = tokens.rows(), time = tokens.cols();
-    RowMatrix<Scalar> hidden = runBlocks(Form::kChunkwise, tokens, chunkSize, state);
+    RowMatrix<Scalar> hidden = runBlocks(form, tokens, chunkSize, state);
     RowMatrix<Scalar> last(batch, config_.block.embedDim);
     for (Index b = 0; b < batch; ++b) last.row(b) = hidden.row(b * time + time - 1);
     RowMatrix<Scalar> logits(batch, config_.vocab);

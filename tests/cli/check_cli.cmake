@@ -60,6 +60,7 @@ expect_error(2 "--prompt-ids expects comma-separated integers" --model ${MODEL} 
 expect_error(2 "--max-new expects a number" --model ${MODEL} --prompt-ids 1 --max-new ten)
 expect_error(2 "--precision must be float or double" --model ${MODEL} --prompt-ids 1 --precision half)
 expect_error(2 "--seed needs a value" --model ${MODEL} --prompt-ids 1 --seed)
+expect_error(2 "--prefill must be chunkwise or parallel" --model ${MODEL} --prompt-ids 1 --prefill x)
 expect_error(1 ".*cannot open file" --model ${WORK_DIR}/missing.safetensors --prompt-ids 1)
 expect_error(1 ".*token ids must be in \\[0, 50\\), got 50" --model ${MODEL} --prompt-ids 1,50)
 expect_error(1 ".*temperature must be finite and >= 0" --model ${MODEL} --prompt-ids 1 --temperature -1)
@@ -95,6 +96,9 @@ foreach(dir fla/fla_small fla/fla_sharded_fused_tied syncdoth/sd_small)
     message(FATAL_ERROR "${dir}: resumed '${first_ids}' + '${CMAKE_MATCH_1}' != '${whole_ids}'")
   endif()
 endforeach()
+# syncdoth's generate path: the prompt in the parallel form.
+run_cli(0 out err --model ${DATA}/syncdoth/sd_small --prompt-ids 1,2,3 --max-new 4 --prefill parallel)
+expect_match("${out}" "generated:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\n" "parallel prefill")
 # A state of one family's model is refused by another's.
 expect_error(1 ".*state_fla.bin: the state belongs to another model" --model ${DATA}/syncdoth/sd_small
              --prompt-ids 1 --load-state ${WORK_DIR}/state_fla.bin)
