@@ -384,11 +384,18 @@ void expectAll16BitPatternsRoundTrip(Dtype dtype, std::uint16_t exponentMask) {
     data.push_back(static_cast<unsigned char>(bits & 0xFF));
     data.push_back(static_cast<unsigned char>(bits >> 8));
   }
-  const std::vector<float> asFloat =
-      SafetensorsFile::fromBytes(rawFile(header, data)).readFlat<float>("t");
+  // The reader's fast decoders (halfToFloat, bfloat16ToFloat) against the generic one, for
+  // every pattern, read as float and as double; signs of zeros included.
+  const SafetensorsFile file = SafetensorsFile::fromBytes(rawFile(header, data));
+  const std::vector<float> asFloat = file.readFlat<float>("t");
+  const std::vector<double> asDouble = file.readFlat<double>("t");
   for (std::uint32_t bits = 0; bits <= 0xFFFF; ++bits) {
-    if (!std::isnan(decoded[bits])) {
+    if (std::isnan(decoded[bits])) {
+      EXPECT_TRUE(std::isnan(asFloat[bits]) && std::isnan(asDouble[bits])) << std::hex << bits;
+    } else {
       EXPECT_EQ(asFloat[bits], static_cast<float>(decoded[bits])) << std::hex << bits;
+      EXPECT_EQ(asDouble[bits], decoded[bits]) << std::hex << bits;
+      EXPECT_EQ(std::signbit(asDouble[bits]), std::signbit(decoded[bits])) << std::hex << bits;
     }
   }
 }

@@ -438,13 +438,13 @@ class SafetensorsFile {
         return convert(source, count, stride, out, [](const unsigned char* element) {
           return detail::bitCast<float>(detail::loadLittleEndian<std::uint32_t>(element));
         });
-      case Dtype::F16:
+      case Dtype::F16:  // exact in float, so in double too
         return convert(source, count, stride, out, [](const unsigned char* element) {
-          return detail::halfToDouble(detail::loadLittleEndian<std::uint16_t>(element));
+          return detail::halfToFloat(detail::loadLittleEndian<std::uint16_t>(element));
         });
       case Dtype::BF16:
         return convert(source, count, stride, out, [](const unsigned char* element) {
-          return detail::bfloat16ToDouble(detail::loadLittleEndian<std::uint16_t>(element));
+          return detail::bfloat16ToFloat(detail::loadLittleEndian<std::uint16_t>(element));
         });
       case Dtype::I64:
         return convert(source, count, stride, out, [](const unsigned char* element) {
