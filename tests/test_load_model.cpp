@@ -325,58 +325,53 @@ class ScratchCase {
 #define EXPECT_REFUSED(path, ...) \
   RETNET_EXPECT_THROW_WITH(io::loadModel<float>(path), FormatError, __VA_ARGS__)
 
+/// A copy of case directory `name` whose config.json sets `key` to `value`: refused with a
+/// message holding every one of `parts`.
+void expectRefusedWithConfig(const std::string& name, const std::string& key,
+                             const nlohmann::json& value, const std::vector<std::string>& parts) {
+  SCOPED_TRACE(name + " with " + key + " = " + value.dump());
+  ScratchCase c(name);
+  c.setConfig(key, value);
+  EXPECT_REFUSED(c.path(), parts);
+}
+
 TEST(LoadModelRefuses, FlaHybridAttention) {
-  ScratchCase c("fla/fla_small");
-  c.setConfig("attn", {{"layers", {1}}, {"num_heads", 4}});
-  EXPECT_REFUSED(c.path(), "config.json", "'attn'", "softmax-attention");
+  expectRefusedWithConfig("fla/fla_small", "attn", {{"layers", {1}}, {"num_heads", 4}},
+                          {"config.json", "'attn'", "softmax-attention"});
 }
 
 TEST(LoadModelRefuses, FlaShortConvolution) {
-  ScratchCase c("fla/fla_small");
-  c.setConfig("use_short_conv", true);
-  EXPECT_REFUSED(c.path(), "config.json", "'use_short_conv'");
+  expectRefusedWithConfig("fla/fla_small", "use_short_conv", true,
+                          {"config.json", "'use_short_conv'"});
 }
 
 TEST(LoadModelRefuses, FlaFeatureMap) {
-  ScratchCase c("fla/fla_small");
-  c.setConfig("feature_map", "elu");
-  EXPECT_REFUSED(c.path(), "config.json", "'feature_map'", "elu");
+  expectRefusedWithConfig("fla/fla_small", "feature_map", "elu",
+                          {"config.json", "'feature_map'", "elu"});
 }
 
 TEST(LoadModelRefuses, FlaUnknownAttnMode) {
-  ScratchCase c("fla/fla_small");
-  c.setConfig("attn_mode", "softmax");
-  EXPECT_REFUSED(c.path(), "config.json", "attn_mode", "softmax");
+  expectRefusedWithConfig("fla/fla_small", "attn_mode", "softmax",
+                          {"config.json", "attn_mode", "softmax"});
 }
 
 TEST(LoadModelRefuses, UnknownConfigKey) {
-  ScratchCase fla("fla/fla_small");
-  fla.setConfig("use_rope", false);
-  EXPECT_REFUSED(fla.path(), "config.json", "unknown FLA RetNet config key 'use_rope'");
-  ScratchCase sd("syncdoth/sd_small");
-  sd.setConfig("xpos_scale_base", 512);
-  EXPECT_REFUSED(sd.path(), "config.json", "unknown syncdoth RetNet config key 'xpos_scale_base'");
+  expectRefusedWithConfig("fla/fla_small", "use_rope", false,
+                          {"config.json", "unknown FLA RetNet config key 'use_rope'"});
+  expectRefusedWithConfig("syncdoth/sd_small", "xpos_scale_base", 512,
+                          {"config.json", "unknown syncdoth RetNet config key 'xpos_scale_base'"});
 }
 
 TEST(LoadModelRefuses, FlaNoOutputGateOrAffine) {
-  ScratchCase c("fla/fla_small");
-  c.setConfig("use_output_gate", false);
-  EXPECT_REFUSED(c.path(), "'use_output_gate'");
-  ScratchCase d("fla/fla_small");
-  d.setConfig("elementwise_affine", false);
-  EXPECT_REFUSED(d.path(), "'elementwise_affine'");
+  expectRefusedWithConfig("fla/fla_small", "use_output_gate", false, {"'use_output_gate'"});
+  expectRefusedWithConfig("fla/fla_small", "elementwise_affine", false, {"'elementwise_affine'"});
 }
 
 TEST(LoadModelRefuses, SyncdothDeepnormAndNonGlu) {
-  ScratchCase a("syncdoth/sd_small");
-  a.setConfig("deepnorm", true);
-  EXPECT_REFUSED(a.path(), "config.json", "'deepnorm'");
-  ScratchCase b("syncdoth/sd_small");
-  b.setConfig("use_glu", false);
-  EXPECT_REFUSED(b.path(), "config.json", "'use_glu'");
-  ScratchCase c("syncdoth/sd_small");
-  c.setConfig("decoder_normalize_before", false);
-  EXPECT_REFUSED(c.path(), "config.json", "'decoder_normalize_before'");
+  expectRefusedWithConfig("syncdoth/sd_small", "deepnorm", true, {"config.json", "'deepnorm'"});
+  expectRefusedWithConfig("syncdoth/sd_small", "use_glu", false, {"config.json", "'use_glu'"});
+  expectRefusedWithConfig("syncdoth/sd_small", "decoder_normalize_before", false,
+                          {"config.json", "'decoder_normalize_before'"});
 }
 
 TEST(LoadModelRefuses, MissingShard) {
@@ -405,21 +400,20 @@ TEST(LoadModelRefuses, NoWeights) {
 }
 
 TEST(LoadModelRefuses, ShapeContradictsConfig) {
-  ScratchCase c("fla/fla_small");
-  c.setConfig("intermediate_size", 512);  // down_proj is (64, 256)
-  EXPECT_REFUSED(c.path(), "model.layers.0.mlp.down_proj.weight", "expected shape [64, 512]",
-                 "got [64, 256]");
-  ScratchCase d("syncdoth/sd_small");
-  d.setConfig("vocab_size", 62);
-  EXPECT_REFUSED(d.path(), "model.embed_tokens.weight", "expected shape [62, 64]");
+  // down_proj is (64, 256).
+  expectRefusedWithConfig(
+      "fla/fla_small", "intermediate_size", 512,
+      {"model.layers.0.mlp.down_proj.weight", "expected shape [64, 512]", "got [64, 256]"});
+  expectRefusedWithConfig("syncdoth/sd_small", "vocab_size", 62,
+                          {"model.embed_tokens.weight", "expected shape [62, 64]"});
 }
 
 TEST(LoadModelRefuses, DtypeOtherThanConfig) {
-  ScratchCase c("fla/fla_small");  // BF16 weights
-  c.setConfig("torch_dtype", "float16");
-  EXPECT_REFUSED(c.path(), "model.embeddings.weight", "is BF16", "torch_dtype says F16");
-  c.setConfig("torch_dtype", "int8");
-  EXPECT_REFUSED(c.path(), "torch_dtype must be float32, float16 or bfloat16", "int8");
+  // fla_small's weights are BF16.
+  expectRefusedWithConfig("fla/fla_small", "torch_dtype", "float16",
+                          {"model.embeddings.weight", "is BF16", "torch_dtype says F16"});
+  expectRefusedWithConfig("fla/fla_small", "torch_dtype", "int8",
+                          {"torch_dtype must be float32, float16 or bfloat16", "int8"});
 }
 
 TEST(LoadModelRefuses, WeightsOfAnotherDtype) {
@@ -439,15 +433,14 @@ TEST(LoadModelRefuses, WeightsOfAnotherDtype) {
 }
 
 TEST(LoadModelRefuses, StoredRelPosBuffersOfAnotherSchedule) {
-  ScratchCase c("syncdoth/sd_small");
-  c.setConfig("use_lm_decay", true);  // the file stores the default schedule
-  EXPECT_REFUSED(c.path(), "model.retnet_rel_pos.decay", "the configuration gives");
+  // The file stores the default schedule.
+  expectRefusedWithConfig("syncdoth/sd_small", "use_lm_decay", true,
+                          {"model.retnet_rel_pos.decay", "the configuration gives"});
 }
 
 TEST(LoadModelRefuses, SyncdothEmbeddingNormMismatch) {
-  ScratchCase c("syncdoth/sd_small");
-  c.setConfig("layernorm_embedding", false);
-  EXPECT_REFUSED(c.path(), "model.layernorm_embedding.weight", "layernorm_embedding false");
+  expectRefusedWithConfig("syncdoth/sd_small", "layernorm_embedding", false,
+                          {"model.layernorm_embedding.weight", "layernorm_embedding false"});
 }
 
 TEST(LoadModelRefuses, BadJson) {

@@ -5,7 +5,8 @@
 // changed), then model.safetensors or shards with model.safetensors.index.json, from random
 // weights in F32, F16 or BF16. The directory is loaded as RetNetModel<double> and <float> and
 // every form is compared with the naive float64 oracles (tests/reference/naive_fla.hpp,
-// naive_syncdoth.hpp) run on exactly the stored weight values.
+// naive_syncdoth.hpp) run on exactly the stored weight values, read from the directory as
+// test_family_oracles reads the golden cases (tests/family_checkpoints.hpp).
 //
 // FLA: the logits of forwardParallel, forwardChunkwise (chunk sizes with a ragged last chunk of
 // length 1 and one above T) and forwardRecurrent against the oracle's same form, every layer's
@@ -36,6 +37,7 @@
 #include <utility>
 #include <vector>
 
+#include "family_checkpoints.hpp"
 #include "reference/naive_fla.hpp"
 #include "reference/naive_syncdoth.hpp"
 #include "retnet/io/load_model.hpp"
@@ -53,14 +55,19 @@ using retnet::TokenMatrix;
 using retnet::io::Dtype;
 using retnet::reference::NaiveFlaConfig;
 using retnet::reference::NaiveFlaForm;
-using retnet::reference::NaiveFlaMatrix;
 using retnet::reference::NaiveFlaOutput;
-using retnet::reference::NaiveFlaVector;
 using retnet::reference::NaiveFlaWeights;
 using retnet::reference::NaiveForm;
-using retnet::reference::NaiveLayerWeights;
 using retnet::reference::NaiveSyncdothWeights;
-using retnet::testing::normwiseError;
+using retnet::testing::CheckpointTensors;
+using retnet::testing::ErrorLog;
+using retnet::testing::flaConfig;
+using retnet::testing::readFlaWeights;
+using retnet::testing::readJson;
+using retnet::testing::readSyncdoth;
+using retnet::testing::shapeOf;
+using retnet::testing::SyncdothCheckpoint;
+using retnet::testing::torchDtypeName;
 
 // Tolerances, normwise max|a − b| / max|ref| per tensor (both READMEs' figures, §3 and §5).
 //  - double ≤ 1e-9: the weights are exact in double and the oracles are float64 restatements of
@@ -97,17 +104,6 @@ double roundTo(Dtype dtype, double x) {
   std::frexp(x, &exponent);  // |x| in [2^(exponent − 1), 2^exponent)
   const int quantum = std::max(exponent - 1, minExponent) - mantissaBits;
   return std::ldexp(std::nearbyint(std::ldexp(x, -quantum)), quantum);  // nearbyint: ties to even
-}
-
-const char* torchDtypeName(Dtype dtype) {
-  switch (dtype) {
-    case Dtype::F16:
-      return "float16";
-    case Dtype::BF16:
-      return "bfloat16";
-    default:
-      return "float32";
-  }
 }
 
 /// A number for config.json: an integral value as an integer (as Python writes 1 and 0.5).
@@ -196,7 +192,8 @@ void writeText(const fs::path& path, const std::string& text) {
 
 /// A Hugging Face model directory: config.json (indent 2, sorted keys, newline) and the tensors
 /// in one model.safetensors or, with shards > 1, in model-0000i-of-0000n.safetensors (the
-/// sorted names split into n consecutive runs) with model.safetensors.index.json.
+/// sorted names split into n consecutive runs) with model.safetensors.index.json. Read back the
+/// way the oracles' weights are (CheckpointTensors), the directory holds exactly `tensors`.
 void writeModelDir(const fs::path& dir, const json& config, const Tensors& tensors, Dtype dtype,
                    int shards) {
   writeText(dir / "config.json", config.dump(2) + "\n");
@@ -226,17 +223,15 @@ void writeModelDir(const fs::path& dir, const json& config, const Tensors& tenso
     const json index = {{"metadata", {{"total_size", totalBytes}}}, {"weight_map", weightMap}};
     writeText(dir / "model.safetensors.index.json", index.dump(2) + "\n");
   }
-}
-
-NaiveFlaMatrix matrixOf(const Tensors& tensors, const std::string& name) {
-  const NamedTensor& t = tensors.at(name);
-  EXPECT_EQ(t.shape.size(), 2u) << name;
-  using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  return Eigen::Map<const RowMajor>(t.values.data(), t.shape.at(0), t.shape.at(1));
-}
-NaiveFlaVector vectorOf(const Tensors& tensors, const std::string& name) {
-  const NamedTensor& t = tensors.at(name);
-  return Eigen::Map<const NaiveFlaVector>(t.values.data(), static_cast<Index>(t.values.size()));
+  EXPECT_EQ(fs::exists(dir / "model.safetensors"), shards == 1);
+  EXPECT_EQ(fs::exists(dir / "model.safetensors.index.json"), shards > 1);
+  CheckpointTensors stored(dir);
+  EXPECT_EQ(stored.names(), names);
+  for (const auto& [name, tensor] : tensors) {
+    EXPECT_EQ(stored.dtype(name), dtype) << name;
+    EXPECT_EQ(stored.shape(name), shapeOf(tensor.shape)) << name;
+    EXPECT_EQ(stored.read(name), tensor.values) << name;
+  }
 }
 
 /// Uniform token ids in [0, vocab), each row its own; token 0 is 1 (bos) when T > 1.
@@ -250,19 +245,14 @@ std::vector<long> randomTokens(long batch, long time, long vocab, std::uint64_t 
   return tokens;
 }
 
-/// Columns [from, to) of tokens (B, T), as ids and as the model's TokenMatrix.
-std::vector<long> timeRange(const std::vector<long>& tokens, long batch, long time, long from,
-                            long to) {
-  std::vector<long> out;
+/// Columns [from, to) of tokens (B, T) as the model's TokenMatrix.
+TokenMatrix tokenColumns(const std::vector<long>& tokens, long batch, long time, long from,
+                         long to) {
+  TokenMatrix m(batch, to - from);
   for (long b = 0; b < batch; ++b) {
-    for (long t = from; t < to; ++t) out.push_back(tokens[static_cast<std::size_t>(b * time + t)]);
-  }
-  return out;
-}
-TokenMatrix tokenMatrix(const std::vector<long>& tokens, long batch, long time) {
-  TokenMatrix m(batch, time);
-  for (long b = 0; b < batch; ++b) {
-    for (long t = 0; t < time; ++t) m(b, t) = tokens[static_cast<std::size_t>(b * time + t)];
+    for (long t = from; t < to; ++t) {
+      m(b, t - from) = tokens[static_cast<std::size_t>(b * time + t)];
+    }
   }
   return m;
 }
@@ -313,31 +303,6 @@ std::vector<long> promptLengths(long time) {
   return std::vector<long>(ks.begin(), ks.end());
 }
 
-/// Every comparison of a case, checked against its tolerance; the worst error per kind is
-/// printed at the end (the report's figures).
-class Errors {
- public:
-  explicit Errors(std::string label) : label_(std::move(label)) {}
-
-  void check(const std::string& kind, const std::string& detail, const std::vector<double>& got,
-             const std::vector<double>& ref, double tolerance) {
-    ASSERT_EQ(got.size(), ref.size()) << label_ << ": " << kind << " " << detail;
-    const double error = normwiseError(got.data(), ref.data(), ref.size());
-    EXPECT_LE(error, tolerance) << label_ << ": " << kind << " " << detail;
-    double& worst = worst_[kind];
-    worst = std::max(worst, error);
-  }
-  void print() const {
-    for (const auto& [kind, error] : worst_) {
-      std::printf("  [%s] %-34s worst normwise error %.2e\n", label_.c_str(), kind.c_str(), error);
-    }
-  }
-
- private:
-  std::string label_;
-  std::map<std::string, double> worst_;
-};
-
 /// The model's final state of layer l as FLA's (B, H, dk, dv) cache tensor, through matrix(b, h).
 template <typename State>
 std::vector<double> stateTensor(const State& state, std::size_t layer) {
@@ -358,6 +323,71 @@ template <typename State>
 void expectPositions(const State& state, long batch, long position, const std::string& what) {
   ASSERT_EQ(state.batch(), batch) << what;
   for (long b = 0; b < batch; ++b) EXPECT_EQ(state.position(b), position) << what << " item " << b;
+}
+
+/// A case of either family: its defaults, named, with `change` applied.
+template <typename Case>
+Case namedCase(std::string name, const std::function<void(Case&)>& change) {
+  Case c;
+  c.name = std::move(name);
+  change(c);
+  return c;
+}
+
+/// The test name of a case.
+template <typename Case>
+std::string caseName(const ::testing::TestParamInfo<Case>& info) {
+  return info.param.name;
+}
+
+/// The oracle's outputs for a case, computed once for both scalars: the tokens (B, T), then the
+/// output of each form (chunkwise: per chunk size).
+template <typename Output>
+struct Reference {
+  std::vector<long> tokens;
+  Output parallel, recurrent;
+  std::map<long, Output> chunkwise;
+
+  /// Every form's output from oracle(form, chunk); `Form` is the oracle's form enum.
+  template <typename Form, typename Oracle>
+  void computeForms(const std::vector<long>& chunks, Oracle&& oracle) {
+    parallel = oracle(Form::kParallel, 0L);
+    recurrent = oracle(Form::kRecurrent, 0L);
+    for (const long chunk : chunks) chunkwise[chunk] = oracle(Form::kChunkwise, chunk);
+  }
+};
+
+/// The model over all of ref.tokens in every form the reference holds, each from an empty state:
+/// expect(form, detail, logits, state, the reference's output of that form).
+template <typename Model, typename Output, typename Expect>
+void forEachForm(const Model& model, const Reference<Output>& ref, long batch, long time,
+                 Expect&& expect) {
+  using State = typename Model::State;
+  const TokenMatrix tokens = tokenColumns(ref.tokens, batch, time, 0, time);
+  {
+    State state;
+    expect("parallel", "", model.forwardParallel(tokens, state), state, ref.parallel);
+  }
+  for (const auto& [chunk, out] : ref.chunkwise) {
+    State state;
+    expect("chunkwise", "chunk " + std::to_string(chunk),
+           model.forwardChunkwise(tokens, chunk, state), state, out);
+  }
+  {
+    State state;
+    expect("recurrent", "", model.forwardRecurrent(tokens, state), state, ref.recurrent);
+  }
+}
+
+/// The model directory loaded as RetNetModel<Scalar>; the loader must have seen `family` and
+/// weights of `dtype`.
+template <typename Scalar>
+retnet::RetNetModel<Scalar> loadChecked(const std::string& dir, retnet::io::ModelFamily family,
+                                        Dtype dtype, retnet::io::ModelInfo& info) {
+  retnet::RetNetModel<Scalar> model = retnet::io::loadModel<Scalar>(dir, &info);
+  EXPECT_EQ(info.family, family);
+  EXPECT_EQ(info.dtype, std::optional<Dtype>(dtype));
+  return model;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,14 +411,8 @@ struct FlaCase {
 
 void PrintTo(const FlaCase& c, std::ostream* out) { *out << c.name; }
 
-FlaCase flaCase(std::string name, const std::function<void(FlaCase&)>& change) {
-  FlaCase c;
-  c.name = std::move(name);
-  change(c);
-  return c;
-}
-
 std::vector<FlaCase> flaCases() {
+  const auto flaCase = namedCase<FlaCase>;
   return {
       flaCase("Heads1", [](FlaCase& c) { c.heads = 1; }),
       // γ_h = 1 − 2^(−5−h) down to 1 − 2^−12.
@@ -502,33 +526,6 @@ json flaConfigJson(const FlaCase& c) {
           {"vocab_size", c.vocab}};
 }
 
-/// The oracle's configuration, resolved the way README §1.3 says.
-NaiveFlaConfig flaNaiveConfig(const FlaCase& fc) {
-  NaiveFlaConfig c;
-  c.hidden = fc.hidden;
-  c.layers = fc.layers;
-  c.heads = fc.heads;
-  c.kvHeads = fc.kvHeads > 0 ? fc.kvHeads : fc.heads;
-  const auto width = [&](double expand) {
-    const auto total = static_cast<long>(std::trunc(static_cast<double>(fc.hidden) * expand));
-    EXPECT_EQ(total % fc.heads, 0) << fc.name;
-    return total / fc.heads;
-  };
-  c.keyDim = width(fc.expandK);
-  c.valueDim = width(fc.expandV);
-  if (fc.intermediateSize > 0) {
-    c.intermediate = fc.intermediateSize;
-  } else {
-    const auto m =
-        static_cast<long>(std::trunc(static_cast<double>(fc.hidden) * fc.hiddenRatio * 2.0 / 3.0));
-    c.intermediate = 256 * ((m + 255) / 256);
-  }
-  c.vocab = fc.vocab;
-  c.eps = fc.eps;
-  c.tied = fc.tied;
-  return c;
-}
-
 /// Random weights under FLA's names (README §1.4), drawn as README §4 describes.
 Tensors flaTensors(const FlaCase& fc, const NaiveFlaConfig& c) {
   WeightMaker m(fc.dtype, seedOf("fla " + fc.name));
@@ -559,37 +556,6 @@ Tensors flaTensors(const FlaCase& fc, const NaiveFlaConfig& c) {
   return m.tensors();
 }
 
-/// The oracle's weights from the tensors, by name (the fused layout split as README §1.4 says).
-NaiveFlaWeights flaNaiveWeights(const FlaCase& fc, const NaiveFlaConfig& c, const Tensors& t) {
-  NaiveFlaWeights w;
-  w.embedding = matrixOf(t, "model.embeddings.weight");
-  w.finalNorm = vectorOf(t, "model.norm.weight");
-  if (!c.tied) w.lmHead = matrixOf(t, "lm_head.weight");
-  for (long l = 0; l < c.layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    retnet::reference::NaiveFlaLayerWeights layer;
-    layer.attnNorm = vectorOf(t, p + "attn_norm.weight");
-    layer.q = matrixOf(t, p + "attn.q_proj.weight");
-    layer.k = matrixOf(t, p + "attn.k_proj.weight");
-    layer.v = matrixOf(t, p + "attn.v_proj.weight");
-    layer.g = matrixOf(t, p + "attn.g_proj.weight");
-    layer.o = matrixOf(t, p + "attn.o_proj.weight");
-    layer.headNorm =
-        vectorOf(t, p + (fc.fuseNorm ? "attn.g_norm_swish_gate.weight" : "attn.g_norm.weight"));
-    layer.mlpNorm = vectorOf(t, p + "mlp_norm.weight");
-    if (fc.fusedMlp) {
-      retnet::reference::naiveFlaSplitFusedGate(matrixOf(t, p + "mlp.gate_proj.weight"), layer.gate,
-                                                layer.up);
-    } else {
-      layer.gate = matrixOf(t, p + "mlp.gate_proj.weight");
-      layer.up = matrixOf(t, p + "mlp.up_proj.weight");
-    }
-    layer.down = matrixOf(t, p + "mlp.down_proj.weight");
-    w.layers.push_back(std::move(layer));
-  }
-  return w;
-}
-
 /// Chunk sizes: the case's, T − 1 (which leaves a last chunk of one token; not for the long case,
 /// whose own chunk does that) and T + 5 (above T).
 std::vector<long> flaChunks(const FlaCase& fc) {
@@ -598,17 +564,13 @@ std::vector<long> flaChunks(const FlaCase& fc) {
   return std::vector<long>(chunks.begin(), chunks.end());
 }
 
-/// The oracle's outputs for a case, computed once for both scalars.
-struct FlaReference {
+struct FlaReference : Reference<NaiveFlaOutput> {
   NaiveFlaConfig config;
-  std::vector<long> tokens;
-  NaiveFlaOutput parallel, recurrent;
-  std::map<long, NaiveFlaOutput> chunkwise;
 };
 
 template <typename Scalar>
 void checkFlaModel(const FlaCase& fc, const std::string& dir, const FlaReference& ref,
-                   Errors& errors) {
+                   ErrorLog& errors) {
   using Model = retnet::RetNetModel<Scalar>;
   using State = typename Model::State;
   const std::string s = scalarName<Scalar>();
@@ -617,11 +579,8 @@ void checkFlaModel(const FlaCase& fc, const std::string& dir, const FlaReference
   const long B = fc.batch, T = fc.time, V = c.vocab;
 
   retnet::io::ModelInfo info;
-  const Model model = retnet::io::loadModel<Scalar>(dir, &info);
+  const Model model = loadChecked<Scalar>(dir, retnet::io::ModelFamily::kFla, fc.dtype, info);
   // What the loader made of config.json, against the oracle's reading of it.
-  EXPECT_EQ(info.family, retnet::io::ModelFamily::kFla);
-  ASSERT_TRUE(info.dtype.has_value());
-  EXPECT_EQ(*info.dtype, fc.dtype);
   const retnet::RetNetModelConfig& mc = model.config();
   EXPECT_EQ(mc.vocab, c.vocab);
   EXPECT_EQ(mc.layers, c.layers);
@@ -634,7 +593,7 @@ void checkFlaModel(const FlaCase& fc, const std::string& dir, const FlaReference
   EXPECT_EQ(mc.block.ffnDim, c.intermediate);
   EXPECT_EQ(mc.block.eps, c.eps);
 
-  const TokenMatrix tokens = tokenMatrix(ref.tokens, B, T);
+  const TokenMatrix tokens = tokenColumns(ref.tokens, B, T, 0, T);
   const auto expectRun = [&](const std::string& form, const std::string& detail,
                              const Tensor3<Scalar>& logits, const State& state,
                              const NaiveFlaOutput& out) {
@@ -652,20 +611,7 @@ void checkFlaModel(const FlaCase& fc, const std::string& dir, const FlaReference
     }
     expectPositions(state, B, T, form + " " + detail);
   };
-
-  {
-    State state;
-    expectRun("parallel", "", model.forwardParallel(tokens, state), state, ref.parallel);
-  }
-  for (const auto& [chunk, out] : ref.chunkwise) {
-    State state;
-    expectRun("chunkwise", "chunk " + std::to_string(chunk),
-              model.forwardChunkwise(tokens, chunk, state), state, out);
-  }
-  {
-    State state;
-    expectRun("recurrent", "", model.forwardRecurrent(tokens, state), state, ref.recurrent);
-  }
+  forEachForm(model, ref, B, T, expectRun);
   // Every layer's output: embedding(), then each block in the parallel form.
   {
     Tensor3<Scalar> x = model.embedding(tokens);
@@ -685,8 +631,7 @@ void checkFlaModel(const FlaCase& fc, const std::string& dir, const FlaReference
     const std::string detail = "k " + std::to_string(k);
     State state;
     std::vector<double> got(static_cast<std::size_t>(B * T * V), 0.0);
-    putRow(got, T, k - 1,
-           model.prefill(tokenMatrix(timeRange(ref.tokens, B, T, 0, k), B, k), state, fc.chunk));
+    putRow(got, T, k - 1, model.prefill(tokenColumns(ref.tokens, B, T, 0, k), state, fc.chunk));
     long t = k;
     for (; t < std::min(T, k + 8); ++t) {
       std::vector<std::int64_t> step;
@@ -694,9 +639,7 @@ void checkFlaModel(const FlaCase& fc, const std::string& dir, const FlaReference
       putRow(got, T, t, model.decode(step, state));
     }
     if (t < T) {
-      putRows(
-          got, T, t,
-          model.forwardRecurrent(tokenMatrix(timeRange(ref.tokens, B, T, t, T), B, T - t), state));
+      putRows(got, T, t, model.forwardRecurrent(tokenColumns(ref.tokens, B, T, t, T), state));
     }
     errors.check(s + " prefill+decode logits", detail, timeRows(got, B, T, V, k - 1, T),
                  timeRows(oneLogits, B, T, V, k - 1, T), tolerance);
@@ -714,36 +657,26 @@ class FlaShapes : public ::testing::TestWithParam<FlaCase> {};
 TEST_P(FlaShapes, LoadedModelMatchesOracle) {
   const FlaCase& fc = GetParam();
   const TempDir dir("fla-" + fc.name);
+  const json config = flaConfigJson(fc);
   FlaReference ref;
-  ref.config = flaNaiveConfig(fc);
-  const Tensors tensors = flaTensors(fc, ref.config);
-  writeModelDir(dir.path(), flaConfigJson(fc), tensors, fc.dtype, fc.shards);
-  if (fc.shards > 1) {
-    EXPECT_FALSE(fs::exists(dir.path() / "model.safetensors"));
-    EXPECT_TRUE(fs::exists(dir.path() / "model.safetensors.index.json"));
-  }
-
-  const NaiveFlaWeights w = flaNaiveWeights(fc, ref.config, tensors);
+  ref.config = flaConfig(config);
+  writeModelDir(dir.path(), config, flaTensors(fc, ref.config), fc.dtype, fc.shards);
+  // The oracle's weights read from the directory as test_family_oracles reads the golden cases.
+  CheckpointTensors stored(dir.path());
+  const NaiveFlaWeights w = readFlaWeights(ref.config, config, stored);
   const long B = fc.batch, T = fc.time;
   ref.tokens = randomTokens(B, T, fc.vocab, seedOf("fla tokens " + fc.name));
-  using retnet::reference::naiveFla;
-  ref.parallel = naiveFla(ref.config, w, ref.tokens, B, T, NaiveFlaForm::kParallel);
-  ref.recurrent = naiveFla(ref.config, w, ref.tokens, B, T, NaiveFlaForm::kRecurrent);
-  for (const long chunk : flaChunks(fc)) {
-    ref.chunkwise[chunk] =
-        naiveFla(ref.config, w, ref.tokens, B, T, NaiveFlaForm::kChunkwise, chunk);
-  }
+  ref.computeForms<NaiveFlaForm>(flaChunks(fc), [&](NaiveFlaForm form, long chunk) {
+    return retnet::reference::naiveFla(ref.config, w, ref.tokens, B, T, form, chunk);
+  });
 
-  Errors errors("fla " + fc.name);
+  ErrorLog errors("fla " + fc.name);
   checkFlaModel<double>(fc, dir.path().string(), ref, errors);
   checkFlaModel<float>(fc, dir.path().string(), ref, errors);
   errors.print();
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, FlaShapes, ::testing::ValuesIn(flaCases()),
-                         [](const ::testing::TestParamInfo<FlaCase>& info) {
-                           return info.param.name;
-                         });
+INSTANTIATE_TEST_SUITE_P(Cases, FlaShapes, ::testing::ValuesIn(flaCases()), caseName<FlaCase>);
 
 // ---------------------------------------------------------------------------------------------
 // syncdoth (tests/data/syncdoth/README.md)
@@ -766,14 +699,8 @@ struct SyncdothCase {
 
 void PrintTo(const SyncdothCase& c, std::ostream* out) { *out << c.name; }
 
-SyncdothCase syncdothCase(std::string name, const std::function<void(SyncdothCase&)>& change) {
-  SyncdothCase c;
-  c.name = std::move(name);
-  change(c);
-  return c;
-}
-
 std::vector<SyncdothCase> syncdothCases() {
+  const auto syncdothCase = namedCase<SyncdothCase>;
   return {
       syncdothCase("LmDecayHeads1",
                    [](SyncdothCase& c) {
@@ -923,57 +850,19 @@ Tensors syncdothTensors(const SyncdothCase& c) {
   return m.tensors();
 }
 
-NaiveSyncdothWeights syncdothNaiveWeights(const SyncdothCase& c, const Tensors& t) {
-  NaiveSyncdothWeights w;
-  w.embedDim = c.embed;
-  w.vocab = c.vocab;
-  w.eps = c.eps;
-  w.embedScale = retnet::reference::naiveSyncdothEmbedScale(c.embed, c.noScaleEmbedding);
-  w.useLmDecay = c.useLmDecay;
-  w.tied = c.tied;
-  w.embed = t.at("model.embed_tokens.weight").values;
-  if (c.layernormEmbedding) w.embedNorm = t.at("model.layernorm_embedding.weight").values;
-  w.finalNorm = t.at("model.layer_norm.weight").values;
-  if (!c.tied) w.lmHead = t.at("lm_head.weight").values;
-  for (long l = 0; l < c.layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    NaiveLayerWeights layer;
-    layer.msr.embedDim = c.embed;
-    layer.msr.valueDim = c.value;
-    layer.msr.heads = c.heads;
-    layer.msr.eps = c.eps;
-    layer.msr.q = t.at(p + "retention.q_proj.weight").values;
-    layer.msr.k = t.at(p + "retention.k_proj.weight").values;
-    layer.msr.v = t.at(p + "retention.v_proj.weight").values;
-    layer.msr.g = t.at(p + "retention.g_proj.weight").values;
-    layer.msr.out = t.at(p + "retention.out_proj.weight").values;
-    layer.ffnDim = c.ffn;
-    layer.swish = c.activation == "swish";
-    layer.retentionNorm = t.at(p + "retention_layer_norm.weight").values;
-    layer.fc1 = t.at(p + "ffn.fc1.weight").values;
-    layer.gate = t.at(p + "ffn.gate.weight").values;
-    layer.fc2 = t.at(p + "ffn.fc2.weight").values;
-    layer.finalNorm = t.at(p + "final_layer_norm.weight").values;
-    w.layers.push_back(std::move(layer));
-  }
-  return w;
-}
-
 std::vector<long> syncdothPrompts(const SyncdothCase& c) {
   std::set<long> ks(c.prompts.begin(), c.prompts.end());
   ks.insert(c.time);
   return std::vector<long>(ks.begin(), ks.end());
 }
 
-struct SyncdothReference {
-  std::vector<long> tokens;
-  std::vector<double> parallel, recurrent;
-  std::map<long, std::vector<double>> chunkwise, prefillThenDecode;
+struct SyncdothReference : Reference<std::vector<double>> {
+  std::map<long, std::vector<double>> prefillThenDecode;  ///< by prompt length k
 };
 
 template <typename Scalar>
 void checkSyncdothModel(const SyncdothCase& c, const std::string& dir, const SyncdothReference& ref,
-                        Errors& errors) {
+                        ErrorLog& errors) {
   using Model = retnet::RetNetModel<Scalar>;
   using State = typename Model::State;
   const std::string s = scalarName<Scalar>();
@@ -981,10 +870,7 @@ void checkSyncdothModel(const SyncdothCase& c, const std::string& dir, const Syn
   const long B = c.batch, T = c.time;
 
   retnet::io::ModelInfo info;
-  const Model model = retnet::io::loadModel<Scalar>(dir, &info);
-  EXPECT_EQ(info.family, retnet::io::ModelFamily::kSyncdoth);
-  ASSERT_TRUE(info.dtype.has_value());
-  EXPECT_EQ(*info.dtype, c.dtype);
+  const Model model = loadChecked<Scalar>(dir, retnet::io::ModelFamily::kSyncdoth, c.dtype, info);
   EXPECT_EQ(info.chunkSize, c.chunks.front());
   const retnet::RetNetModelConfig& mc = model.config();
   EXPECT_EQ(mc.vocab, c.vocab);
@@ -998,35 +884,20 @@ void checkSyncdothModel(const SyncdothCase& c, const std::string& dir, const Syn
   EXPECT_EQ(mc.block.ffnDim, c.ffn);
   EXPECT_EQ(mc.block.eps, c.eps);
 
-  const TokenMatrix tokens = tokenMatrix(ref.tokens, B, T);
-  {
-    State state;
-    errors.check(s + " parallel logits", "", flatten(model.forwardParallel(tokens, state)),
-                 ref.parallel, tolerance);
-    expectPositions(state, B, T, "parallel");
-  }
-  for (const auto& [chunk, logits] : ref.chunkwise) {
-    State state;
-    errors.check(s + " chunkwise logits", "chunk " + std::to_string(chunk),
-                 flatten(model.forwardChunkwise(tokens, chunk, state)), logits, tolerance);
-    expectPositions(state, B, T, "chunkwise");
-  }
-  {
-    State state;
-    errors.check(s + " recurrent logits", "", flatten(model.forwardRecurrent(tokens, state)),
-                 ref.recurrent, tolerance);
-    expectPositions(state, B, T, "recurrent");
-  }
+  forEachForm(model, ref, B, T,
+              [&](const std::string& form, const std::string& detail, const Tensor3<Scalar>& logits,
+                  const State& state, const std::vector<double>& expected) {
+                errors.check(s + " " + form + " logits", detail, flatten(logits), expected,
+                             tolerance);
+                expectPositions(state, B, T, form + " " + detail);
+              });
   // generate's path: the prompt in the parallel form with a state, then recurrent steps.
   for (const auto& [k, logits] : ref.prefillThenDecode) {
     State state;
     std::vector<double> got(static_cast<std::size_t>(B * T * c.vocab), 0.0);
-    putRows(got, T, 0,
-            model.forwardParallel(tokenMatrix(timeRange(ref.tokens, B, T, 0, k), B, k), state));
+    putRows(got, T, 0, model.forwardParallel(tokenColumns(ref.tokens, B, T, 0, k), state));
     if (k < T) {
-      putRows(
-          got, T, k,
-          model.forwardRecurrent(tokenMatrix(timeRange(ref.tokens, B, T, k, T), B, T - k), state));
+      putRows(got, T, k, model.forwardRecurrent(tokenColumns(ref.tokens, B, T, k, T), state));
     }
     errors.check(s + " parallel prompt+recurrent logits", "k " + std::to_string(k), got, logits,
                  tolerance);
@@ -1039,34 +910,31 @@ class SyncdothShapes : public ::testing::TestWithParam<SyncdothCase> {};
 TEST_P(SyncdothShapes, LoadedModelMatchesOracle) {
   const SyncdothCase& c = GetParam();
   const TempDir dir("syncdoth-" + c.name);
-  const Tensors tensors = syncdothTensors(c);
-  writeModelDir(dir.path(), syncdothConfigJson(c), tensors, c.dtype, c.shards);
-
-  const NaiveSyncdothWeights w = syncdothNaiveWeights(c, tensors);
+  writeModelDir(dir.path(), syncdothConfigJson(c), syncdothTensors(c), c.dtype, c.shards);
+  // The oracle's weights read from the directory as test_family_oracles reads the golden cases.
+  CheckpointTensors stored(dir.path());
+  const SyncdothCheckpoint checkpoint = readSyncdoth(dir.path(), stored);
+  EXPECT_EQ(checkpoint.chunk, c.chunks.front());
+  const NaiveSyncdothWeights& w = checkpoint.w;
   const long B = c.batch, T = c.time;
   SyncdothReference ref;
   ref.tokens = randomTokens(B, T, c.vocab, seedOf("syncdoth tokens " + c.name));
-  using retnet::reference::naiveSyncdoth;
-  ref.parallel = naiveSyncdoth(w, ref.tokens, B, T, NaiveForm::kParallel);
-  ref.recurrent = naiveSyncdoth(w, ref.tokens, B, T, NaiveForm::kRecurrent);
-  for (const long chunk : c.chunks) {
-    ref.chunkwise[chunk] = naiveSyncdoth(w, ref.tokens, B, T, NaiveForm::kChunkwise, chunk);
-  }
+  ref.computeForms<NaiveForm>(c.chunks, [&](NaiveForm form, long chunk) {
+    return retnet::reference::naiveSyncdoth(w, ref.tokens, B, T, form, chunk);
+  });
   for (const long k : syncdothPrompts(c)) {
     ref.prefillThenDecode[k] =
         retnet::reference::naiveSyncdothPrefillThenDecode(w, ref.tokens, B, T, k);
   }
 
-  Errors errors("syncdoth " + c.name);
+  ErrorLog errors("syncdoth " + c.name);
   checkSyncdothModel<double>(c, dir.path().string(), ref, errors);
   checkSyncdothModel<float>(c, dir.path().string(), ref, errors);
   errors.print();
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, SyncdothShapes, ::testing::ValuesIn(syncdothCases()),
-                         [](const ::testing::TestParamInfo<SyncdothCase>& info) {
-                           return info.param.name;
-                         });
+                         caseName<SyncdothCase>);
 
 // ---------------------------------------------------------------------------------------------
 // The written directories are real ones
@@ -1076,12 +944,6 @@ std::set<std::string> keysOf(const json& object) {
   for (const auto& entry : object.items()) keys.insert(entry.key());
   return keys;
 }
-json readJson(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path.string() + ": cannot open");
-  return json::parse(in);
-}
-
 // The config.json files written above have exactly the key sets of the shipped cases.
 TEST(ShapesConfig, KeySetsAreTheShippedCases) {
   const fs::path data(RETNET_TEST_DATA_DIR);

@@ -209,6 +209,15 @@ inline std::vector<double> naiveLogDecay(long heads) {
 
 namespace naive_msr_detail {
 
+/// The per-head ln γ_h a retention function uses: `logDecay` (one value per head) if given, else
+/// torchscale's schedule, naiveLogDecay(heads). The retention functions below take it as their
+/// last argument, empty by default, for the families with another schedule (naive_syncdoth.hpp).
+inline Vec logDecayOrDefault(const Vec& logDecay, long heads) {
+  if (logDecay.empty()) return naiveLogDecay(heads);
+  requireSize(logDecay, heads, "logDecay");
+  return logDecay;
+}
+
 /// The MSR prologue (docs/semantics/torchscale.md §3.3) for `rows` input vectors at rotary
 /// positions firstPosition + (row % time): q, k (rows, D) rotated per head, k scaled by
 /// dk^(-1/2); v, g (rows, V).
@@ -254,10 +263,12 @@ inline double dot(const double* a, const double* b, long n) {
   return sum;
 }
 
-/// Parallel form (docs/semantics/torchscale.md §3.3): o (B·T, V) before the group norm.
-inline Vec parallelRetention(const NaiveMsrWeights& w, const Projected& p, long batch, long time) {
+/// Parallel form (docs/semantics/torchscale.md §3.3): o (B·T, V) before the group norm; ln γ_h
+/// from `logDecay` (empty: torchscale's).
+inline Vec parallelRetention(const NaiveMsrWeights& w, const Projected& p, long batch, long time,
+                             const Vec& logDecay = {}) {
   const long D = w.embedDim, V = w.valueDim, H = w.heads, dk = D / H, dv = V / H;
-  const Vec decay = naiveLogDecay(H);
+  const Vec decay = logDecayOrDefault(logDecay, H);
   Vec o(at(batch * time * V), 0.0);
   Vec A(at(time));
   for (long h = 0; h < H; ++h) {
@@ -289,13 +300,13 @@ inline Vec parallelRetention(const NaiveMsrWeights& w, const Projected& p, long 
 }
 
 /// Chunkwise form (docs/semantics/torchscale.md §3.3) over `time` positions, a multiple of
-/// `chunk`: o (B·T, V).
+/// `chunk`: o (B·T, V); ln γ_h from `logDecay` (empty: torchscale's).
 inline Vec chunkwiseRetention(const NaiveMsrWeights& w, const Projected& p, long batch, long time,
-                              long chunk) {
+                              long chunk, const Vec& logDecay = {}) {
   const long D = w.embedDim, V = w.valueDim, H = w.heads, dk = D / H, dv = V / H;
   const long C = chunk;
   require(C > 0 && time % C == 0, "chunkwise retention needs time to be a multiple of the chunk");
-  const Vec decay = naiveLogDecay(H);
+  const Vec decay = logDecayOrDefault(logDecay, H);
   Vec o(at(batch * time * V), 0.0);
   for (long h = 0; h < H; ++h) {
     // Per-head constants of one chunk.
@@ -422,9 +433,11 @@ inline long paddedLength(long time, long chunk) {
 }  // namespace naive_msr_detail
 
 /// One recurrent MSR step (docs/semantics/torchscale.md §3.3, recurrent form): x (B, D) is token
-/// `state.position` of every sequence; returns y (B, D) and advances the state.
+/// `state.position` of every sequence; returns y (B, D) and advances the state. ln γ_h from
+/// `logDecay` (empty: torchscale's).
 inline std::vector<double> naiveMsrStep(const NaiveMsrWeights& w, NaiveMsrState& state,
-                                        const std::vector<double>& x, long batch) {
+                                        const std::vector<double>& x, long batch,
+                                        const std::vector<double>& logDecay = {}) {
   using namespace naive_msr_detail;
   checkMsr(w);
   require(batch > 0, "batch must be positive");
@@ -437,7 +450,7 @@ inline std::vector<double> naiveMsrStep(const NaiveMsrWeights& w, NaiveMsrState&
   }
   require(state.batch == batch, "the batch size changed between recurrent steps");
   const Projected p = project(w, x, batch, 1, state.position);
-  const Vec decay = naiveLogDecay(H);
+  const Vec decay = logDecayOrDefault(logDecay, H);
   Vec o(at(batch * V), 0.0);
   for (long h = 0; h < H; ++h) {
     const double gamma = std::exp(decay[at(h)]);
@@ -535,13 +548,16 @@ inline std::vector<double> naiveMsr(const NaiveMsrWeights& w, const std::vector<
 }
 
 /// One recurrent decoder-layer step: x (B, D) -> y (B, D); `state` is the layer's MSR state.
+/// ln γ_h from `logDecay` (empty: torchscale's).
 inline std::vector<double> naiveLayerStep(const NaiveLayerWeights& w, NaiveMsrState& state,
-                                          const std::vector<double>& x, long batch) {
+                                          const std::vector<double>& x, long batch,
+                                          const std::vector<double>& logDecay = {}) {
   using namespace naive_msr_detail;
   checkLayer(w);
   requireSize(x, batch * w.msr.embedDim, "x");
-  return layerAround(w, x, batch,
-                     [&](const Vec& normed) { return naiveMsrStep(w.msr, state, normed, batch); });
+  return layerAround(w, x, batch, [&](const Vec& normed) {
+    return naiveMsrStep(w.msr, state, normed, batch, logDecay);
+  });
 }
 
 /// DecoderLayer (pre-norm), x (B, T, D) -> y (B, T, D); docs/semantics/torchscale.md §3.5.

@@ -8,22 +8,19 @@
 // tests/data/syncdoth/README.md §4:
 //   - the embedding is scaled by s = √D unless no_scale_embedding, then (layernorm_embedding)
 //     RMS-normed with a weight (§4.1);
-//   - the decay schedule may be use_lm_decay's (§4.2), so the retention takes its ln γ_h as an
-//     argument here (naive_msr.hpp fixes torchscale's schedule);
+//   - the decay schedule may be use_lm_decay's (§4.2): naive_msr.hpp's retention functions are
+//     given its ln γ_h (their default is torchscale's schedule);
 //   - the output matrix may be the embedding table (tied, §4.4);
 //   - the prompt pass of `generate` hands its keys and values to recurrent decoding as the state
 //     S = Σ_{j<k} γ^(k−1−j)/√n_k · k_j⊗v_j, n = n_k = Σ_{t<k} γ^t (§4.5).
-// Everything else (projections, rotary, group norm and gate, the pre-norm layer with its GLU FFN,
-// the zero padding of the chunkwise form) is naive_msr.hpp's torchscale oracle, used as is. The
-// three retention forms are restated below from docs/semantics/torchscale.md §3.3 with a decay
-// argument; tests/test_family_oracles.cpp checks them against naive_msr.hpp's under torchscale's
-// schedule.
+// Everything else (projections, rotary, the three retention forms, group norm and gate, the
+// pre-norm layer with its GLU FFN, the zero padding of the chunkwise form) is naive_msr.hpp's
+// torchscale oracle, used as is.
 //
 // Conventions as in naive_msr.hpp: row-major std::vector<double>, activations (B, T, features),
 // Linear weights (out, in) applied as y = x·Wᵀ, no biases, no dropout.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <string>
@@ -102,104 +99,6 @@ inline void check(const NaiveSyncdothWeights& w) {
 
 inline long heads(const NaiveSyncdothWeights& w) { return w.layers.front().msr.heads; }
 
-/// Parallel retention (docs/semantics/torchscale.md §3.3) with ln γ_h = decay[h]: o (B·T, V) before
-/// the group norm. Row-normalised decay mask, then the abs-sum clamped to [1, 5e4].
-inline Vec parallel(const NaiveMsrWeights& w, const naive_msr_detail::Projected& p, long batch,
-                    long time, const Vec& decay) {
-  const long D = w.embedDim, V = w.valueDim, H = w.heads, dk = D / H, dv = V / H;
-  Vec o(at(batch * time * V), 0.0);
-  for (long b = 0; b < batch; ++b) {
-    for (long h = 0; h < H; ++h) {
-      for (long t = 0; t < time; ++t) {
-        double rowSum = 0.0;
-        for (long s = 0; s <= t; ++s) rowSum += std::exp(double(t - s) * decay[at(h)]);
-        Vec A(at(t + 1));
-        double absSum = 0.0;
-        for (long s = 0; s <= t; ++s) {
-          const double qk = naive_msr_detail::dot(p.q.data() + (b * time + t) * D + h * dk,
-                                                  p.k.data() + (b * time + s) * D + h * dk, dk);
-          A[at(s)] = qk * (std::exp(double(t - s) * decay[at(h)]) / std::sqrt(rowSum));
-          absSum += std::abs(A[at(s)]);
-        }
-        const double c = std::clamp(absSum, 1.0, 5e4);
-        for (long s = 0; s <= t; ++s) {
-          for (long e = 0; e < dv; ++e) {
-            o[at((b * time + t) * V + h * dv + e)] +=
-                A[at(s)] / c * p.v[at((b * time + s) * V + h * dv + e)];
-          }
-        }
-      }
-    }
-  }
-  return o;
-}
-
-/// Chunkwise retention (docs/semantics/torchscale.md §3.3), T a multiple of the chunk C: o (B·T,
-/// V).
-inline Vec chunkwise(const NaiveMsrWeights& w, const naive_msr_detail::Projected& p, long batch,
-                     long time, long C, const Vec& decay) {
-  const long D = w.embedDim, V = w.valueDim, H = w.heads, dk = D / H, dv = V / H;
-  require(C > 0 && time % C == 0, "chunkwise retention needs time to be a multiple of the chunk");
-  Vec o(at(batch * time * V), 0.0);
-  for (long h = 0; h < H; ++h) {
-    const auto power = [&](long m) { return std::exp(double(m) * decay[at(h)]); };
-    Vec r(at(C));
-    for (long i = 0; i < C; ++i) {
-      double sum = 0.0;
-      for (long j = 0; j <= i; ++j) sum += power(i - j);
-      r[at(i)] = std::sqrt(sum);
-    }
-    double L = 0.0;
-    for (long j = 0; j < C; ++j) L += power(C - 1 - j);
-    for (long b = 0; b < batch; ++b) {
-      Vec R(at(dk * dv), 0.0);
-      double sigma = 1.0;
-      for (long c0 = 0; c0 < time; c0 += C) {
-        for (long i = 0; i < C; ++i) {
-          const double* q = p.q.data() + (b * time + c0 + i) * D + h * dk;
-          Vec A(at(i + 1));
-          double absSum = 0.0;
-          for (long j = 0; j <= i; ++j) {
-            const double* k = p.k.data() + (b * time + c0 + j) * D + h * dk;
-            A[at(j)] = naive_msr_detail::dot(q, k, dk) * (power(i - j) / r[at(i)]);
-            absSum += std::abs(A[at(j)]);
-          }
-          const double iota = std::max(absSum, 1.0);
-          const double all = std::max(iota, sigma);
-          const double qdec = power(i + 1) * L / r[at(i)];
-          for (long e = 0; e < dv; ++e) {
-            double inner = 0.0, cross = 0.0;
-            for (long j = 0; j <= i; ++j) {
-              inner += A[at(j)] / iota * p.v[at((b * time + c0 + j) * V + h * dv + e)];
-            }
-            for (long a = 0; a < dk; ++a) cross += qdec * q[a] * (R[at(a * dv + e)] / sigma);
-            o[at((b * time + c0 + i) * V + h * dv + e)] =
-                inner / (all / iota) + cross / (all / sigma);
-          }
-        }
-        for (double& value : R) value *= power(C);
-        for (long j = 0; j < C; ++j) {
-          const double vdec = power(C - 1 - j) / L;
-          for (long a = 0; a < dk; ++a) {
-            for (long e = 0; e < dv; ++e) {
-              R[at(a * dv + e)] += p.k[at((b * time + c0 + j) * D + h * dk + a)] *
-                                   (vdec * p.v[at((b * time + c0 + j) * V + h * dv + e)]);
-            }
-          }
-        }
-        double largest = 0.0;
-        for (long e = 0; e < dv; ++e) {
-          double column = 0.0;
-          for (long a = 0; a < dk; ++a) column += std::abs(R[at(a * dv + e)]);
-          largest = std::max(largest, column);
-        }
-        sigma = std::max(largest, 1.0);
-      }
-    }
-  }
-  return o;
-}
-
 /// The recurrent state the parallel pass over `time` tokens leaves (README §4.5), written into
 /// `state`: S = Σ_{j<T} γ^(T−1−j)/√n_T · k_j⊗v_j, n = n_T = Σ_{t<T} γ^t, position T.
 inline void stateAfterParallel(const NaiveMsrWeights& w, const naive_msr_detail::Projected& p,
@@ -226,46 +125,6 @@ inline void stateAfterParallel(const NaiveMsrWeights& w, const naive_msr_detail:
       }
     }
   }
-}
-
-/// One recurrent MSR step (docs/semantics/torchscale.md §3.3) with ln γ_h = decay[h]: x (B, D) is
-/// token `state.position`; returns y (B, D). Step 0: n = 1, S = k⊗v; then n' = nγ + 1,
-/// S = S·√n·γ/√n' + k⊗v/√n'; o = q·S.
-inline Vec step(const NaiveMsrWeights& w, NaiveMsrState& state, const Vec& x, long batch,
-                const Vec& decay) {
-  const long D = w.embedDim, V = w.valueDim, H = w.heads, dk = D / H, dv = V / H;
-  if (state.position == 0) {
-    state.batch = batch;
-    state.S.assign(at(batch * H * dk * dv), 0.0);
-    state.n.assign(at(H), 0.0);
-  }
-  require(state.batch == batch, "the batch size changed between recurrent steps");
-  const naive_msr_detail::Projected p = naive_msr_detail::project(w, x, batch, 1, state.position);
-  Vec o(at(batch * V), 0.0);
-  for (long h = 0; h < H; ++h) {
-    const double gamma = std::exp(decay[at(h)]);
-    const bool first = state.position == 0;
-    const double n = state.n[at(h)], nNext = first ? 1.0 : n * gamma + 1.0;
-    for (long b = 0; b < batch; ++b) {
-      double* S = state.S.data() + (b * H + h) * dk * dv;
-      for (long a = 0; a < dk; ++a) {
-        for (long e = 0; e < dv; ++e) {
-          const double kv = p.k[at(b * D + h * dk + a)] * p.v[at(b * V + h * dv + e)];
-          S[a * dv + e] = first ? kv
-                                : S[a * dv + e] * (std::sqrt(n) * gamma / std::sqrt(nNext)) +
-                                      kv / std::sqrt(nNext);
-        }
-      }
-      for (long a = 0; a < dk; ++a) {
-        for (long e = 0; e < dv; ++e) {
-          o[at(b * V + h * dv + e)] += p.q[at(b * D + h * dk + a)] * S[a * dv + e];
-        }
-      }
-    }
-    state.n[at(h)] = nNext;
-  }
-  state.position += 1;
-  return naive_msr_detail::epilogue(w, o, p.g, batch);
 }
 
 /// Embedding (README §4.1): tokens (rows) -> x (rows, D) = E[token]·s, then RMSNorm with weight.
@@ -297,8 +156,10 @@ inline Vec layerSequence(const NaiveLayerWeights& layer, const Vec& x, long batc
   return naive_msr_detail::layerAround(layer, x, batch * time, [&](const Vec& normed) {
     const naive_msr_detail::Projected p =
         naive_msr_detail::project(layer.msr, normed, batch, time, 0);
-    const Vec o = form == NaiveForm::kParallel ? parallel(layer.msr, p, batch, time, decay)
-                                               : chunkwise(layer.msr, p, batch, time, chunk, decay);
+    const Vec o =
+        form == NaiveForm::kParallel
+            ? naive_msr_detail::parallelRetention(layer.msr, p, batch, time, decay)
+            : naive_msr_detail::chunkwiseRetention(layer.msr, p, batch, time, chunk, decay);
     if (captured) stateAfterParallel(layer.msr, p, batch, time, decay, *captured);
     return naive_msr_detail::epilogue(layer.msr, o, p.g, batch * time);
   });
@@ -309,9 +170,7 @@ inline Vec modelStep(const NaiveSyncdothWeights& w, std::vector<NaiveMsrState>& 
                      const std::vector<long>& tokens, long batch, const Vec& decay) {
   Vec h = embed(w, tokens);
   for (std::size_t l = 0; l < w.layers.size(); ++l) {
-    h = naive_msr_detail::layerAround(w.layers[l], h, batch, [&](const Vec& normed) {
-      return step(w.layers[l].msr, states[l], normed, batch, decay);
-    });
+    h = naiveLayerStep(w.layers[l], states[l], h, batch, decay);
   }
   return logitsOf(w, h, batch);
 }
