@@ -146,6 +146,49 @@ TEST(StateFile, TheGenericReaderIsTheRetNetReader) {
   }
 }
 
+// Positions stop at 2^53 (kMaxPosition): beyond it rotary angles and decay powers are not
+// exact, and position + time could overflow. States, forms and state files refuse to go there.
+TEST(Positions, NoStateFormOrStateFileGoesBeyond2To53) {
+  const auto msr =
+      io::loadMultiScaleRetention<double>(file("layer_small.safetensors"), "retention.");
+  MultiScaleRetentionState<double> state;
+  const Tensor3<double> x = randomInput(1, 3, msr.config().embedDim, 9);
+  msr.forwardRecurrent(x, state);
+  RETNET_EXPECT_THROW_WITH(state.setPosition(0, kMaxPosition + 1), InvalidArgument, "2^53");
+  state.setPosition(0, kMaxPosition - 3);
+  msr.forwardRecurrent(x, state);  // lands exactly on 2^53
+  EXPECT_EQ(state.position(0), kMaxPosition);
+  RETNET_EXPECT_THROW_WITH(msr.forwardRecurrent(x, state), InvalidArgument, "beyond 2^53");
+  RETNET_EXPECT_THROW_WITH(msr.forwardChunkwise(x, 2, state), InvalidArgument, "beyond 2^53");
+
+  const auto model = io::loadRetNetModel<double>(file("decoder_small.safetensors"));
+  RetNetModelState<double> modelState;
+  TokenMatrix tokens(1, 2);
+  tokens << 1, 2;
+  model.forwardRecurrent(tokens, modelState);
+  for (auto& layer : modelState.layers) layer.setPosition(0, kMaxPosition);
+  std::vector<unsigned char> bytes = io::serializeState(modelState, model.config());
+  EXPECT_EQ(io::deserializeState<double>(bytes, model.config()).position(0), kMaxPosition);
+  // The same file one position further (checksum recomputed): refused by name.
+  for (auto& layer : modelState.layers) layer.setPosition(0, kMaxPosition - 1);
+  bytes = io::serializeState(modelState, model.config());
+  const std::size_t at = bytes.size() - 8 -
+                         static_cast<std::size_t>(modelState.layers.size()) *
+                             static_cast<std::size_t>(modelState.layers[0].size()) * 8 -
+                         8;  // the one position, before the values
+  std::uint64_t position = 0;
+  for (std::size_t i = 0; i < 8; ++i) position |= std::uint64_t(bytes[at + i]) << (8 * i);
+  ASSERT_EQ(position, static_cast<std::uint64_t>(kMaxPosition - 1));
+  position += 2;
+  for (std::size_t i = 0; i < 8; ++i)
+    bytes[at + i] = static_cast<unsigned char>(position >> (8 * i));
+  const std::uint64_t sum = io::state_file::fnv1a(bytes.data(), bytes.size() - 8);
+  for (std::size_t i = 0; i < 8; ++i)
+    bytes[bytes.size() - 8 + i] = static_cast<unsigned char>(sum >> (8 * i));
+  RETNET_EXPECT_THROW_WITH(io::deserializeState<double>(bytes, model.config()), FormatError,
+                           "is beyond 2^53");
+}
+
 TEST(StageErrors, EveryStageRefusesMismatchedArguments) {
   RowMatrix<double> x = RowMatrix<double>::Ones(3, 4), y(3, 5), g(3, 4);
   const LinearWeight<double> w(RowMatrix<double>::Ones(4, 4));

@@ -393,6 +393,26 @@ TEST(LoadModelRefuses, WeightMapPointingNowhere) {
   EXPECT_REFUSED(c.path(), "plain file names");
 }
 
+// Sizes beyond any model (fuzzing found each: fuzz/crashes/): refused before anything is sized
+// or converted out of range.
+TEST(LoadModelRefuses, SizesBeyondAnyModel) {
+  expectRefusedWithConfig("fla/fla_small", "expand_k", 1e300, {"expand_k", "is beyond"});
+  expectRefusedWithConfig("fla/fla_small", "hidden_ratio", 1e300, {"MLP width"});
+  expectRefusedWithConfig("fla/fla_small", "hidden_ratio", 0.001, {"MLP width", "must lie in [1"});
+  expectRefusedWithConfig("fla/fla_small", "num_hidden_layers", 1e9,
+                          {"'num_hidden_layers' must be an integer in [1, 16777216]"});
+  expectRefusedWithConfig("syncdoth/sd_small", "decoder_retention_heads", 1000000,
+                          {"config.json", "heads (1000000) must divide embedDim (64)"});
+}
+
+TEST(LoadModelRefuses, ShardNameWithNul) {
+  ScratchCase c("fla/fla_sharded_fused_tied");
+  nlohmann::json index = c.json("model.safetensors.index.json");
+  index["weight_map"]["model.norm.weight"] = std::string("model-00002-of-00002.safetensors\0x", 34);
+  c.write("model.safetensors.index.json", index.dump());
+  EXPECT_REFUSED(c.path(), "plain file names");
+}
+
 TEST(LoadModelRefuses, NoWeights) {
   ScratchCase c("fla/fla_small");
   fs::remove(c.file("model.safetensors"));

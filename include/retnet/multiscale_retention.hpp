@@ -212,6 +212,10 @@ class MultiScaleRetention
     detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
     detail::require(!state.empty(), where, "the state must be sized (prepare) first");
     prepareState(where, batch, state);
+    for (Index b = 0; b < batch; ++b) {
+      detail::require(state.position(b) <= kMaxPosition - time, where, "position ",
+                      state.position(b), " + time ", time, " is beyond 2^53");
+    }
 
     // 1. [q | k | v | g] = x [Wq; Wk; Wv; Wg]ᵀ, dk^(−1/2) folded in     (rows x width), one GEMM
     auto qkvg = detail::bufferView(scratch.projections, rows, width);

@@ -52,8 +52,8 @@ class RetentionState {
   /// Positions consumed since the state was empty or reset.
   Index position() const { return position_; }
   void setPosition(Index position) {
-    detail::require(position >= 0, "RetentionState::setPosition", "position must be >= 0, got ",
-                    position);
+    detail::require(position >= 0 && position <= kMaxPosition, "RetentionState::setPosition",
+                    "position must be in [0, 2^53], got ", position);
     position_ = position;
   }
 
@@ -138,8 +138,9 @@ class MultiScaleRetentionState {
   const std::vector<Index>& positions() const { return positions_; }
   void setPosition(Index b, Index position) {
     checkItem(b);
-    detail::require(position >= 0, "MultiScaleRetentionState::setPosition",
-                    "position must be >= 0, got ", position);
+    detail::require(position >= 0 && position <= kMaxPosition,
+                    "MultiScaleRetentionState::setPosition", "position must be in [0, 2^53], got ",
+                    position);
     positions_[static_cast<std::size_t>(b)] = position;
   }
 

@@ -13,6 +13,11 @@ namespace retnet {
 
 using Index = Eigen::Index;
 
+/// The furthest position a sequence may reach: 2^53, where positions stop being exact in double
+/// (the rotary angles p·θ and decay powers γ^p are computed from them). States and forms refuse
+/// positions beyond it, so `position + time` never overflows.
+inline constexpr Index kMaxPosition = Index(1) << 53;
+
 /// An owning row-major (batch, time, features) tensor.
 template <typename Scalar>
 using Tensor3 = Eigen::Tensor<Scalar, 3, Eigen::RowMajor>;

@@ -80,7 +80,12 @@ inline Index flaIntermediateSize(const JsonFile& config, Index d) {
   if (const auto size = config.optionalInteger("intermediate_size")) return *size;
   const double ratio = config.optionalNumber("hidden_ratio").value_or(4.0);
   if (!(ratio > 0)) config.fail("key 'hidden_ratio' must be > 0, got ", ratio);
-  const auto m = static_cast<Index>(std::trunc(static_cast<double>(d) * ratio * 2.0 / 3.0));
+  const double width = std::trunc(static_cast<double>(d) * ratio * 2.0 / 3.0);
+  if (!(width >= 1 && width <= static_cast<double>(kMaxConfigInteger))) {
+    config.fail("the MLP width trunc(hidden_size·hidden_ratio·2/3) = ", width, " must lie in [1, ",
+                kMaxConfigInteger, "]");
+  }
+  const auto m = static_cast<Index>(width);
   return 256 * ((m + 255) / 256);
 }
 
@@ -144,7 +149,10 @@ inline FlaConfig readFlaConfig(const JsonFile& config) {
   const auto width = [&](const char* key) {
     const double expand = config.optionalNumber(key).value_or(1.0);
     if (!(expand > 0)) config.fail("key '", key, "' must be > 0, got ", expand);
-    const auto total = static_cast<Index>(std::trunc(static_cast<double>(d) * expand));
+    const double product = std::trunc(static_cast<double>(d) * expand);
+    if (!(product <= static_cast<double>(kMaxConfigInteger)))
+      config.fail("trunc(hidden_size·", key, ") = ", product, " is beyond ", kMaxConfigInteger);
+    const auto total = static_cast<Index>(product);
     if (total < H || total % H != 0) {
       config.fail("trunc(hidden_size·", key, ") = ", total, " must be a positive multiple of ",
                   "num_heads (", H, ")");
@@ -162,6 +170,11 @@ inline FlaConfig readFlaConfig(const JsonFile& config) {
   result.model = detail::flaModelConfig(
       config.integer("vocab_size"), config.integer("num_hidden_layers"), d, H, Hkv, dk, dv,
       detail::flaIntermediateSize(config, d), eps, config.boolean("tie_word_embeddings", false));
+  try {
+    result.model.validate("config.json");
+  } catch (const InvalidArgument& e) {
+    config.fail(e.what());
+  }
   if (!config.isNull("torch_dtype"))
     result.dtype = detail::torchDtype(config, config.string("torch_dtype", ""));
   return result;

@@ -25,6 +25,11 @@ inline constexpr std::uintmax_t kMaxConfigBytes = std::uintmax_t(1) << 20;
 /// The largest model.safetensors.index.json the loader reads (about 100 bytes per tensor).
 inline constexpr std::uintmax_t kMaxIndexBytes = std::uintmax_t(64) << 20;
 
+/// The largest size a configuration may give (a width, a count of heads, layers or tokens): 2^24,
+/// far above any real model, and small enough that products of two sizes cannot overflow and
+/// nothing sized by one is allocated before the weights' shapes confirm it.
+inline constexpr Index kMaxConfigInteger = Index(1) << 24;
+
 /// A parsed JSON object and the name of the file it came from.
 class JsonFile {
  public:
@@ -90,13 +95,15 @@ class JsonFile {
     return *value;
   }
 
-  /// An integer >= `minimum` (a float with an integral value is accepted); nullopt if absent or
-  /// null.
+  /// An integer in [minimum, kMaxConfigInteger] (a float with an integral value is accepted);
+  /// nullopt if absent or null.
   std::optional<Index> optionalInteger(const std::string& key, Index minimum = 1) const {
     const auto value = optionalNumber(key);
     if (!value) return std::nullopt;
-    if (*value != std::floor(*value) || *value < static_cast<double>(minimum) || *value > 9.0e15) {
-      fail("key '", key, "' must be an integer >= ", minimum, ", got ", root_.at(key).dump());
+    if (*value != std::floor(*value) || *value < static_cast<double>(minimum) ||
+        *value > static_cast<double>(kMaxConfigInteger)) {
+      fail("key '", key, "' must be an integer in [", minimum, ", ", kMaxConfigInteger, "], got ",
+           root_.at(key).dump());
     }
     return static_cast<Index>(*value);
   }

@@ -193,8 +193,8 @@ LanguageModelState<typename Block::State> deserializeModelState(
   std::vector<Index> positions;
   for (std::uint64_t b = 0; b < batch; ++b) {
     const auto p = in.integer<std::uint64_t>("positions");
-    if (p > static_cast<std::uint64_t>(std::numeric_limits<Index>::max()))
-      in.fail("position ", p, " is out of range");
+    if (p > static_cast<std::uint64_t>(kMaxPosition))
+      in.fail("position ", p, " is beyond 2^53, the furthest a sequence may reach");
     positions.push_back(static_cast<Index>(p));
   }
   LanguageModelState<typename Block::State> state;

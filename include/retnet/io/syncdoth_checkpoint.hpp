@@ -111,17 +111,17 @@ inline SyncdothConfig readSyncdothConfig(const JsonFile& config) {
   if (act != "swish" && act != "silu" && act != "gelu")
     config.fail("activation_fn must be \"swish\" or \"gelu\", got \"", act, "\"");
   c.block.activation = parseActivation(act);
-  if (config.boolean("use_lm_decay", false)) c.block.decays = syncdothLmDecays(c.block.heads);
   c.embedNorm = config.boolean("layernorm_embedding", false);
   c.embedScale = config.boolean("no_scale_embedding", true)
                      ? 1.0
                      : std::sqrt(static_cast<double>(c.block.embedDim));
   c.tiedEmbedding = config.boolean("tie_word_embeddings", false);
   try {
-    c.validate("config.json");
+    c.validate("config.json");  // before anything is sized by the head count
   } catch (const InvalidArgument& e) {
     config.fail(e.what());
   }
+  if (config.boolean("use_lm_decay", false)) c.block.decays = syncdothLmDecays(c.block.heads);
   if (!config.isNull("torch_dtype"))
     result.dtype = detail::torchDtype(config, config.string("torch_dtype", ""));
   result.chunkSize = config.optionalInteger("recurrent_chunk_size").value_or(0);

@@ -58,9 +58,9 @@ class WeightFiles {
       }
       const std::string shard = entry.value().get<std::string>();
       if (shard.empty() || shard == "." || shard == ".." ||
-          shard.find_first_of("/\\") != std::string::npos) {
-        index.fail("weight_map entry '", entry.key(), "' names \"", shard,
-                   "\": shards must be plain file names in the model directory");
+          shard.find_first_of(std::string("/\\\0", 3)) != std::string::npos) {
+        index.fail("weight_map entry '", entry.key(), "' names ", entry.value().dump(),
+                   ": shards must be plain file names in the model directory");
       }
       byShard[shard].push_back(entry.key());
     }

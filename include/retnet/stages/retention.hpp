@@ -107,6 +107,8 @@ void retention(const RetentionPlan<Scalar>& plan, detail::NoDeduce<ConstMatrixRe
   detail::requireShape(where, out, time, dv, "out (time x dv)");
   detail::requireShape(where, S, dk, dv, "S (dk x dv)");
   detail::require(S.outerStride() == dv, where, "S must be a dense (dk x dv) block");
+  detail::require(start >= 0 && start <= kMaxPosition - time, where, "start (", start, ") + time (",
+                  time, ") must lie in [0, 2^53]");
   // The tables must be those of this call: a parallel plan spans exactly `time` rows (a shorter
   // one would silently run chunkwise), a chunkwise one at most the rows it was made for.
   detail::require(plan.form() == Form::kRecurrent ||
