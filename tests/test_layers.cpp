@@ -281,7 +281,7 @@ TEST(LayerErrors, RejectsBadInputsAndStates) {
   RETNET_EXPECT_THROW_WITH(otherBatch.matrix(0, 4), InvalidArgument, "[0, 3) x [0, 4)",
                            "got (0, 4)");
   RETNET_EXPECT_THROW_WITH(otherBatch.setPosition(0, -1), InvalidArgument,
-                           "position must be >= 0, got -1");
+                           "position must be in [0, 2^53], got -1");
 }
 
 TEST(LayerErrors, CheckpointsThatContradictTheConfigurationAreRefused) {
