@@ -67,36 +67,53 @@ inline std::vector<std::string> bufferCandidates(const std::string& prefix,
   return {prefix + what, prefix + "retnet_rel_pos." + what, "retnet_rel_pos." + what, what};
 }
 
+/// The `decay` buffer a configuration implies: ln γ_h of every head.
+inline std::vector<double> decayBuffer(const MultiScaleRetentionConfig& config) {
+  std::vector<double> logDecays;
+  for (double gamma : config.headDecays()) logDecays.push_back(std::log(gamma));
+  return logDecays;
+}
+
+/// The `angle` buffer a configuration implies: each of torchscale's θ_i twice (dk entries).
+inline std::vector<double> angleBuffer(const MultiScaleRetentionConfig& config) {
+  const Vector<double> angle = RotaryEmbedding<double>(config.keyDim()).angle();
+  return std::vector<double>(angle.data(), angle.data() + angle.size());
+}
+
+/// Stored buffer `name` (of the file called `file`) must hold `expected` (one entry per `unit`
+/// of the layer), every entry to the relative `tolerance`; FormatError naming the entry otherwise.
+inline void checkStoredBuffer(const std::string& file, const std::string& name,
+                              const Vector<double>& stored, const std::vector<double>& expected,
+                              const char* unit, double tolerance) {
+  if (stored.size() != static_cast<Index>(expected.size())) {
+    throw FormatError(retnet::detail::concat(file, ": tensor '", name, "' has ", stored.size(),
+                                             " entries but the layer has ", expected.size(), " ",
+                                             unit));
+  }
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    const double e = expected[i], got = stored(static_cast<Index>(i));
+    if (!(std::abs(got - e) <= tolerance * std::abs(e) + 1e-30)) {
+      throw FormatError(retnet::detail::concat(file, ": tensor '", name, "'[", i, "] is ", got,
+                                               " but the configuration gives ", e,
+                                               " (allowed relative error ", tolerance, ")"));
+    }
+  }
+}
+
 /// Stored `decay` (ln γ_h) and `angle` buffers, when present, must be what the configuration
 /// computes. Relative tolerance 1e-6: stock torchscale stores them in float32.
 inline void checkPositionBuffers(const SafetensorsFile& file, const std::string& prefix,
                                  const MultiScaleRetentionConfig& config) {
   if (const auto name = firstPresent(file, bufferCandidates(prefix, "decay"))) {
-    const auto decay = file.readVector<double>(*name);
-    if (decay.size() != config.heads) {
-      failFile(file, "tensor '", *name, "' has ", decay.size(), " entries but the layer has ",
-               config.heads, " heads");
-    }
-    for (Index h = 0; h < config.heads; ++h) {
-      const double expected = std::log(MultiScaleRetention<double>::headGamma(h));
-      if (!(std::abs(decay(h) - expected) <= 1e-6 * std::abs(expected))) {
-        failFile(file, "tensor '", *name, "'[", h, "] is ", decay(h),
-                 " but torchscale's decay ln(1 - 2^(-5-h)) is ", expected);
-      }
-    }
+    // torchscale files store torchscale's schedule; decays a caller configures replace it.
+    MultiScaleRetentionConfig standard = config;
+    standard.decays.clear();
+    checkStoredBuffer(file.displayName(), *name, file.readVector<double>(*name),
+                      decayBuffer(standard), "heads", 1e-6);
   }
   if (const auto name = firstPresent(file, bufferCandidates(prefix, "angle"))) {
-    const auto angle = file.readVector<double>(*name);
-    const Vector<double> expected = RotaryEmbedding<double>(config.keyDim()).angle();
-    if (angle.size() != expected.size()) {
-      failFile(file, "tensor '", *name, "' has ", angle.size(),
-               " entries, expected dk = ", expected.size());
-    }
-    for (Index i = 0; i < angle.size(); ++i) {
-      if (!(std::abs(angle(i) - expected(i)) <= 1e-6 * expected(i))) {
-        failFile(file, "tensor '", *name, "'[", i, "] is ", angle(i), ", expected ", expected(i));
-      }
-    }
+    checkStoredBuffer(file.displayName(), *name, file.readVector<double>(*name),
+                      angleBuffer(config), "key dims (dk)", 1e-6);
   }
 }
 

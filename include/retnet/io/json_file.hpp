@@ -3,6 +3,7 @@
 // accessors whose errors name the file, the key, what was expected and what came.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>

@@ -111,6 +111,22 @@ std::vector<std::pair<const char*, Index>> modelSignature(
   return signature;
 }
 
+namespace state_file {
+
+/// Reads the model signature and refuses a state of another model.
+template <typename BlockConfig>
+void readSignature(Reader& in, const LanguageModelConfig<BlockConfig>& config) {
+  for (const auto& [what, expected] : modelSignature(config)) {
+    const auto got = in.integer<std::uint64_t>(what);
+    if (got != static_cast<std::uint64_t>(expected)) {
+      in.fail("the state belongs to another model: ", what, " is ", got, " in the file, ", expected,
+              " in this model");
+    }
+  }
+}
+
+}  // namespace state_file
+
 /// The bytes of a state file for `state`, which belongs to a model of shape `config`.
 template <typename LayerState, typename BlockConfig>
 std::vector<unsigned char> serializeState(const LanguageModelState<LayerState>& state,
@@ -171,13 +187,7 @@ LanguageModelState<typename Block::State> deserializeModelState(
   if (stored != state_file::fnv1a(bytes.data(), body))
     in.fail("checksum mismatch: the file is damaged or truncated");
 
-  for (const auto& [what, expected] : modelSignature(config)) {
-    const auto got = in.integer<std::uint64_t>(what);
-    if (got != static_cast<std::uint64_t>(expected)) {
-      in.fail("the state belongs to another model: ", what, " is ", got, " in the file, ", expected,
-              " in this model");
-    }
-  }
+  state_file::readSignature(in, config);
   const auto batch = in.integer<std::uint64_t>("the batch size");
   // Values per layer and batch item, from a one-item state of this model's blocks.
   const auto perItem = static_cast<std::uint64_t>(Block::makeState(config.block, 1).size());
@@ -252,21 +262,13 @@ LanguageModelState<typename Block::State> loadModelState(
   readUpTo(header);
   if (bytes.size() == header && std::memcmp(bytes.data(), state_file::kMagic, 8) == 0) {
     // A state of another model is said to be one before its length is compared with ours.
-    std::size_t at = 16;
-    for (const auto& [what, expected] : modelSignature(config)) {
-      std::uint64_t got = 0;
-      for (std::size_t i = 0; i < 8; ++i) got |= std::uint64_t(bytes[at + i]) << (8 * i);
-      at += 8;
-      if (got != static_cast<std::uint64_t>(expected)) {
-        throw FormatError(
-            retnet::detail::concat(path, ": the state belongs to another model: ", what, " is ",
-                                   got, " in the file, ", expected, " in this model"));
-      }
-    }
-    std::uint32_t valueBytes = 0;
-    std::uint64_t batch = 0;
-    for (std::size_t i = 0; i < 4; ++i) valueBytes |= std::uint32_t(bytes[12 + i]) << (8 * i);
-    for (std::size_t i = 0; i < 8; ++i) batch |= std::uint64_t(bytes[header - 8 + i]) << (8 * i);
+    state_file::Reader head(bytes, path);
+    for (std::size_t i = 0; i < sizeof(state_file::kMagic); ++i)
+      head.integer<std::uint8_t>("the magic number");
+    head.integer<std::uint32_t>("the version");
+    const auto valueBytes = head.integer<std::uint32_t>("the value size");
+    state_file::readSignature(head, config);
+    const auto batch = head.integer<std::uint64_t>("the batch size");
     const auto perItem = static_cast<std::uint64_t>(Block::makeState(config.block, 1).size()) *
                          static_cast<std::uint64_t>(config.layers);
     // The size the header implies, computed only where it cannot overflow (the parser below

@@ -150,32 +150,14 @@ inline double relPosTolerance(Dtype dtype) {
 /// configuration computes (ln γ_h; each torchscale θ_i twice), within their dtype's precision.
 inline void checkRelPosBuffers(const WeightFiles& files, const RetNetModelConfig& c) {
   const MultiScaleRetentionConfig r = c.block.retention();
-  const auto check = [&](const std::string& name, const std::vector<double>& expected) {
+  const auto check = [&](const std::string& name, const std::vector<double>& expected,
+                         const char* unit) {
     if (!files.contains(name)) return;
-    const Dtype dtype = files.info(name).dtype;
-    const Vector<double> stored = files.readVector<double>(name);
-    if (stored.size() != static_cast<Index>(expected.size())) {
-      throw FormatError(retnet::detail::concat(files.fileOf(name).displayName(), ": tensor '", name,
-                                               "' has ", stored.size(), " entries, expected ",
-                                               expected.size()));
-    }
-    const double tolerance = relPosTolerance(dtype);
-    for (std::size_t i = 0; i < expected.size(); ++i) {
-      const double e = expected[i], got = stored(static_cast<Index>(i));
-      if (!(std::abs(got - e) <= tolerance * std::abs(e) + 1e-30)) {
-        throw FormatError(retnet::detail::concat(
-            files.fileOf(name).displayName(), ": tensor '", name, "'[", i, "] is ", got,
-            " but the configuration gives ", e, " (allowed relative error ", tolerance, " for ",
-            dtypeName(dtype), ")"));
-      }
-    }
+    checkStoredBuffer(files.fileOf(name).displayName(), name, files.readVector<double>(name),
+                      expected, unit, relPosTolerance(files.info(name).dtype));
   };
-  std::vector<double> logDecays;
-  for (double gamma : r.headDecays()) logDecays.push_back(std::log(gamma));
-  check("model.retnet_rel_pos.decay", logDecays);
-  const Vector<double> angle = RotaryEmbedding<double>(r.keyDim()).angle();
-  check("model.retnet_rel_pos.angle",
-        std::vector<double>(angle.data(), angle.data() + angle.size()));
+  check("model.retnet_rel_pos.decay", decayBuffer(r), "heads");
+  check("model.retnet_rel_pos.angle", angleBuffer(r), "key dims (dk)");
 }
 
 }  // namespace detail
