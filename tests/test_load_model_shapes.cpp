@@ -67,6 +67,7 @@ using retnet::testing::readJson;
 using retnet::testing::readSyncdoth;
 using retnet::testing::shapeOf;
 using retnet::testing::SyncdothCheckpoint;
+using retnet::testing::TempDir;
 using retnet::testing::torchDtypeName;
 
 // Tolerances, normwise max|a − b| / max|ref| per tensor (both READMEs' figures, §3 and §5).
@@ -158,30 +159,6 @@ class WeightMaker {
   Dtype dtype_;
   std::uint64_t seed_;
   Tensors tensors_;
-};
-
-/// A fresh directory under temp_directory_path(), removed with everything in it at the end.
-class TempDir {
- public:
-  explicit TempDir(const std::string& label) {
-    std::random_device device;
-    for (;;) {
-      const std::string unique = std::to_string(device()) + std::to_string(device());
-      path_ = fs::temp_directory_path() / ("retnet-load-model-shapes-" + label + "-" + unique);
-      if (fs::create_directory(path_)) break;
-    }
-  }
-  ~TempDir() {
-    std::error_code error;
-    fs::remove_all(path_, error);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
 };
 
 void writeText(const fs::path& path, const std::string& text) {
@@ -656,7 +633,7 @@ class FlaShapes : public ::testing::TestWithParam<FlaCase> {};
 
 TEST_P(FlaShapes, LoadedModelMatchesOracle) {
   const FlaCase& fc = GetParam();
-  const TempDir dir("fla-" + fc.name);
+  const TempDir dir("load-model-shapes-fla-" + fc.name);
   const json config = flaConfigJson(fc);
   FlaReference ref;
   ref.config = flaConfig(config);
@@ -909,7 +886,7 @@ class SyncdothShapes : public ::testing::TestWithParam<SyncdothCase> {};
 
 TEST_P(SyncdothShapes, LoadedModelMatchesOracle) {
   const SyncdothCase& c = GetParam();
-  const TempDir dir("syncdoth-" + c.name);
+  const TempDir dir("load-model-shapes-syncdoth-" + c.name);
   writeModelDir(dir.path(), syncdothConfigJson(c), syncdothTensors(c), c.dtype, c.shards);
   // The oracle's weights read from the directory as test_family_oracles reads the golden cases.
   CheckpointTensors stored(dir.path());
@@ -962,7 +939,7 @@ TEST(ShapesConfig, RoundedWeightsAreStoredExactly) {
     WeightMaker m(dtype, 7);
     m.random("w", {64, 64}, 1.0);
     m.random("tiny", {256}, 1e-6);  // F16 subnormals
-    const TempDir dir(std::string("rounding-") + retnet::io::dtypeName(dtype));
+    const TempDir dir(std::string("load-model-shapes-rounding-") + retnet::io::dtypeName(dtype));
     retnet::io::SafetensorsWriter writer;
     for (const auto& [name, tensor] : m.tensors()) {
       writer.addTensor(name, dtype, tensor.shape, tensor.values.data());

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <random>
 #include <string>
@@ -63,6 +64,32 @@ struct ScalarName {
   static std::string GetName(int) {
     return std::is_same_v<T, float> ? "float" : "double";
   }
+};
+
+/// A fresh directory under temp_directory_path() (named retnet-<label>-<random>), removed with
+/// everything in it at the end.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& label) {
+    namespace fs = std::filesystem;
+    std::random_device device;
+    for (;;) {
+      const std::string unique = std::to_string(device()) + std::to_string(device());
+      path_ = fs::temp_directory_path() / ("retnet-" + label + "-" + unique);
+      if (fs::create_directory(path_)) break;
+    }
+  }
+  ~TempDir() {
+    std::error_code error;
+    std::filesystem::remove_all(path_, error);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
 };
 
 /// Machine epsilon of Scalar as a double.

@@ -2,6 +2,7 @@
 // configuration FLA's RetNetBlock (the same data path with FLA's retention and SwiGLU MLP).
 #pragma once
 
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -28,6 +29,10 @@ struct RetNetBlockConfig {
   RotaryLayout rotary = RotaryLayout::kInterleaved;
   RetentionNormalization normalization = RetentionNormalization::kTorchscale;
   ScaleSide scaleSide = ScaleSide::kKey;
+
+  /// The state file's family number (io/state_file.hpp) and name.
+  static constexpr std::uint32_t kStateFamily = 0;
+  static constexpr const char* kFamilyName = "RetNet";
 
   MultiScaleRetentionConfig retention() const {
     MultiScaleRetentionConfig c;

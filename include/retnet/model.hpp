@@ -1,7 +1,8 @@
-// A language model: embedding [-> scale -> RMSNorm] -> N blocks -> final RMSNorm -> output
-// projection, with every form, chunkwise prefill, O(1) decoding and generation. Written once for
-// any block family; RetNetModel (RetNet blocks) is torchscale's RetNetDecoder, syncdoth's
-// RetNetForCausalLM and FLA's RetNetForCausalLM by configuration (io/load_model.hpp).
+// A language model: embedding [-> scale -> norm] -> N blocks -> final norm -> output projection,
+// with every form, chunkwise prefill, O(1) decoding and generation. Written once for any block
+// family; RetNetModel (RetNet blocks) is torchscale's RetNetDecoder, syncdoth's
+// RetNetForCausalLM and FLA's RetNetForCausalLM by configuration (io/load_model.hpp), and
+// Rwkv4Model (rwkv4.hpp) BlinkDL's RWKV-4 (LayerNorms with bias, ln0 as the embedding norm).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,12 @@
 
 namespace retnet {
 
+/// The model's own norms (the embedding norm and the final norm).
+enum class ModelNorm {
+  kRms,    ///< RMSNorm with weight (RetNet: torchscale, FLA, syncdoth)
+  kLayer,  ///< LayerNorm with weight and bias (RWKV-4's ln0 and ln_out)
+};
+
 /// Shape of a language model whose blocks have configuration BlockConfig (which has `eps` and
 /// `embedDim`, the width of the residual stream).
 template <typename BlockConfig>
@@ -25,9 +32,10 @@ struct LanguageModelConfig {
   Index layers = 0;         ///< number of blocks
   BlockConfig block;        ///< every block's shape; block.eps is also the final norm's
   double embedScale = 1.0;  ///< token embeddings are multiplied by this (torchscale: 1, or sqrt(D))
-  bool tiedEmbedding = false;  ///< the output projection is the embedding table
-  bool embedNorm = false;      ///< RMSNorm (weight embedNorm, eps block.eps) after the scale
-                               ///< (syncdoth's layernorm_embedding)
+  bool tiedEmbedding = false;        ///< the output projection is the embedding table
+  bool embedNorm = false;            ///< a norm (weight embedNorm, eps block.eps) after the scale
+                                     ///< (syncdoth's layernorm_embedding, RWKV-4's ln0)
+  ModelNorm norm = ModelNorm::kRms;  ///< kind of the embedding norm and the final norm
 
   void validate(const char* where) const {
     detail::require(vocab >= 1, where, "vocab must be >= 1, got ", vocab);
@@ -44,6 +52,8 @@ struct LanguageModelWeights {
   Vector<Scalar> embedNorm;            ///< layernorm_embedding.weight (D); empty unless embedNorm
   std::vector<BlockWeights> layers;    ///< layers.{i}.*
   Vector<Scalar> finalNorm;            ///< layer_norm.weight (D)
+  Vector<Scalar> embedNormBias;        ///< ModelNorm::kLayer only: the norms' biases (D), else
+  Vector<Scalar> finalNormBias;        ///< empty
   RowMatrix<Scalar> outputProjection;  ///< output_projection.weight (vocab, D); empty if tied
 };
 
@@ -78,22 +88,25 @@ class LanguageModel {
     detail::require(static_cast<Index>(weights.layers.size()) == config.layers, "RetNetModel",
                     "expected weights for ", config.layers, " layers, got ", weights.layers.size());
     detail::requireLength(where, weights.finalNorm, D, "finalNorm");
-    if (config.embedNorm) {
-      detail::requireLength(where, weights.embedNorm, D, "embedNorm");
-    } else {
-      detail::require(weights.embedNorm.size() == 0, where,
-                      "an embedNorm weight was given but config.embedNorm is false");
-    }
+    const bool biased = config.norm == ModelNorm::kLayer;
+    requireOptional(where, weights.finalNormBias, biased, "finalNormBias",
+                    "config.norm is not ModelNorm::kLayer");
+    requireOptional(where, weights.embedNorm, config.embedNorm, "embedNorm",
+                    "config.embedNorm is false");
+    requireOptional(where, weights.embedNormBias, config.embedNorm && biased, "embedNormBias",
+                    "the embedding norm is not a LayerNorm");
     if (!config.tiedEmbedding)
       detail::requireShape(where, weights.outputProjection, config.vocab, D, "outputProjection");
     embed_ = LinearWeight<Scalar>(std::move(weights.embed));
     embedNorm_ = std::move(weights.embedNorm);
+    embedNormBias_ = std::move(weights.embedNormBias);
     blocks_.reserve(weights.layers.size());
     for (auto& layer : weights.layers) {
       blocks_.emplace_back(config.block, layer);
       layer = typename Block::Weights{};
     }
     finalNorm_ = std::move(weights.finalNorm);
+    finalNormBias_ = std::move(weights.finalNormBias);
     if (!config.tiedEmbedding)
       outputProjection_ = LinearWeight<Scalar>(std::move(weights.outputProjection));
   }
@@ -250,10 +263,30 @@ class LanguageModel {
     prepareState(where, tokens.rows(), state);
   }
 
-  /// x = E[token]·s, then RMSNorm(x; w_embed) if configured.   x (tokens x D)
+  /// A weight of length D when `needed`, else none.
+  void requireOptional(const char* where, const Vector<Scalar>& weight, bool needed,
+                       const char* name, const char* whyNot) const {
+    if (needed) {
+      detail::requireLength(where, weight, config_.block.embedDim, name);
+      return;
+    }
+    detail::require(weight.size() == 0, where, "the weight ", name, " was given but ", whyNot);
+  }
+
+  /// The model's norm (config.norm) of the rows of x, in place.   x (rows x D)
+  void normalize(MatrixRef<Scalar> x, const Vector<Scalar>& weight,
+                 const Vector<Scalar>& bias) const {
+    if (config_.norm == ModelNorm::kLayer) {
+      stages::layerNorm(x, weight.data(), bias.data(), config_.block.eps, x);
+    } else {
+      stages::rmsNorm(x, weight.data(), config_.block.eps, x);
+    }
+  }
+
+  /// x = E[token]·s, then the embedding norm if configured.   x (tokens x D)
   void embed(const std::int64_t* tokens, MatrixRef<Scalar> x) const {
     stages::embed<Scalar>(tokens, embed_.matrix(), config_.embedScale, x);
-    if (config_.embedNorm) stages::rmsNorm(x, embedNorm_.data(), config_.block.eps, x);
+    if (config_.embedNorm) normalize(x, embedNorm_, embedNormBias_);
   }
 
   /// Embeds the tokens and runs every block: hidden states (B·T x D) before the final norm.
@@ -271,9 +304,9 @@ class LanguageModel {
     return x;
   }
 
-  /// logits = RMSNorm(hidden; w_final) · Wᵀ, W the output projection (or the tied embedding).
+  /// logits = Norm(hidden; w_final) · Wᵀ, W the output projection (or the tied embedding).
   void project(MatrixRef<Scalar> hidden, MatrixRef<Scalar> logits) const {
-    stages::rmsNorm(hidden, finalNorm_.data(), config_.block.eps, hidden);
+    normalize(hidden, finalNorm_, finalNormBias_);
     stages::linear(hidden, config_.tiedEmbedding ? embed_ : outputProjection_, logits);
   }
 
@@ -288,10 +321,10 @@ class LanguageModel {
 
   Config config_;
   LinearWeight<Scalar> embed_;  // (vocab, D): the lookup table, and the head when tied
-  Vector<Scalar> embedNorm_;    // (D) or empty
+  Vector<Scalar> embedNorm_, embedNormBias_;  // (D) or empty
   std::vector<Block> blocks_;
-  Vector<Scalar> finalNorm_;               // (D)
-  LinearWeight<Scalar> outputProjection_;  // (vocab, D); empty when tied
+  Vector<Scalar> finalNorm_, finalNormBias_;  // (D); the bias empty unless ModelNorm::kLayer
+  LinearWeight<Scalar> outputProjection_;     // (vocab, D); empty when tied
 };
 
 /// torchscale's RetNetDecoder.

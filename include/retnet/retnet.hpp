@@ -16,6 +16,8 @@
 #include "retnet/multiscale_retention.hpp"  // IWYU pragma: export
 #include "retnet/retention.hpp"             // IWYU pragma: export
 #include "retnet/rotary.hpp"                // IWYU pragma: export
+#include "retnet/rwkv4.hpp"                 // IWYU pragma: export
+#include "retnet/rwkv4_state.hpp"           // IWYU pragma: export
 #include "retnet/sampling.hpp"              // IWYU pragma: export
 #include "retnet/sequence_layer.hpp"        // IWYU pragma: export
 #include "retnet/stages/decay.hpp"          // IWYU pragma: export
@@ -26,5 +28,7 @@
 #include "retnet/stages/linear.hpp"         // IWYU pragma: export
 #include "retnet/stages/norms.hpp"          // IWYU pragma: export
 #include "retnet/stages/retention.hpp"      // IWYU pragma: export
+#include "retnet/stages/token_shift.hpp"    // IWYU pragma: export
+#include "retnet/stages/wkv.hpp"            // IWYU pragma: export
 #include "retnet/state.hpp"                 // IWYU pragma: export
 #include "retnet/tensor.hpp"                // IWYU pragma: export

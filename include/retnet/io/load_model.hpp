@@ -1,20 +1,27 @@
-// One loader for the published RetNets: retnet::io::loadModel<Scalar>(path) -> RetNetModel.
+// One loader for the published RetNets and RWKV-4s:
+//   loadModel<Scalar>(path)              -> RetNetModel<Scalar> (torchscale, FLA, syncdoth)
+//   loadModel<Rwkv4Model<Scalar>>(path)  -> Rwkv4Model<Scalar> (BlinkDL's or Hugging Face's names)
+//   loadModel<AnyModel<Scalar>>(path)    -> whichever the checkpoint holds (a std::variant)
 //
 // `path` is a Hugging Face model directory (config.json, then model.safetensors or shards with
 // model.safetensors.index.json) or a single .safetensors file. The family comes from config.json
 // (FLA's RetNetConfig has hidden_size/num_heads, syncdoth's decoder_embed_dim/…), or, without
 // one, from the tensor names (model.embeddings.* FLA, model.embed_tokens.* syncdoth,
-// embed_tokens.* torchscale) and the file's metadata. F32, F16 and BF16 weights are converted
-// to Scalar tensor by tensor, in pieces, so a load holds the converted weights and little else.
+// embed_tokens.* torchscale; emb.* / rwkv.embeddings.* RWKV-4) and the file's metadata. F32, F16
+// and BF16 weights are converted to Scalar tensor by tensor, in pieces, so a load holds the
+// converted weights and little else.
 #pragma once
 
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <variant>
 
 #include "retnet/io/checkpoint.hpp"
 #include "retnet/io/fla_checkpoint.hpp"
 #include "retnet/io/json_file.hpp"
+#include "retnet/io/rwkv4_checkpoint.hpp"
 #include "retnet/io/syncdoth_checkpoint.hpp"
 #include "retnet/io/weight_files.hpp"
 #include "retnet/model.hpp"
@@ -25,6 +32,7 @@ enum class ModelFamily {
   kTorchscale,  ///< torchscale's RetNetDecoder, retnet's own safetensors files
   kFla,         ///< flash-linear-attention's RetNet (fla-hub)
   kSyncdoth,    ///< syncdoth/RetNet, the Hugging Face port of torchscale
+  kRwkv4,       ///< RWKV-4 (BlinkDL's names, or Hugging Face transformers' RwkvForCausalLM)
 };
 
 inline const char* familyName(ModelFamily family) {
@@ -35,6 +43,8 @@ inline const char* familyName(ModelFamily family) {
       return "fla";
     case ModelFamily::kSyncdoth:
       return "syncdoth";
+    case ModelFamily::kRwkv4:
+      return "rwkv4";
   }
   return "?";
 }
@@ -42,9 +52,11 @@ inline const char* familyName(ModelFamily family) {
 /// What loadModel() would build, read without loading any weight.
 struct ModelInfo {
   ModelFamily family = ModelFamily::kTorchscale;
-  RetNetModelConfig config;
-  std::optional<Dtype> dtype;  ///< the config's torch_dtype, when it names one
-  Index chunkSize = 0;         ///< the checkpoint's own chunk size (syncdoth), else 0
+  RetNetModelConfig config;                      ///< the RetNet families' configuration
+  Rwkv4ModelConfig rwkv4;                        ///< kRwkv4's configuration
+  Rwkv4Names rwkv4Names = Rwkv4Names::kBlinkDL;  ///< kRwkv4: whose tensor names
+  std::optional<Dtype> dtype;                    ///< the config's torch_dtype, when it names one
+  Index chunkSize = 0;  ///< the checkpoint's own chunk size (syncdoth), else 0
 };
 
 namespace detail {
@@ -54,10 +66,30 @@ inline ModelFamily familyByNames(const WeightFiles& files) {
   if (files.contains("model.embeddings.weight")) return ModelFamily::kFla;
   if (files.contains("model.embed_tokens.weight")) return ModelFamily::kSyncdoth;
   if (files.contains("embed_tokens.weight")) return ModelFamily::kTorchscale;
+  if (rwkv4Names(files)) return ModelFamily::kRwkv4;
   throw FormatError(retnet::detail::concat(
       files.name(),
-      ": not a RetNet checkpoint retnet knows: no 'model.embeddings.weight' (FLA), "
-      "'model.embed_tokens.weight' (syncdoth) or 'embed_tokens.weight' (torchscale)"));
+      ": not a checkpoint retnet knows: no 'model.embeddings.weight' (FLA), "
+      "'model.embed_tokens.weight' (syncdoth), 'embed_tokens.weight' (torchscale), "
+      "'emb.weight' with 'blocks.0.att.time_decay' (RWKV-4) or 'rwkv.embeddings.weight' with "
+      "'rwkv.blocks.0.attention.time_decay' (RWKV-4, Hugging Face)"));
+}
+
+/// An RWKV-4 description of `files` (config.json, if any, is checked against the shapes).
+inline ModelInfo inspectRwkv4(const WeightFiles& files, const std::optional<JsonFile>& config) {
+  const std::optional<Rwkv4Names> names = rwkv4Names(files);
+  if (!names) {
+    throw FormatError(retnet::detail::concat(
+        files.name(),
+        ": config.json says RWKV but the weights have neither 'emb.weight' with "
+        "'blocks.0.att.time_decay' nor 'rwkv.embeddings.weight' with "
+        "'rwkv.blocks.0.attention.time_decay'"));
+  }
+  ModelInfo info;
+  info.family = ModelFamily::kRwkv4;
+  info.rwkv4Names = *names;
+  info.rwkv4 = inferRwkv4Config(files, *names, config);
+  return info;
 }
 
 /// The model description of `path`, with its weights opened (headers only).
@@ -67,6 +99,7 @@ inline ModelInfo inspect(const std::string& path, const WeightFiles& files) {
   std::error_code error;
   if (std::filesystem::is_directory(path, error) && std::filesystem::exists(configPath, error)) {
     const JsonFile config = JsonFile::read(configPath.string(), kMaxConfigBytes);
+    if (config.string("model_type", "") == "rwkv") return inspectRwkv4(files, config);
     if (config.has("decoder_embed_dim")) {
       const SyncdothConfig c = readSyncdothConfig(config);
       info.family = ModelFamily::kSyncdoth;
@@ -90,6 +123,8 @@ inline ModelInfo inspect(const std::string& path, const WeightFiles& files) {
   }
   info.family = familyByNames(files);
   switch (info.family) {
+    case ModelFamily::kRwkv4:
+      return inspectRwkv4(files, std::nullopt);
     case ModelFamily::kFla:
       info.config = inferFlaConfig(files);
       break;
@@ -114,28 +149,99 @@ inline ModelInfo inspectModel(const std::string& path) {
   return detail::inspect(path, WeightFiles::open(path));
 }
 
-/// The model at `path` (a model directory or one .safetensors file) with weights in Scalar.
-/// FormatError naming the file, key or tensor for anything that is not a supported checkpoint.
+/// A model of whichever family a checkpoint holds (loadModel<AnyModel<Scalar>>).
 template <typename Scalar>
-RetNetModel<Scalar> loadModel(const std::string& path, ModelInfo* info = nullptr) {
-  const WeightFiles files = WeightFiles::open(path);
-  const ModelInfo described = detail::inspect(path, files);
-  if (info != nullptr) *info = described;
-  const RetNetModelConfig& c = described.config;
+using AnyModel = std::variant<RetNetModel<Scalar>, Rwkv4Model<Scalar>>;
+
+namespace detail {
+
+template <typename T>
+struct ModelRequest {  // loadModel<Scalar>: a RetNet model
+  using Scalar = T;
+  using Model = RetNetModel<T>;
+};
+template <typename S>
+struct ModelRequest<Rwkv4Model<S>> {
+  using Scalar = S;
+  using Model = Rwkv4Model<S>;
+};
+template <typename S>
+struct ModelRequest<AnyModel<S>> {
+  using Scalar = S;
+  using Model = AnyModel<S>;
+};
+
+/// A configuration's validate() failure as a FormatError naming the checkpoint.
+template <typename Config>
+void validateLoaded(const std::string& path, const Config& config) {
   try {
-    c.validate("loadModel");
+    config.validate("loadModel");
   } catch (const InvalidArgument& e) {
     throw FormatError(retnet::detail::concat(path, ": ", e.what()));
   }
+}
+
+template <typename Scalar>
+RetNetModel<Scalar> loadRetNet(const std::string& path, const WeightFiles& files,
+                               const ModelInfo& described) {
+  const RetNetModelConfig& c = described.config;
+  validateLoaded(path, c);
   switch (described.family) {
     case ModelFamily::kFla:
       return RetNetModel<Scalar>(c, readFlaWeights<Scalar>(files, c, described.dtype));
     case ModelFamily::kSyncdoth:
       return RetNetModel<Scalar>(c, readSyncdothWeights<Scalar>(files, c, described.dtype));
+    case ModelFamily::kRwkv4:
+      throw FormatError(retnet::detail::concat(
+          path,
+          ": an RWKV-4 checkpoint, not a RetNet: load it with "
+          "io::loadModel<Rwkv4Model<Scalar>> or io::loadModel<AnyModel<Scalar>>"));
     case ModelFamily::kTorchscale:
       break;
   }
   return loadRetNetModel<Scalar>(files.first(), c);
+}
+
+template <typename Scalar>
+Rwkv4Model<Scalar> loadRwkv4(const std::string& path, const WeightFiles& files,
+                             const ModelInfo& described) {
+  if (described.family != ModelFamily::kRwkv4) {
+    throw FormatError(retnet::detail::concat(
+        path, ": a ", familyName(described.family),
+        " RetNet checkpoint, not an RWKV-4: load it with io::loadModel<Scalar> or "
+        "io::loadModel<AnyModel<Scalar>>"));
+  }
+  validateLoaded(path, described.rwkv4);
+  return Rwkv4Model<Scalar>(described.rwkv4,
+                            readRwkv4Weights<Scalar>(files, described.rwkv4, described.rwkv4Names));
+}
+
+}  // namespace detail
+
+/// The model at `path` (a model directory or one .safetensors file). `T` says what to build:
+/// a scalar type (float, double) a RetNetModel, Rwkv4Model<Scalar> an RWKV-4, AnyModel<Scalar>
+/// the family the checkpoint holds. FormatError naming the file, key or tensor for anything that
+/// is not a supported checkpoint, or one of another family than T asks for.
+template <typename T>
+typename detail::ModelRequest<T>::Model loadModel(const std::string& path,
+                                                  ModelInfo* info = nullptr) {
+  using Scalar = typename detail::ModelRequest<T>::Scalar;
+  using Model = typename detail::ModelRequest<T>::Model;
+  static_assert(std::is_floating_point_v<Scalar>,
+                "loadModel<T>: T must be float, double, "
+                "Rwkv4Model<Scalar> or AnyModel<Scalar>");
+  const WeightFiles files = WeightFiles::open(path);
+  const ModelInfo described = detail::inspect(path, files);
+  if (info != nullptr) *info = described;
+  if constexpr (std::is_same_v<Model, RetNetModel<Scalar>>) {
+    return detail::loadRetNet<Scalar>(path, files, described);
+  } else if constexpr (std::is_same_v<Model, Rwkv4Model<Scalar>>) {
+    return detail::loadRwkv4<Scalar>(path, files, described);
+  } else {
+    if (described.family == ModelFamily::kRwkv4)
+      return Model(detail::loadRwkv4<Scalar>(path, files, described));
+    return Model(detail::loadRetNet<Scalar>(path, files, described));
+  }
 }
 
 }  // namespace retnet::io

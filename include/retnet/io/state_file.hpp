@@ -1,12 +1,16 @@
 // Saving and loading a model state, to pause a conversation and resume it later.
 //
-// Format (version 1, little-endian, no padding):
+// Format (little-endian, no padding):
 //   "RETNETST"                      8 bytes of magic
-//   u32 version = 1, u32 bytes per value (4 = float32, 8 = float64)
+//   u32 version, u32 bytes per value (4 = float32, 8 = float64)
+//   version 2 only: u32 block family (BlockConfig::kStateFamily; 1 = RWKV-4); version 1 is a
+//       RetNet state (family 0), and RetNet states are still written as version 1
 //   u64 vocab, layers, then the block's shape               the model it belongs to
-//       (RetNet: embedDim, valueDim, heads, ffnDim; BlockConfig::signature())
+//       (RetNet: embedDim, valueDim, heads, ffnDim; RWKV-4: embedDim, attDim, ffnDim;
+//       BlockConfig::signature())
 //   u64 batch, then batch x u64 positions
-//   layers x (the layer state's values, data()/size())     RetNet: batch x heads x dk x dv of S
+//   layers x (the layer state's values, data()/size())     RetNet: batch x heads x dk x dv of S;
+//                                                          RWKV-4: batch x (2C + 3A)
 //   u64 FNV-1a checksum of every byte before it
 // Written once for every LanguageModel: a block family's state files differ only in the
 // signature of its configuration and the values of its layer state.
@@ -33,7 +37,15 @@ namespace retnet::io {
 namespace state_file {
 
 inline constexpr char kMagic[8] = {'R', 'E', 'T', 'N', 'E', 'T', 'S', 'T'};
-inline constexpr std::uint32_t kVersion = 1;
+inline constexpr std::uint32_t kVersion = 1;        ///< RetNet states (family 0)
+inline constexpr std::uint32_t kFamilyVersion = 2;  ///< states of other block families
+
+/// The version a state of block family `family` is written with, and its header's length up to
+/// and including the block family.
+inline std::uint32_t versionFor(std::uint32_t family) {
+  return family == 0 ? kVersion : kFamilyVersion;
+}
+inline std::size_t headLength(std::uint32_t family) { return family == 0 ? 16 : 20; }
 
 inline std::uint64_t fnv1a(const unsigned char* data, std::size_t size) {
   std::uint64_t hash = 0xCBF29CE484222325ull;
@@ -113,9 +125,17 @@ std::vector<std::pair<const char*, Index>> modelSignature(
 
 namespace state_file {
 
-/// Reads the model signature and refuses a state of another model.
+/// Reads the block family (after magic, version and value size) and the model signature, and
+/// refuses a state of another model.
 template <typename BlockConfig>
-void readSignature(Reader& in, const LanguageModelConfig<BlockConfig>& config) {
+void readSignature(Reader& in, std::uint32_t version,
+                   const LanguageModelConfig<BlockConfig>& config) {
+  const std::uint32_t family = version == kVersion ? 0 : in.integer<std::uint32_t>("the family");
+  if (family != BlockConfig::kStateFamily) {
+    in.fail("the state belongs to a model of another family (number ", family,
+            " in the file; this ", BlockConfig::kFamilyName, " model is ",
+            BlockConfig::kStateFamily, ")");
+  }
   for (const auto& [what, expected] : modelSignature(config)) {
     const auto got = in.integer<std::uint64_t>(what);
     if (got != static_cast<std::uint64_t>(expected)) {
@@ -144,8 +164,10 @@ std::vector<unsigned char> serializeState(const LanguageModelState<LayerState>& 
   }
   state_file::Writer out;
   out.bytes.insert(out.bytes.end(), std::begin(state_file::kMagic), std::end(state_file::kMagic));
-  out.integer(state_file::kVersion);
+  const std::uint32_t family = BlockConfig::kStateFamily;
+  out.integer(state_file::versionFor(family));
   out.integer(static_cast<std::uint32_t>(sizeof(Scalar)));
+  if (family != 0) out.integer(family);
   for (const auto& entry : modelSignature(config))
     out.integer(static_cast<std::uint64_t>(entry.second));
   out.integer(static_cast<std::uint64_t>(first.batch()));
@@ -173,8 +195,8 @@ LanguageModelState<typename Block::State> deserializeModelState(
   for (std::size_t i = 0; i < sizeof(state_file::kMagic); ++i)
     in.integer<std::uint8_t>("the magic number");
   const auto version = in.integer<std::uint32_t>("the version");
-  if (version != state_file::kVersion)
-    in.fail("unsupported state file version ", version, " (this reader: 1)");
+  if (version != state_file::kVersion && version != state_file::kFamilyVersion)
+    in.fail("unsupported state file version ", version, " (this reader: 1 and 2)");
   const auto valueBytes = in.integer<std::uint32_t>("the value size");
   if (valueBytes != 4 && valueBytes != 8)
     in.fail("values must be 4 or 8 bytes, the file says ", valueBytes);
@@ -187,7 +209,7 @@ LanguageModelState<typename Block::State> deserializeModelState(
   if (stored != state_file::fnv1a(bytes.data(), body))
     in.fail("checksum mismatch: the file is damaged or truncated");
 
-  state_file::readSignature(in, config);
+  state_file::readSignature(in, version, config);
   const auto batch = in.integer<std::uint64_t>("the batch size");
   // Values per layer and batch item, from a one-item state of this model's blocks.
   const auto perItem = static_cast<std::uint64_t>(Block::makeState(config.block, 1).size());
@@ -258,16 +280,17 @@ LanguageModelState<typename Block::State> loadModelState(
     }
   };
   // The fixed part: magic, version, value size, signature, batch.
-  const std::uint64_t header = 16 + 8 * (modelSignature(config).size() + 1);
+  const std::uint64_t header =
+      state_file::headLength(Block::Config::kStateFamily) + 8 * (modelSignature(config).size() + 1);
   readUpTo(header);
   if (bytes.size() == header && std::memcmp(bytes.data(), state_file::kMagic, 8) == 0) {
     // A state of another model is said to be one before its length is compared with ours.
     state_file::Reader head(bytes, path);
     for (std::size_t i = 0; i < sizeof(state_file::kMagic); ++i)
       head.integer<std::uint8_t>("the magic number");
-    head.integer<std::uint32_t>("the version");
+    const auto version = head.integer<std::uint32_t>("the version");
     const auto valueBytes = head.integer<std::uint32_t>("the value size");
-    state_file::readSignature(head, config);
+    state_file::readSignature(head, version, config);
     const auto batch = head.integer<std::uint64_t>("the batch size");
     const auto perItem = static_cast<std::uint64_t>(Block::makeState(config.block, 1).size()) *
                          static_cast<std::uint64_t>(config.layers);

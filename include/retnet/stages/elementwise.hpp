@@ -1,5 +1,5 @@
-// Stages: element-wise activations (swish for the retention gate, gelu or swish in the FFN) and
-// the residual sum.
+// Stages: element-wise activations (swish for the retention gate, gelu or swish in the FFN,
+// RWKV-4's sigmoid and squared ReLU), the residual sum and the element-wise product.
 #pragma once
 
 #include <unsupported/Eigen/SpecialFunctions>
@@ -15,15 +15,25 @@ namespace retnet::stages {
 template <typename Scalar>
 void activateRows(detail::NoDeduce<MatrixRef<Scalar>> x, Activation activation) {
   auto values = x.array();
-  if (activation == Activation::kSwish) {
-    values = values / (Scalar(1) + (-values).exp());
-  } else {
-    values = Scalar(0.5) * values * (Scalar(1) + (values * Scalar(0.70710678118654752440)).erf());
+  switch (activation) {
+    case Activation::kSwish:
+      values = values / (Scalar(1) + (-values).exp());
+      break;
+    case Activation::kGelu:
+      values = Scalar(0.5) * values * (Scalar(1) + (values * Scalar(0.70710678118654752440)).erf());
+      break;
+    case Activation::kSigmoid:
+      values = Scalar(1) / (Scalar(1) + (-values).exp());
+      break;
+    case Activation::kReluSquared:
+      values = values.max(Scalar(0)).square();
+      break;
   }
 }
 
 /// x <- act(x) element-wise:  swish(z) = z · σ(z) = z / (1 + e^(−z));
-/// gelu(z) = z/2 · (1 + erf(z / √2)) (exact, not the tanh approximation).
+/// gelu(z) = z/2 · (1 + erf(z / √2)) (exact, not the tanh approximation); σ(z) = 1 / (1 + e^(−z));
+/// relu²(z) = max(z, 0)².
 ///   x (rows x n), in place
 template <typename Scalar>
 void activate(detail::NoDeduce<MatrixRef<Scalar>> x, Activation activation) {
@@ -39,6 +49,16 @@ void addTo(detail::NoDeduce<ConstMatrixRef<Scalar>> x, detail::NoDeduce<MatrixRe
   detail::requireShape("stages::addTo", y, x.rows(), x.cols(), "y (x's shape)");
   detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
     y.middleRows(begin, count) += x.middleRows(begin, count);
+  });
+}
+
+/// y <- y ⊙ x (element-wise product, e.g. a gate).
+///   x, y (rows x n)
+template <typename Scalar>
+void multiplyBy(detail::NoDeduce<ConstMatrixRef<Scalar>> x, detail::NoDeduce<MatrixRef<Scalar>> y) {
+  detail::requireShape("stages::multiplyBy", y, x.rows(), x.cols(), "y (x's shape)");
+  detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
+    y.middleRows(begin, count).array() *= x.middleRows(begin, count).array();
   });
 }
 
