@@ -295,7 +295,7 @@ inline RetNetModelConfig inferFlaConfig(const WeightFiles& files) {
   }
   const Index dk = qRows / H, Hkv = kRows / dk;
   double eps = 1e-6;
-  if (const auto value = files.first().metadataValue("norm_eps")) {
+  if (const auto value = files.metadataValue("norm_eps")) {
     std::size_t used = 0;
     try {
       eps = std::stod(*value, &used);

@@ -200,7 +200,6 @@ RetNetModelWeights<Scalar> readSyncdothWeights(const WeightFiles& files, const R
 /// (activation_fn, layernorm_eps, no_scale_embedding), else syncdoth's defaults (gelu, 1e-6,
 /// no scale).
 inline RetNetModelConfig inferSyncdothConfig(const WeightFiles& files) {
-  const SafetensorsFile& first = files.first();
   if (!files.contains("model.retnet_rel_pos.decay")) {
     throw FormatError(retnet::detail::concat(
         files.name(),
@@ -227,11 +226,11 @@ inline RetNetModelConfig inferSyncdothConfig(const WeightFiles& files) {
   while (files.contains("model.layers." + std::to_string(layers) + ".retention.q_proj.weight"))
     ++layers;
   keys["decoder_layers"] = layers;
-  if (const auto act = first.metadataValue("activation_fn")) keys["activation_fn"] = *act;
-  if (const auto eps = first.metadataValue("layernorm_eps")) {
+  if (const auto act = files.metadataValue("activation_fn")) keys["activation_fn"] = *act;
+  if (const auto eps = files.metadataValue("layernorm_eps")) {
     keys["layernorm_eps"] = nlohmann::json::parse(*eps, nullptr, false);
   }
-  if (const auto flag = first.metadataValue("no_scale_embedding"))
+  if (const auto flag = files.metadataValue("no_scale_embedding"))
     keys["no_scale_embedding"] = *flag == "true" || *flag == "True";
   // use_lm_decay: whichever schedule the stored buffer matches.
   const Vector<double> stored = files.readVector<double>("model.retnet_rel_pos.decay");

@@ -1,6 +1,7 @@
 // The weights of a checkpoint as one set of named tensors, however they are stored: one
-// safetensors file, a Hugging Face directory with `model.safetensors`, or a directory whose
-// tensors are split over shards named by `model.safetensors.index.json`
+// safetensors file, one PyTorch checkpoint written by torch.save (`.pth`/`.pt`, or any file that
+// starts like a ZIP archive; pth_reader.hpp), a Hugging Face directory with `model.safetensors`,
+// or a directory whose tensors are split over shards named by `model.safetensors.index.json`
 // ({"metadata": {...}, "weight_map": {tensor name: shard file name}}).
 //
 // Every shard is opened once (its header only: tensors are read on demand, file by file, piece
@@ -9,22 +10,27 @@
 // anything else is a FormatError naming the index, the shard and the tensor.
 #pragma once
 
+#include <array>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "retnet/io/json_file.hpp"
+#include "retnet/io/pth_reader.hpp"
 #include "retnet/io/safetensors_reader.hpp"
+#include "retnet/io/tensor_file.hpp"
 #include "retnet/tensor.hpp"
 
 namespace retnet::io {
 
 class WeightFiles {
  public:
-  /// A `.safetensors` file, or a model directory (`model.safetensors`, else the index).
+  /// A `.safetensors` or `.pth` file, or a model directory (`model.safetensors`, else the index).
   static WeightFiles open(const std::string& path) {
     namespace fs = std::filesystem;
     std::error_code error;
@@ -78,9 +84,24 @@ class WeightFiles {
   /// The path given to open().
   const std::string& name() const { return name_; }
   /// The files, in the order opened.
-  const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
-  /// The only file, or the first shard: its metadata describe a bare checkpoint.
-  const SafetensorsFile& first() const { return *files_.front(); }
+  const std::vector<std::shared_ptr<const TensorFile>>& files() const { return files_; }
+  /// The only file, or the first shard, when it is a safetensors file: its metadata describe a
+  /// bare checkpoint. FormatError for a .pth file, which has no metadata.
+  const SafetensorsFile& first() const {
+    if (!firstSafetensors_) {
+      throw FormatError(retnet::detail::concat(
+          name_,
+          ": a PyTorch (.pth) checkpoint has no safetensors metadata; this reader needs a "
+          ".safetensors file"));
+    }
+    return *firstSafetensors_;
+  }
+  /// The value of `key` in the metadata of first(); nothing when there is no such key or the
+  /// file is a .pth file.
+  std::optional<std::string> metadataValue(const std::string& key) const {
+    if (!firstSafetensors_) return std::nullopt;
+    return firstSafetensors_->metadataValue(key);
+  }
 
   bool contains(const std::string& name) const { return where_.count(name) != 0; }
   /// Every tensor name of the set, sorted.
@@ -91,7 +112,7 @@ class WeightFiles {
   }
 
   /// The file holding `name`; FormatError if none does.
-  const SafetensorsFile& fileOf(const std::string& name) const {
+  const TensorFile& fileOf(const std::string& name) const {
     const auto found = where_.find(name);
     if (found == where_.end())
       throw FormatError(retnet::detail::concat(name_, ": missing tensor '", name, "'"));
@@ -113,9 +134,27 @@ class WeightFiles {
   }
 
  private:
+  /// Whether `path` (not a directory) is read as a PyTorch checkpoint: named `.pth` or `.pt`,
+  /// or, unless named `.safetensors`, starting with a ZIP local file header.
+  static bool isPthFile(const std::string& path) {
+    const std::string extension = std::filesystem::path(path).extension().string();
+    if (extension == ".pth" || extension == ".pt") return true;
+    if (extension == ".safetensors") return false;
+    std::ifstream in(path, std::ios::binary);
+    std::array<char, 4> magic{};
+    return in.read(magic.data(), 4) && std::string(magic.data(), 4) == std::string("PK\x03\x04");
+  }
+
   /// Opens `path`; its tensors are `names` (checked to be present), or all it holds.
   void addFile(const std::string& path, const std::optional<std::vector<std::string>>& names) {
-    auto file = std::make_shared<SafetensorsFile>(SafetensorsFile::open(path));
+    std::shared_ptr<const TensorFile> file;
+    if (isPthFile(path)) {
+      file = std::make_shared<const PthFile>(PthFile::open(path));
+    } else {
+      auto safetensors = std::make_shared<const SafetensorsFile>(SafetensorsFile::open(path));
+      if (files_.empty()) firstSafetensors_ = safetensors;
+      file = std::move(safetensors);
+    }
     for (const std::string& name : names ? *names : file->names()) {
       if (!file->contains(name)) {
         throw FormatError(retnet::detail::concat(name_,
@@ -128,8 +167,9 @@ class WeightFiles {
   }
 
   std::string name_;
-  std::vector<std::shared_ptr<SafetensorsFile>> files_;
-  std::map<std::string, std::shared_ptr<SafetensorsFile>> where_;
+  std::vector<std::shared_ptr<const TensorFile>> files_;
+  std::map<std::string, std::shared_ptr<const TensorFile>> where_;
+  std::shared_ptr<const SafetensorsFile> firstSafetensors_;  ///< files_[0] when it is one
 };
 
 }  // namespace retnet::io
