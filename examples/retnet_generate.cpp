@@ -1,5 +1,6 @@
-// retnet_generate: load a RetNet checkpoint (an FLA or syncdoth Hugging Face directory, or a
-// torchscale safetensors file) and generate tokens.
+// retnet_generate: load a checkpoint — a RetNet (an FLA or syncdoth Hugging Face directory, or a
+// torchscale safetensors file) or an RWKV-4 (BlinkDL's names in a safetensors file, or a Hugging
+// Face RwkvForCausalLM directory) — and generate tokens.
 //
 //   retnet_generate --model DIR|FILE.safetensors --prompt-ids 1,2,3 --max-new 32
 //                   [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--seed 7] [--stop-ids 0,2]
@@ -21,6 +22,7 @@
 #include <retnet/retnet.hpp>
 #include <sstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace {
@@ -137,27 +139,38 @@ double secondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+/// One line describing the loaded model.
 template <typename Scalar>
-int run(const Arguments& a) {
-  retnet::io::ModelInfo info;
-  const auto loadStart = std::chrono::steady_clock::now();
-  const auto model = retnet::io::loadModel<Scalar>(a.model, &info);
-  const double loadSeconds = secondsSince(loadStart);
-  const auto& c = model.config();
+void describe(const Arguments& a, const retnet::io::ModelInfo& info, double loadSeconds) {
+  const char* precision = sizeof(Scalar) == 4 ? "float32" : "float64";
+  if (info.family == retnet::io::ModelFamily::kRwkv4) {
+    const auto& c = info.rwkv4;
+    std::printf(
+        "model: %s (rwkv4: layers %ld, embed %ld, att %ld, ffn %ld, vocab %ld), %s, loaded in "
+        "%.2f s\n",
+        a.model.c_str(), static_cast<long>(c.layers), static_cast<long>(c.block.embedDim),
+        static_cast<long>(c.block.attentionDim()), static_cast<long>(c.block.ffnDim),
+        static_cast<long>(c.vocab), precision, loadSeconds);
+    return;
+  }
+  const auto& c = info.config;
   std::printf(
       "model: %s (%s: layers %ld, embed %ld, value %ld, heads %ld, ffn %ld, vocab %ld), %s, "
       "loaded in %.2f s\n",
       a.model.c_str(), retnet::io::familyName(info.family), static_cast<long>(c.layers),
       static_cast<long>(c.block.embedDim), static_cast<long>(c.block.valueDim),
       static_cast<long>(c.block.heads), static_cast<long>(c.block.ffnDim),
-      static_cast<long>(c.vocab), sizeof(Scalar) == 4 ? "float32" : "float64", loadSeconds);
-  if (a.threads > 0) retnet::setNumThreads(a.threads);
-  std::printf("threads: %d%s\n", retnet::numThreads(),
-              retnet::numThreads() == 1 && a.threads > 1 ? " (built without OpenMP)" : "");
+      static_cast<long>(c.vocab), precision, loadSeconds);
+}
 
-  retnet::RetNetModelState<Scalar> state;
+/// Generation with a model of any family (RetNet, RWKV-4): the same skeleton, state and files.
+template <typename Model>
+int generate(const Arguments& a, const Model& model) {
+  using State = typename Model::State;
+  const auto& c = model.config();
+  State state;
   if (!a.loadState.empty()) {
-    state = retnet::io::loadState<Scalar>(a.loadState, c);
+    state = retnet::io::loadModelState<typename Model::BlockType>(a.loadState, c);
     if (state.batch() != 1)
       throw std::runtime_error(a.loadState + ": holds " + std::to_string(state.batch()) +
                                " sequences, this tool continues one");
@@ -172,7 +185,7 @@ int run(const Arguments& a) {
     if (firstTokenAt < 0) firstTokenAt = secondsSince(start);
     tokens.push_back(token);
   };
-  retnet::RetNetModelState<Scalar> finalState;
+  State finalState;
   model.continueGeneration(state, {a.prompt}, options, a.saveState.empty() ? nullptr : &finalState);
   const double total = secondsSince(start);
 
@@ -203,6 +216,18 @@ int run(const Arguments& a) {
     }
   }
   return 0;
+}
+
+template <typename Scalar>
+int run(const Arguments& a) {
+  retnet::io::ModelInfo info;
+  const auto loadStart = std::chrono::steady_clock::now();
+  const auto model = retnet::io::loadModel<retnet::io::AnyModel<Scalar>>(a.model, &info);
+  describe<Scalar>(a, info, secondsSince(loadStart));
+  if (a.threads > 0) retnet::setNumThreads(a.threads);
+  std::printf("threads: %d%s\n", retnet::numThreads(),
+              retnet::numThreads() == 1 && a.threads > 1 ? " (built without OpenMP)" : "");
+  return std::visit([&](const auto& m) { return generate(a, m); }, model);
 }
 
 }  // namespace

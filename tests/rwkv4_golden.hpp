@@ -119,7 +119,11 @@ void checkRwkv4ModelFile(const std::string& path) {
     Rwkv4ModelState<Scalar> state;
     check("parallel", model.forwardParallel(tokens, state), state);
   }
-  for (const Index chunk : {Index(1), Index(5), Index(16), T + 3}) {
+  // Chunk 1 (the recurrence's arithmetic), ragged chunks, and one chunk beyond T (the parallel
+  // form's, already run above when T is long).
+  std::vector<Index> chunks = {1, 5, 16};
+  if (T <= 256) chunks.push_back(T + 3);
+  for (const Index chunk : chunks) {
     Rwkv4ModelState<Scalar> state;
     const std::string name = "chunkwise " + std::to_string(chunk);
     check(name.c_str(), model.forwardChunkwise(tokens, chunk, state), state);

@@ -479,7 +479,7 @@ TEST(LoadModelRefuses, BadJson) {
 
 TEST(LoadModelRefuses, NotACheckpoint) {
   EXPECT_REFUSED((dataDir() / "fla/fla_small/golden.safetensors").string(),
-                 "not a RetNet checkpoint retnet knows");
+                 "not a checkpoint retnet knows");
   EXPECT_REFUSED((dataDir() / "missing.safetensors").string(), "cannot open file");
 }
 

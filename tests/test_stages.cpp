@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "reference/naive_rwkv4.hpp"
 #include "reference/naive_stages.hpp"
 #include "retnet/rotary.hpp"
 #include "retnet/stages/decay.hpp"
@@ -36,6 +37,8 @@
 #include "retnet/stages/linear.hpp"
 #include "retnet/stages/norms.hpp"
 #include "retnet/stages/retention.hpp"
+#include "retnet/stages/token_shift.hpp"
+#include "retnet/stages/wkv.hpp"
 #include "test_util.hpp"
 
 namespace retnet {
@@ -147,9 +150,18 @@ double unlessPadTouched(double error, bool intact) {
 constexpr double kDoubleEpsilon = std::numeric_limits<double>::epsilon();
 
 Activation toActivation(NaiveActivation a) {
-  return a == NaiveActivation::kSwish ? Activation::kSwish : Activation::kGelu;
+  switch (a) {
+    case NaiveActivation::kSwish:
+      return Activation::kSwish;
+    case NaiveActivation::kGelu:
+      return Activation::kGelu;
+    case NaiveActivation::kSigmoid:
+      return Activation::kSigmoid;
+    default:
+      return Activation::kReluSquared;
+  }
 }
-const char* nameOf(NaiveActivation a) { return a == NaiveActivation::kSwish ? "swish" : "gelu"; }
+const char* nameOf(NaiveActivation a) { return activationName(toActivation(a)); }
 
 std::string str(Index value) { return std::to_string(value); }
 
@@ -332,6 +344,109 @@ struct ActivateCase : TypedCase<ActivateCase> {
     stages::activate<Scalar>(y.view(), toActivation(activation));
     return unlessPadTouched(normwiseError(y.values(), reference::naiveActivate(x, activation)),
                             y.padIntact());
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Token shift (RWKV): out = μ ⊙ x_t + (1 − μ) ⊙ x_{t−1}, the carried row before each sequence.
+//
+// Threshold 2·ε: two products and a sum of terms no larger than max|ref|'s inputs (μ in [0, 1]),
+// plus the rounding of 1 − μ.
+
+struct TokenShiftCase : TypedCase<TokenShiftCase> {
+  Index batch, time, n;
+
+  TokenShiftCase(Index batch, Index time, Index n) : batch(batch), time(time), n(n) {}
+  std::string op() const override { return "token_shift"; }
+  std::string shape() const override { return "b" + str(batch) + "_t" + str(time) + "_n" + str(n); }
+  double threshold(double e) const override { return 2 * e; }
+
+  template <typename Scalar>
+  double run() const {
+    Inputs inputs(seed());
+    const NaiveMatrix x = inputs.matrix(batch * time, n), previous = inputs.matrix(batch, n);
+    const std::vector<double> mu = inputs.vector(n, 0.5, 0.5);
+    const RowMatrix<Scalar> xs = as<Scalar>(x), ps = as<Scalar>(previous);
+    const std::vector<Scalar> ms = as<Scalar>(mu);
+    Buffer<Scalar> y(batch * time, n, true);
+    stages::tokenShiftMix<Scalar>(xs, batch, time, ps, ms.data(), y.view());
+    return unlessPadTouched(
+        normwiseError(y.values(), reference::naiveTokenShiftMix(x, time, previous, mu)),
+        y.padIntact());
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// WKV (RWKV-4), every form, in two calls with the state handed over, against the direct sums of
+// its definition in long double (reference/naive_rwkv4.hpp).
+//
+// Threshold 64·ε·(1 + K + |u|) (float: ~5e-4 at K = 50; double: ~1e-12), K the largest |k|.
+// Every weight is e^(logit − max) with logits of magnitude up to K + |u| formed in Scalar, so each
+// carries a relative error of ~ε·(K + |u|); the output, a convex combination of the v's, inherits
+// that times a small factor. The recurrence also rounds pp + w at every step (at pp ≈ K the spacing
+// is ~ε·K, up to 1% of the slowest w in float), a drift that grows with T: the golden data measure
+// 1.9e-5 (160·ε) for BlinkDL's own float32 at T = 1000, K = 50; the bound leaves 3x over that.
+
+struct WkvCase : TypedCase<WkvCase> {
+  Index time, channels, chunk, split;
+  Form form;
+  double decayLow, decayHigh, keys;
+
+  WkvCase(Form form, Index time, Index channels, Index chunk, Index split, double decayLow,
+          double decayHigh, double keys)
+      : time(time),
+        channels(channels),
+        chunk(chunk),
+        split(split),
+        form(form),
+        decayLow(decayLow),
+        decayHigh(decayHigh),
+        keys(keys) {}
+  std::string op() const override { return "wkv"; }
+  std::string shape() const override {
+    return std::string(formName(form)) + "_t" + str(time) + "_a" + str(channels) + "_chunk" +
+           str(chunk) + "_split" + str(split) + "_k" + str(static_cast<Index>(keys));
+  }
+  double threshold(double e) const override { return 64 * e * (1 + keys + 3); }
+
+  template <typename Scalar>
+  double run() const {
+    Inputs inputs(seed());
+    const NaiveMatrix k = inputs.matrix(time, channels, keys), v = inputs.matrix(time, channels);
+    const std::vector<double> decay =
+        inputs.vector(channels, (decayLow + decayHigh) / 2, (decayHigh - decayLow) / 2);
+    const std::vector<double> u = inputs.vector(channels, 0.0, 3.0);
+    std::vector<std::vector<double>> kRows, vRows;  // the twin's (T) x (A) layout
+    for (Index t = 0; t < time; ++t) {
+      kRows.emplace_back();
+      vRows.emplace_back();
+      for (Index c = 0; c < channels; ++c) {
+        kRows.back().push_back(k(t, c));
+        vRows.back().push_back(v(t, c));
+      }
+    }
+    NaiveMatrix reference(time, channels);
+    std::vector<Scalar> w(static_cast<std::size_t>(channels)), us = as<Scalar>(u);
+    for (Index c = 0; c < channels; ++c) {
+      const auto at = static_cast<std::size_t>(c);
+      w[at] = static_cast<Scalar>(-std::exp(decay[at]));
+      for (Index t = 0; t < time; ++t)
+        reference(t, c) = reference::naiveWkv(kRows, vRows, -std::exp(decay[at]), u[at], at,
+                                              static_cast<std::size_t>(t));
+    }
+    const RowMatrix<Scalar> ks = as<Scalar>(k), vs = as<Scalar>(v);
+    std::vector<Scalar> aa(w.size(), Scalar(0)), bb(w.size(), Scalar(0)),
+        pp(w.size(), static_cast<Scalar>(kWkvEmptyExponent));
+    const WkvStateView<Scalar> state{aa.data(), bb.data(), pp.data()};
+    Buffer<Scalar> y(time, channels, true);
+    // Two calls, the state handed over at `split`.
+    stages::wkv<Scalar>(form, ks.topRows(split), vs.topRows(split), w.data(), us.data(), chunk,
+                        state, y.view().topRows(split));
+    if (split < time) {
+      stages::wkv<Scalar>(form, ks.bottomRows(time - split), vs.bottomRows(time - split), w.data(),
+                          us.data(), chunk, state, y.view().bottomRows(time - split));
+    }
+    return unlessPadTouched(normwiseError(y.values(), reference), y.padIntact());
   }
 };
 
@@ -810,6 +925,20 @@ std::vector<std::unique_ptr<OpCase>> makeCases() {
   add(ActivateCase(37, 48, NaiveActivation::kSwish));
   add(ActivateCase(37, 48, NaiveActivation::kGelu));
   add(ActivateCase(1, 1, NaiveActivation::kGelu));
+  add(ActivateCase(37, 48, NaiveActivation::kSigmoid));
+  add(ActivateCase(37, 48, NaiveActivation::kReluSquared));
+  add(TokenShiftCase(1, 1, 5));
+  add(TokenShiftCase(3, 17, 40));
+  add(TokenShiftCase(2, 40, 1));
+  // WKV: one channel block and several (64 per block), T = 1, ragged chunks, chunk > T, a split
+  // off the chunk grid, time_decay over [−8, 3] (w from −20 to −3.4e-4) with keys up to ±50.
+  for (const Form form : {Form::kRecurrent, Form::kParallel, Form::kChunkwise}) {
+    add(WkvCase(form, 1, 3, 4, 1, -3, 1, 5));
+    add(WkvCase(form, 37, 70, 8, 13, -3, 1, 5));
+    add(WkvCase(form, 300, 16, 16, 101, -8, 3, 50));
+  }
+  add(WkvCase(Form::kChunkwise, 37, 5, 100, 37, -3, 1, 5));  // chunk > T
+  add(WkvCase(Form::kChunkwise, 37, 5, 1, 20, -8, 3, 50));   // chunk 1
 
   // Residual sum.
   add(AddToCase(37, 48, false));

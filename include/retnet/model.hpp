@@ -71,6 +71,7 @@ template <typename Block>
 class LanguageModel {
  public:
   using Scalar = typename Block::Scalar;
+  using BlockType = Block;
   using Config = LanguageModelConfig<typename Block::Config>;
   using Weights = LanguageModelWeights<typename Block::Weights, Scalar>;
   using State = LanguageModelState<typename Block::State>;

@@ -77,10 +77,11 @@ if(EXISTS /dev/zero)
                --load-state /dev/zero)
 endif()
 
-# Hugging Face model directories of the other families: --model DIR, the family named, a
-# generation, and a save/resume round trip through a state of that model.
-foreach(dir fla/fla_small fla/fla_sharded_fused_tied syncdoth/sd_small)
-  string(REGEX MATCH "^[a-z]+" family "${dir}")
+# Hugging Face model directories of the other families and an RWKV-4 file: --model, the family
+# named, a generation, and a save/resume round trip through a state of that model.
+foreach(dir fla/fla_small fla/fla_sharded_fused_tied syncdoth/sd_small
+        rwkv4/rwkv4_model_small.safetensors)
+  string(REGEX MATCH "^[a-z0-9]+" family "${dir}")
   run_cli(0 out err --model ${DATA}/${dir} --prompt-ids 1,2,3 --max-new 6 --seed 3 --temperature 0.7)
   expect_match("${out}" "\\(${family}: layers [0-9]+" "family of ${dir}")
   string(REGEX MATCH "generated:[ 0-9]+" whole_ids "${out}")
@@ -102,5 +103,10 @@ expect_match("${out}" "generated:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\n" "parall
 # A state of one family's model is refused by another's.
 expect_error(1 ".*state_fla.bin: the state belongs to another model" --model ${DATA}/syncdoth/sd_small
              --prompt-ids 1 --load-state ${WORK_DIR}/state_fla.bin)
+expect_error(1 ".*state_fla.bin: the state belongs to a model of another family"
+             --model ${DATA}/rwkv4/rwkv4_model_small.safetensors --prompt-ids 1
+             --load-state ${WORK_DIR}/state_fla.bin)
+expect_error(1 ".*state_rwkv4.bin: the state belongs to a model of another family"
+             --model ${DATA}/fla/fla_small --prompt-ids 1 --load-state ${WORK_DIR}/state_rwkv4.bin)
 expect_error(1 ".*no model.safetensors and no model.safetensors.index.json" --model ${WORK_DIR}
              --prompt-ids 1)

@@ -22,13 +22,22 @@ namespace retnet::reference {
 /// A dense double matrix, only a container: every value below is computed by explicit loops.
 using NaiveMatrix = Eigen::MatrixXd;
 
-enum class NaiveActivation { kSwish, kGelu };
+enum class NaiveActivation { kSwish, kGelu, kSigmoid, kReluSquared };
 enum class NaiveRotaryLayout { kInterleaved, kHalfSplit };
 
-/// act(z): swish(z) = z / (1 + e^(−z)); gelu(z) = z/2 · (1 + erf(z/√2)) (exact, erf form).
+/// act(z): swish(z) = z / (1 + e^(−z)); gelu(z) = z/2 · (1 + erf(z/√2)) (exact, erf form);
+/// σ(z) = 1 / (1 + e^(−z)); relu²(z) = max(z, 0)².
 inline double naiveActivation(double z, NaiveActivation activation) {
-  return activation == NaiveActivation::kSwish ? naive_msr_detail::swish(z)
-                                               : naive_msr_detail::gelu(z);
+  switch (activation) {
+    case NaiveActivation::kSwish:
+      return naive_msr_detail::swish(z);
+    case NaiveActivation::kGelu:
+      return naive_msr_detail::gelu(z);
+    case NaiveActivation::kSigmoid:
+      return 1.0 / (1.0 + std::exp(-z));
+    default:
+      return z > 0 ? z * z : 0.0;
+  }
 }
 
 /// Linear layer without bias (PyTorch's layout): y_rj = Σ_i x_ri W_ji.
@@ -89,6 +98,21 @@ inline NaiveMatrix naiveActivate(const NaiveMatrix& x, NaiveActivation activatio
   NaiveMatrix y(x.rows(), x.cols());
   for (Eigen::Index r = 0; r < x.rows(); ++r) {
     for (Eigen::Index i = 0; i < x.cols(); ++i) y(r, i) = naiveActivation(x(r, i), activation);
+  }
+  return y;
+}
+
+/// RWKV's token shift: y_r = μ ⊙ x_r + (1 − μ) ⊙ x_{r−1} within each sequence of `time` rows,
+/// x_{−1} the sequence's row of `previous`.   x (batch·time x n), previous (batch x n), μ (n)
+inline NaiveMatrix naiveTokenShiftMix(const NaiveMatrix& x, Eigen::Index time,
+                                      const NaiveMatrix& previous, const std::vector<double>& mu) {
+  NaiveMatrix y(x.rows(), x.cols());
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    for (Eigen::Index i = 0; i < x.cols(); ++i) {
+      const double before = r % time == 0 ? previous(r / time, i) : x(r - 1, i);
+      const double m = mu[static_cast<std::size_t>(i)];
+      y(r, i) = m * x(r, i) + (1 - m) * before;
+    }
   }
   return y;
 }

@@ -185,7 +185,7 @@ template <typename Scalar>
 RetNetModel<Scalar> loadRetNet(const std::string& path, const WeightFiles& files,
                                const ModelInfo& described) {
   const RetNetModelConfig& c = described.config;
-  validateLoaded(path, c);
+  if (described.family != ModelFamily::kRwkv4) validateLoaded(path, c);
   switch (described.family) {
     case ModelFamily::kFla:
       return RetNetModel<Scalar>(c, readFlaWeights<Scalar>(files, c, described.dtype));
