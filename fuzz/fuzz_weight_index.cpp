@@ -114,7 +114,7 @@ void exercise(const Fixture& f, const WeightFiles& files, const std::string& tex
     const std::string& name = entry.key();
     const std::string shard = entry.value().get<std::string>();
     check(files.contains(name), "contains() misses a listed tensor", name);
-    const retnet::io::SafetensorsFile& file = files.fileOf(name);
+    const retnet::io::TensorFile& file = files.fileOf(name);
     check(file.displayName() == (f.dir / shard).string(), "tensor read from another file", name);
     const auto known = f.byName.find(name);
     check(known != f.byName.end(), "a tensor that no shard holds was accepted", name);

@@ -8,6 +8,12 @@
 //                   metadata, empty and scalar tensors), and damaged variants of them
 //                   (truncated, bad JSON, overlapping offsets, wrong or unknown dtype,
 //                   shape/size mismatch, absurd header length or shape)
+//   pth/            PyTorch checkpoints: tests/data/pth/*.pth (torch.save's own), archives built by
+//                   tests/pth_builder.hpp (classic and ZIP64, views, every storage type) and
+//                   damaged ones (truncated, compressed, big-endian), and raw pickles, which
+//                   fuzz_pth puts into an archive next to its fixed storages: state dicts over
+//                   those storages, with and without the memo, and refused ones (other globals,
+//                   unknown opcodes, non-contiguous strides, storages too short)
 //   model_config/   the config.json of tests/data/fla/*/ and tests/data/syncdoth/*/, and variants:
 //                   tiny models of both families (built and loaded by the fuzzer), every option
 //                   the readers know, and each thing they refuse
@@ -34,6 +40,8 @@
 #include <vector>
 
 #include "fuzz_common.hpp"
+#include "fuzz_tensor_file.hpp"
+#include "pth_builder.hpp"
 #include "retnet/io/safetensors.hpp"
 #include "retnet/io/state_file.hpp"
 
@@ -482,6 +490,83 @@ void stateFileCorpus(const std::filesystem::path& out) {
   }
 }
 
+// ---- pth ----------------------------------------------------------------------------------------
+
+namespace pb = retnet::pth_builder;
+
+pb::Tensor pthTensor(std::string name, std::string type, std::string key, std::int64_t numel,
+                     std::vector<std::int64_t> size, std::int64_t offset = 0) {
+  pb::Tensor t;
+  t.name = std::move(name);
+  t.storageType = std::move(type);
+  t.key = std::move(key);
+  t.storageNumel = numel;
+  t.offset = offset;
+  t.stride = pb::contiguous(size);
+  t.size = std::move(size);
+  return t;
+}
+
+void pthCorpus(const std::filesystem::path& out, const std::filesystem::path& data) {
+  for (const char* name : {"state_dict", "parameter", "transposed", "legacy"}) {
+    std::ifstream in(data / "pth" / (std::string(name) + ".pth"), std::ios::binary);
+    if (!in) throw std::runtime_error(std::string("make_corpus: no tests/data/pth/") + name);
+    write(out, std::string("torch_") + name,
+          Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+  }
+  // Tensors over fuzz_pth's storages ("0": 24 F32, "2": empty, "1", "3", "4", "5": 16 bytes).
+  const std::vector<pb::Tensor> tensors = {
+      pthTensor("a", "FloatStorage", "0", 24, {4, 6}),
+      pthTensor("view", "FloatStorage", "0", 24, {2, 3}, 5),
+      pthTensor("scalar", "FloatStorage", "0", 24, {}, 23),
+      pthTensor("rank5", "FloatStorage", "0", 24, {1, 2, 1, 3, 1}, 1),
+      pthTensor("bf16", "BFloat16Storage", "1", 8, {2, 4}),
+      pthTensor("f16", "HalfStorage", "3", 8, {8}),
+      pthTensor("f64", "DoubleStorage", "4", 2, {2}),
+      pthTensor("i64", "LongStorage", "5", 2, {2, 1}),
+      pthTensor("empty", "FloatStorage", "2", 0, {0, 3})};
+  const Bytes pickle = pb::stateDict(tensors);
+  write(out, "pickle_state_dict", pickle);
+  write(out, "pickle_state_dict_memo", pb::stateDict(tensors, true));
+  write(out, "pickle_one", pb::stateDict({tensors[1]}));
+  pb::Tensor strided = tensors[0];
+  strided.stride = {1, 4};
+  write(out, "pickle_bad_strided", pb::stateDict({strided}));
+  pb::Tensor beyond = tensors[1];
+  beyond.offset = 20;
+  write(out, "pickle_bad_beyond_storage", pb::stateDict({beyond}));
+  pb::Tensor missing = tensors[0];
+  missing.key = "9";
+  write(out, "pickle_bad_missing_storage", pb::stateDict({missing}));
+  write(out, "pickle_bad_global", pb::Pickle().proto().global("os", "system").bytes());
+  write(out, "pickle_bad_opcode", pb::Pickle().proto().op('}').op('i').stop().bytes());
+  pb::Pickle misc;  // opcodes a state dict does not need but the reader accepts
+  misc.proto(4).op(0x95).raw(0, 8).op('}').op(0x94).string("x").op(']').mark().integer(-70000);
+  misc.op(0x8A).raw(2, 1).raw(0x8001, 2).op('G').raw(0x000000000000F03Full, 8).op('N');
+  misc.op('e').op('s').op(0x8C).raw(1, 1).raw('y', 1).op('j').raw(0, 4).op('s').stop();
+  write(out, "pickle_bad_misc_values", misc.bytes());
+
+  // Whole archives.
+  const std::vector<pb::Entry> entries = pb::archiveEntries(pickle, retnet_fuzz::pthFuzzStorages());
+  const Bytes classic = pb::zip(entries);
+  write(out, "zip_classic", classic);
+  pb::ZipOptions zip64;
+  zip64.zip64 = true;
+  write(out, "zip_zip64", pb::zip(entries, zip64));
+  pb::ZipOptions plain;
+  plain.dataDescriptor = false;
+  plain.align = false;
+  plain.comment = "comment";
+  write(out, "zip_plain_comment", pb::zip(entries, plain));
+  write(out, "zip_bad_truncated", Bytes(classic.begin(), classic.end() - 30));
+  std::vector<pb::Entry> compressed = entries;
+  compressed[1].method = 8;
+  write(out, "zip_bad_compressed", pb::zip(compressed));
+  std::vector<pb::Entry> bigEndian = entries;
+  bigEndian.emplace_back("archive/byteorder", Bytes{'b', 'i', 'g'});
+  write(out, "zip_bad_big_endian", pb::zip(bigEndian));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -502,6 +587,7 @@ int main(int argc, char** argv) {
     modelConfigCorpus(subdirectory("model_config"), data);
     weightIndexCorpus(subdirectory("weight_index"), data);
     stateFileCorpus(subdirectory("state_file"));
+    pthCorpus(subdirectory("pth"), data);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "%s\n", error.what());
     return 1;

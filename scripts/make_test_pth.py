@@ -12,12 +12,16 @@ Files (tests/test_pth.cpp reads them; tests/data/pth/README.md describes them):
   parameter.pth    a plain dict holding an nn.Parameter (torch._utils._rebuild_parameter)
   transposed.pth   a transposed (non-contiguous) tensor: must be refused
   legacy.pth       torch.save's legacy (pre-1.6) format: must be refused
+  rwkv4_model_small.pth
+                   the weights of tests/data/rwkv4/rwkv4_model_small.safetensors (BlinkDL's names,
+                   float64) as BlinkDL saves a checkpoint: torch.save of the state dict
   expected.json    every tensor of state_dict.pth and parameter.pth: dtype (safetensors spelling),
                    shape and values as float64 (exact: every value is a small dyadic rational)
 """
 import collections
 import json
 import os
+import struct
 import sys
 
 import torch
@@ -42,6 +46,23 @@ def expected_entry(tensor):
         "shape": list(tensor.shape),
         "values": [float(v) for v in tensor.detach().double().reshape(-1).tolist()],
     }
+
+
+def read_safetensors(path):
+    """name -> tensor of a safetensors file (without the safetensors package)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "I64": torch.int64}
+    tensors = collections.OrderedDict()
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        raw = bytearray(data[8 + length + begin:8 + length + end])
+        tensors[name] = torch.frombuffer(raw, dtype=dtypes[entry["dtype"]]).reshape(entry["shape"])
+    return tensors
 
 
 def main():
@@ -75,6 +96,13 @@ def main():
                os.path.join(out, "transposed.pth"))
     torch.save({"w": ramp(3).float()}, os.path.join(out, "legacy.pth"),
                _use_new_zipfile_serialization=False)
+
+    # An RWKV-4 checkpoint as BlinkDL saves one: the golden model's weights under their names.
+    golden = read_safetensors(os.path.join(out, "..", "rwkv4", "rwkv4_model_small.safetensors"))
+    weights = collections.OrderedDict(
+        (name, tensor) for name, tensor in golden.items()
+        if name.startswith(("emb.", "blocks.", "ln_out.", "head.")))
+    torch.save(weights, os.path.join(out, "rwkv4_model_small.pth"))
 
     # Check what was written, with torch's own loader.
     loaded = torch.load(os.path.join(out, "state_dict.pth"))

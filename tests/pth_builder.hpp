@@ -155,9 +155,12 @@ inline Bytes zip(const std::vector<Entry>& entries, const ZipOptions& options = 
   return out;
 }
 
-/// Pickle opcodes, appended one call at a time.
+/// Pickle opcodes, appended one call at a time. With `memo`, as Python's pickler: strings and
+/// globals are stored in the memo (BINPUT) and repeated by BINGET, and memoize() stores others.
 class Pickle {
  public:
+  explicit Pickle(bool memo = false) : memo_(memo) {}
+
   Pickle& op(unsigned char code) {
     bytes_.push_back(code);
     return *this;
@@ -166,9 +169,10 @@ class Pickle {
   Pickle& mark() { return op('('); }
   Pickle& stop() { return op('.'); }
   Pickle& string(const std::string& text) {
+    if (recall("X" + text)) return *this;
     op('X').raw(text.size(), 4);
     put(bytes_, text);
-    return *this;
+    return remember("X" + text);
   }
   /// The shortest of BININT1, BININT2, BININT and LONG1, as Python's pickler chooses.
   Pickle& integer(std::int64_t value) {
@@ -181,9 +185,16 @@ class Pickle {
   }
   Pickle& boolean(bool value) { return op(value ? 0x88 : 0x89); }
   Pickle& global(const std::string& module, const std::string& name) {
+    if (recall("c" + module + "\n" + name)) return *this;
     op('c');
     put(bytes_, module + "\n" + name + "\n");
-    return *this;
+    return remember("c" + module + "\n" + name);
+  }
+  /// BINPUT of the value on top (with memo only): what Python does after tuples and REDUCE.
+  Pickle& memoize() {
+    if (!memo_) return *this;
+    if (next_ < 256) return op('q').raw(next_++, 1);  // BINPUT
+    return op('r').raw(next_++, 4);                   // LONG_BINPUT
   }
   Pickle& tuple(const std::vector<std::int64_t>& values) {
     if (values.empty()) return op(')');
@@ -202,7 +213,29 @@ class Pickle {
   const Bytes& bytes() const { return bytes_; }
 
  private:
+  /// BINGET of `key` if it was memoized (with memo only).
+  bool recall(const std::string& key) {
+    if (!memo_) return false;
+    for (const auto& [known, index] : memoized_) {
+      if (known == key) {
+        if (index < 256)
+          op('h').raw(index, 1);  // BINGET
+        else
+          op('j').raw(index, 4);  // LONG_BINGET
+        return true;
+      }
+    }
+    return false;
+  }
+  Pickle& remember(const std::string& key) {
+    if (memo_) memoized_.emplace_back(key, next_);
+    return memoize();
+  }
+
   Bytes bytes_;
+  bool memo_;
+  std::uint64_t next_ = 0;
+  std::vector<std::pair<std::string, std::uint64_t>> memoized_;
 };
 
 /// One tensor of a state dict, as _rebuild_tensor_v2 is called for it.
@@ -215,13 +248,13 @@ struct Tensor {
   std::vector<std::int64_t> size, stride;
 };
 
-/// The contiguous row-major strides of `size`.
+/// The contiguous row-major strides of `size` (wrapping around for sizes too large for them).
 inline std::vector<std::int64_t> contiguous(const std::vector<std::int64_t>& size) {
   std::vector<std::int64_t> stride(size.size());
-  std::int64_t running = 1;
+  std::uint64_t running = 1;
   for (std::size_t axis = size.size(); axis-- > 0;) {
-    stride[axis] = running;
-    running *= size[axis];
+    stride[axis] = static_cast<std::int64_t>(running);
+    running *= static_cast<std::uint64_t>(size[axis]);
   }
   return stride;
 }
@@ -230,16 +263,16 @@ inline std::vector<std::int64_t> contiguous(const std::vector<std::int64_t>& siz
 inline void pickleTensor(Pickle& p, const Tensor& tensor) {
   p.global("torch._utils", "_rebuild_tensor_v2").mark();
   p.mark().string("storage").global("torch", tensor.storageType).string(tensor.key);
-  p.string("cpu").integer(tensor.storageNumel).op('t').op('Q');
-  p.integer(tensor.offset).tuple(tensor.size).tuple(tensor.stride).boolean(false);
-  p.global("collections", "OrderedDict").op(')').op('R');
-  p.op('t').op('R');
+  p.string("cpu").integer(tensor.storageNumel).op('t').memoize().op('Q');
+  p.integer(tensor.offset).tuple(tensor.size).memoize().tuple(tensor.stride).memoize();
+  p.boolean(false).global("collections", "OrderedDict").op(')').op('R').memoize();
+  p.op('t').memoize().op('R').memoize();
 }
 
-/// A pickle of OrderedDict(name -> tensor), torch.save's opcodes without the memo.
-inline Bytes stateDict(const std::vector<Tensor>& tensors) {
-  Pickle p;
-  p.proto().global("collections", "OrderedDict").op(')').op('R').mark();
+/// A pickle of OrderedDict(name -> tensor): torch.save's opcodes, with or without the memo.
+inline Bytes stateDict(const std::vector<Tensor>& tensors, bool memo = false) {
+  Pickle p(memo);
+  p.proto().global("collections", "OrderedDict").op(')').op('R').memoize().mark();
   for (const Tensor& tensor : tensors) {
     p.string(tensor.name);
     pickleTensor(p, tensor);

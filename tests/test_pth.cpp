@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,8 @@
 #include <vector>
 
 #include "pth_builder.hpp"
+#include "retnet/io/load_model.hpp"
+#include "retnet/io/safetensors_reader.hpp"
 #include "retnet/io/weight_files.hpp"
 
 namespace {
@@ -189,6 +192,35 @@ TEST(PthTorchFiles, OpenRefusesWhatIsNotAFile) {
   EXPECT_FORMAT_ERROR(PthFile::open(dataPath("missing.pth")), "cannot open file");
 }
 
+TEST(PthTorchFiles, Rwkv4CheckpointLoadsLikeItsSafetensors) {
+  // BlinkDL's names in a torch.save'd state dict: the golden model's weights, loaded through
+  // WeightFiles by loadModel, give the same logits bit for bit as the golden file itself.
+  const std::string pth = dataPath("rwkv4_model_small.pth");
+  const std::string golden =
+      std::string(RETNET_TEST_DATA_DIR) + "/rwkv4/rwkv4_model_small.safetensors";
+  EXPECT_EQ(retnet::io::inspectModel(pth).family, retnet::io::ModelFamily::kRwkv4);
+  const auto fromPth = retnet::io::loadModel<retnet::Rwkv4Model<double>>(pth);
+  const auto fromGolden = retnet::io::loadModel<retnet::Rwkv4Model<double>>(golden);
+  const retnet::io::SafetensorsFile file = retnet::io::SafetensorsFile::open(golden);
+  const std::vector<std::int64_t> ids = file.readIntegers("tokens");
+  const std::vector<Eigen::Index>& shape = file.info("tokens").shape;
+  retnet::TokenMatrix tokens(shape[0], shape[1]);
+  std::copy(ids.begin(), ids.end(), tokens.data());
+  const retnet::Tensor3<double> a = fromPth.forwardRecurrent(tokens);
+  const retnet::Tensor3<double> b = fromGolden.forwardRecurrent(tokens);
+  ASSERT_EQ(a.size(), b.size());
+  for (Eigen::Index i = 0; i < a.size(); ++i) ASSERT_EQ(a.data()[i], b.data()[i]) << i;
+  const std::vector<double> reference = file.readFlat<double>("logits_recurrent");
+  ASSERT_EQ(static_cast<std::size_t>(a.size()), reference.size());
+  double worst = 0, scale = 0;
+  for (std::size_t i = 0; i < reference.size(); ++i) {
+    worst = std::max(worst, std::abs(a.data()[i] - reference[i]));
+    scale = std::max(scale, std::abs(reference[i]));
+  }
+  // And they are the golden logits, within test_rwkv4's tolerance for double.
+  EXPECT_LE(worst / scale, 1e-12);
+}
+
 // ---------------------------------------------------------------------------------------------
 // WeightFiles reads .pth files.
 
@@ -238,6 +270,19 @@ TEST(PthBuilt, ClassicAndZip64LayoutsReadTheSame) {
       }
     }
   }
+}
+
+TEST(PthBuilt, TorchsMemoizedOpcodesReadTheSame) {
+  // 300 tensors: the memo passes 256 entries, so LONG_BINPUT and LONG_BINGET too.
+  std::vector<pb::Tensor> tensors;
+  for (int i = 0; i < 300; ++i) tensors.push_back(tensor("t" + std::to_string(i), {2}, i % 20));
+  const PthFile plain = parse(withPickle(pb::stateDict(tensors)));
+  const PthFile memo = parse(withPickle(pb::stateDict(tensors, true)));
+  ASSERT_EQ(memo.names(), plain.names());
+  for (const std::string& name : plain.names()) {
+    EXPECT_EQ(memo.readFlat<double>(name), plain.readFlat<double>(name)) << name;
+  }
+  EXPECT_EQ(memo.readFlat<double>("t299"), (std::vector<double>{19, 20}));
 }
 
 TEST(PthBuilt, SharedTensorsMemoAndBuildAreAccepted) {
