@@ -196,6 +196,14 @@ class TensorFile {
   }
 
  protected:
+  // A base of the readers, never used alone: not destroyed, copied or moved as a TensorFile (so
+  // no virtual destructor; WeightFiles's shared_ptr<const TensorFile> deletes the reader).
+  ~TensorFile() = default;
+  TensorFile(const TensorFile&) = default;
+  TensorFile(TensorFile&&) = default;
+  TensorFile& operator=(const TensorFile&) = default;
+  TensorFile& operator=(TensorFile&&) = default;
+
   /// A file held in memory (`bytes` is all of it), or, once openStream() is called, the part of
   /// it the reader keeps (safetensors: the header).
   TensorFile(std::vector<unsigned char> bytes, std::string displayName)
