@@ -7,7 +7,7 @@
 #
 # Environment: BUILD_DIR (default build-bench), RESULTS_DIR (default bench/results, or
 # bench/results/quick with QUICK=1), JOBS (build parallelism, default 1), CXX_COMPILER
-# (default clang++), BENCHES (default "baselines forms decode stages"), MIN_TIME (overrides the
+# (default clang++), BENCHES (default "baselines forms decode stages rwkv4"), MIN_TIME (overrides the
 # per-binary minimum time per benchmark). Then: bench/plot.py "$RESULTS_DIR".
 #
 # The build is Release, -march=native (RETNET_NATIVE) and OpenMP (RETNET_OPENMP), so the thr=2
@@ -31,7 +31,8 @@ cmake -S "$root" -B "$build" \
   -DCMAKE_CXX_COMPILER="${CXX_COMPILER:-clang++}" \
   -DRETNET_NATIVE=ON -DRETNET_OPENMP=ON -DRETNET_WERROR=ON \
   -DRETNET_BUILD_BENCHMARKS=ON -DRETNET_BUILD_TESTS=OFF -DRETNET_BUILD_EXAMPLES=OFF
-cmake --build "$build" -j"${JOBS:-1}" --target bench_baselines bench_forms bench_decode bench_stages
+cmake --build "$build" -j"${JOBS:-1}" --target bench_baselines bench_forms bench_decode bench_stages \
+  bench_rwkv4
 
 mkdir -p "$results"
 echo "load average before running: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -46,13 +47,14 @@ min_time_for() {
   else
     case "$1" in
       forms) echo 0.15 ;;
+      rwkv4) echo 0.2 ;;
       stages) echo 0.3 ;;
       *) echo 0.5 ;;
     esac
   fi
 }
 
-for bench in ${BENCHES:-baselines forms decode stages}; do
+for bench in ${BENCHES:-baselines forms decode stages rwkv4}; do
   echo "== bench_$bench =="
   "$build/bench/bench_$bench" \
     --benchmark_min_time="$(min_time_for "$bench")" \

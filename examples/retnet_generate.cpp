@@ -3,12 +3,15 @@
 // Face RwkvForCausalLM directory) — and generate tokens.
 //
 //   retnet_generate --model DIR|FILE.safetensors --prompt-ids 1,2,3 --max-new 32
+//                   (or --prompt "text" / --prompt-file FILE, with the model directory's
+//                   tokenizer or --tokenizer FILE|DIR: the generated text is streamed)
 //                   [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--seed 7] [--stop-ids 0,2]
 //                   [--chunk 64] [--prefill chunkwise|parallel] [--threads 2]
 //                   [--precision float|double]
 //                   [--save-state FILE] [--load-state FILE]
 //
-// Prints the generated ids, prefill and decode speeds and the size of the state. With
+// Prints the generated ids (and, with a text prompt, the text as it is generated), prefill and
+// decode speeds and the size of the state. With
 // --load-state, --prompt-ids are fed after the saved conversation (a saved state has consumed
 // everything but the last generated token: pass that token first to continue where it ended).
 // Bad arguments or files print one line on stderr and exit non-zero.
@@ -16,8 +19,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
+#include <optional>
 #include <retnet/io/load_model.hpp>
+#include <retnet/io/load_tokenizer.hpp>
 #include <retnet/io/state_file.hpp>
 #include <retnet/retnet.hpp>
 #include <sstream>
@@ -35,7 +43,8 @@ struct UsageError : std::runtime_error {
 };
 
 const char* const kUsage =
-    "usage: retnet_generate --model DIR|FILE --prompt-ids 1,2,3 [--max-new N] [--temperature T] "
+    "usage: retnet_generate --model DIR|FILE (--prompt-ids 1,2,3 | --prompt TEXT | --prompt-file "
+    "FILE) [--tokenizer FILE|DIR] [--max-new N] [--temperature T] "
     "[--top-k K] "
     "[--top-p P] [--seed S] [--stop-ids a,b] [--chunk C] [--prefill chunkwise|parallel] "
     "[--threads N] [--precision float|double] "
@@ -81,6 +90,8 @@ Number parseNumber(const std::string& flag, const std::string& text) {
 
 struct Arguments {
   std::string model, saveState, loadState, precision = "float";
+  std::string text, tokenizer;  // a text prompt (--prompt, --prompt-file) and --tokenizer
+  bool hasText = false;
   std::vector<std::int64_t> prompt, stop;
   retnet::GenerationOptions options;
   int threads = 0;
@@ -88,9 +99,9 @@ struct Arguments {
 
 Arguments parse(int argc, char** argv) {
   const std::vector<std::string> valued{
-      "--model",   "--prompt-ids", "--max-new",    "--temperature", "--top-k",
-      "--top-p",   "--seed",       "--stop-ids",   "--chunk",       "--prefill",
-      "--threads", "--precision",  "--save-state", "--load-state"};
+      "--model",      "--prompt-ids", "--max-new", "--temperature", "--top-k",    "--top-p",
+      "--seed",       "--stop-ids",   "--chunk",   "--prefill",     "--threads",  "--precision",
+      "--save-state", "--load-state", "--prompt",  "--prompt-file", "--tokenizer"};
   std::map<std::string, std::string> given;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -103,9 +114,23 @@ Arguments parse(int argc, char** argv) {
   }
   Arguments a;
   if (!given.count("--model")) throw UsageError("--model is required");
-  if (!given.count("--prompt-ids")) throw UsageError("--prompt-ids is required");
+  const int prompts = static_cast<int>(given.count("--prompt-ids") + given.count("--prompt") +
+                                       given.count("--prompt-file"));
+  if (prompts != 1)
+    throw UsageError("give exactly one of --prompt-ids, --prompt and --prompt-file");
   a.model = given["--model"];
-  a.prompt = parseIds("--prompt-ids", given["--prompt-ids"]);
+  if (given.count("--prompt-ids")) a.prompt = parseIds("--prompt-ids", given["--prompt-ids"]);
+  if (given.count("--prompt")) {
+    a.text = given["--prompt"];
+    a.hasText = true;
+  }
+  if (given.count("--prompt-file")) {
+    std::ifstream in(given["--prompt-file"], std::ios::binary);
+    if (!in) throw UsageError("--prompt-file: cannot read \"" + given["--prompt-file"] + "\"");
+    a.text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    a.hasText = true;
+  }
+  if (given.count("--tokenizer")) a.tokenizer = given["--tokenizer"];
   if (given.count("--stop-ids")) a.options.stopTokens = parseIds("--stop-ids", given["--stop-ids"]);
   if (given.count("--max-new"))
     a.options.maxNewTokens = parseNumber<retnet::Index>("--max-new", given["--max-new"]);
@@ -164,10 +189,27 @@ void describe(const Arguments& a, const retnet::io::ModelInfo& info, double load
 }
 
 /// Generation with a model of any family (RetNet, RWKV-4): the same skeleton, state and files.
+/// The tokenizer of a text prompt: --tokenizer, else the model directory's.
+std::optional<retnet::io::Tokenizer> tokenizerFor(const Arguments& a) {
+  if (!a.hasText && a.tokenizer.empty()) return std::nullopt;
+  if (!a.tokenizer.empty()) return retnet::io::loadTokenizer(a.tokenizer);
+  if (!std::filesystem::is_directory(a.model))
+    throw UsageError("a text prompt needs --tokenizer (the model is a single file)");
+  return retnet::io::loadTokenizer(a.model);
+}
+
 template <typename Model>
 int generate(const Arguments& a, const Model& model) {
   using State = typename Model::State;
   const auto& c = model.config();
+  const std::optional<retnet::io::Tokenizer> tokenizer = tokenizerFor(a);
+  std::vector<std::int64_t> prompt = a.prompt;
+  if (a.hasText) {
+    prompt = tokenizer->encode(a.text);
+    if (prompt.empty()) throw UsageError("the text prompt encodes to no tokens");
+    std::printf("tokenizer: %s, %ld tokens; prompt: %zu tokens\n", tokenizer->kind(),
+                static_cast<long>(tokenizer->vocabSize()), prompt.size());
+  }
   State state;
   if (!a.loadState.empty()) {
     state = retnet::io::loadModelState<typename Model::BlockType>(a.loadState, c);
@@ -181,22 +223,33 @@ int generate(const Arguments& a, const Model& model) {
   const auto start = std::chrono::steady_clock::now();
   double firstTokenAt = -1;
   std::vector<std::int64_t> tokens;
+  std::optional<retnet::io::StreamDecoder> stream;
+  if (tokenizer) {
+    stream.emplace(*tokenizer);
+    std::printf("text: %s", a.text.c_str());  // then the generated text, as it comes
+    std::fflush(stdout);
+  }
   options.onToken = [&](retnet::Index, std::int64_t token) {
     if (firstTokenAt < 0) firstTokenAt = secondsSince(start);
     tokens.push_back(token);
+    if (stream && token < tokenizer->vocabSize()) {
+      std::fputs(stream->push(token).c_str(), stdout);
+      std::fflush(stdout);
+    }
   };
   State finalState;
-  model.continueGeneration(state, {a.prompt}, options, a.saveState.empty() ? nullptr : &finalState);
+  model.continueGeneration(state, {prompt}, options, a.saveState.empty() ? nullptr : &finalState);
   const double total = secondsSince(start);
+  if (stream) std::printf("%s\n", stream->flush().c_str());
 
-  std::printf("prompt: %zu tokens\n", a.prompt.size());
+  std::printf("prompt: %zu tokens\n", prompt.size());
   std::printf("generated:");
   for (const auto t : tokens) std::printf(" %lld", static_cast<long long>(t));
   std::printf("\n");
   if (firstTokenAt >= 0) {
     // The first token needs only the prefill; every later one a decoding step.
     std::printf("prefill: %.3f ms (%.0f tokens/s)\n", firstTokenAt * 1e3,
-                static_cast<double>(a.prompt.size()) / firstTokenAt);
+                static_cast<double>(prompt.size()) / firstTokenAt);
     const auto steps = static_cast<double>(tokens.size()) - 1;
     if (steps > 0)
       std::printf("decode: %.3f ms per token (%.0f tokens/s)\n",

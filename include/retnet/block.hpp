@@ -149,11 +149,9 @@ class RetNetBlock
                                         "RetNetBlock::forwardRecurrent"};
   Index inputWidth() const { return config_.embedDim; }
   Index outputWidth() const { return config_.embedDim; }
-  void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
-    retention_.prepare(where, x, state);
-  }
-  void prepareState(const char* where, Index batch, State& state) const {
-    retention_.prepareState(where, batch, state);
+  /// The block's state is its retention's.
+  void sizeOrCheckState(const char* where, const char* batchName, Index batch, State& state) const {
+    retention_.sizeOrCheckState(where, batchName, batch, state);
   }
 
   /// A zero state for `batch` sequences of a block of shape `config`.

@@ -189,16 +189,16 @@ class MultiScaleRetention
   Index inputWidth() const { return config_.embedDim; }
   Index outputWidth() const { return config_.embedDim; }
 
-  /// Checks x against the configuration and the state, sizing an empty state.
-  void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
-    detail::requireNonEmpty(where, "x", x);
-    detail::requireEqual(where, "x's last dimension (embedDim)", config_.embedDim, x.features());
-    sizeOrCheckState(where, "x's batch size (the state's)", x.batch(), state);
-  }
-
   /// Sizes an empty state for `batch` items, or checks a non-empty one against this layer.
-  void prepareState(const char* where, Index batch, State& state) const {
-    sizeOrCheckState(where, "batch size (the state's)", batch, state);
+  void sizeOrCheckState(const char* where, const char* batchName, Index batch, State& state) const {
+    if (state.empty()) {
+      state.reset(batch, config_.heads, config_.keyDim(), config_.headValueDim());
+      return;
+    }
+    detail::requireEqual(where, batchName, state.batch(), batch);
+    detail::requireEqual(where, "state heads", config_.heads, state.heads());
+    detail::requireEqual(where, "state key dim", config_.keyDim(), state.keyDim());
+    detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
   }
 
   /// The data path of one slab: x (batch·time x D) -> y (batch·time x D), every batch item
@@ -211,7 +211,7 @@ class MultiScaleRetention
     detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
     detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
     detail::require(!state.empty(), where, "the state must be sized (prepare) first");
-    prepareState(where, batch, state);
+    sizeOrCheckState(where, "batch size (the state's)", batch, state);
     for (Index b = 0; b < batch; ++b) {
       detail::require(state.position(b) <= kMaxPosition - time, where, "position ",
                       state.position(b), " + time ", time, " is beyond 2^53");
@@ -245,17 +245,6 @@ class MultiScaleRetention
   static Config checkedConfig(const Config& config) {
     config.validate("MultiScaleRetention");
     return config;
-  }
-
-  void sizeOrCheckState(const char* where, const char* batchName, Index batch, State& state) const {
-    if (state.empty()) {
-      state.reset(batch, config_.heads, config_.keyDim(), config_.headValueDim());
-      return;
-    }
-    detail::requireEqual(where, batchName, state.batch(), batch);
-    detail::requireEqual(where, "state heads", config_.heads, state.heads());
-    detail::requireEqual(where, "state key dim", config_.keyDim(), state.keyDim());
-    detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
   }
 
   /// Width of q and k together, the rotated columns: (H + H_kv)·dk.

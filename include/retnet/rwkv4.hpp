@@ -161,13 +161,15 @@ class Rwkv4Block : public SequenceLayer<Rwkv4Block<Scalar>, Scalar, Rwkv4State<S
                                         "Rwkv4Block::forwardRecurrent"};
   Index inputWidth() const { return config_.embedDim; }
   Index outputWidth() const { return config_.embedDim; }
-  void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
-    detail::requireNonEmpty(where, "x", x);
-    detail::requireEqual(where, "x's last dimension (embedDim)", config_.embedDim, x.features());
-    sizeOrCheckState(where, "x's batch size (the state's)", x.batch(), state);
-  }
-  void prepareState(const char* where, Index batch, State& state) const {
-    sizeOrCheckState(where, "batch size (the state's)", batch, state);
+  /// Sizes an empty state for `batch` sequences, or checks a non-empty one against this block.
+  void sizeOrCheckState(const char* where, const char* batchName, Index batch, State& state) const {
+    if (state.empty()) {
+      state.reset(batch, config_.embedDim, config_.attentionDim());
+      return;
+    }
+    detail::requireEqual(where, batchName, state.batch(), batch);
+    detail::requireEqual(where, "state embedDim", config_.embedDim, state.embedDim());
+    detail::requireEqual(where, "state attDim", config_.attentionDim(), state.attDim());
   }
 
   /// An empty state for `batch` sequences of a block of shape `config`.
@@ -183,7 +185,7 @@ class Rwkv4Block : public SequenceLayer<Rwkv4Block<Scalar>, Scalar, Rwkv4State<S
     detail::requireShape(where, x, rows, C, "x (batch·time x embedDim)");
     detail::requireShape(where, y, rows, C, "y (batch·time x embedDim)");
     detail::require(!state.empty(), where, "the state must be sized (prepare) first");
-    prepareState(where, batch, state);
+    sizeOrCheckState(where, "batch size (the state's)", batch, state);
     for (Index b = 0; b < batch; ++b) {
       detail::require(state.position(b) <= kMaxPosition - time, where, "position ",
                       state.position(b), " + time ", time, " is beyond 2^53");
@@ -238,16 +240,6 @@ class Rwkv4Block : public SequenceLayer<Rwkv4Block<Scalar>, Scalar, Rwkv4State<S
   static Config checkedConfig(const Config& config) {
     config.validate("Rwkv4Block");
     return config;
-  }
-
-  void sizeOrCheckState(const char* where, const char* batchName, Index batch, State& state) const {
-    if (state.empty()) {
-      state.reset(batch, config_.embedDim, config_.attentionDim());
-      return;
-    }
-    detail::requireEqual(where, batchName, state.batch(), batch);
-    detail::requireEqual(where, "state embedDim", config_.embedDim, state.embedDim());
-    detail::requireEqual(where, "state attDim", config_.attentionDim(), state.attDim());
   }
 
   /// The token shift's carried rows: each sequence's last row of `normed`.

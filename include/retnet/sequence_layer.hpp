@@ -11,7 +11,7 @@
 //   forward(x)  forward(x, state)   forward(form, x, chunk, state)
 //   forwardRows(form, x, batch, time, chunk, state, y, scratch)   raw buffers, for compositions
 //
-// Each form checks its arguments (Layer::prepare), then runs the layer's data path
+// Each form checks its arguments (prepare), then runs the layer's data path
 // (Layer::forwardSlab, public, in the layer's header) over the input, long inputs in slabs of
 // whole chunks so that scratch memory is bounded by the slab. The state is the layer's value
 // (what a user saves and hands between forms); the scratch is not: it is passed in, or made
@@ -20,7 +20,8 @@
 // What the Layer provides (all public):
 //   static constexpr FormNames kFormNames;                  names for error messages
 //   Index inputWidth() const;  Index outputWidth() const;  Index recommendedChunkSize() const;
-//   void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State&) const;
+//   void sizeOrCheckState(const char* where, const char* batchName, Index batch, State&) const;
+//       sizes an empty state for `batch` sequences, or checks a non-empty one against the layer
 //   void forwardSlab(Form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunk,
 //                    State&, MatrixRef<Scalar> y, Scratch&) const;
 #pragma once
@@ -81,7 +82,7 @@ class SequenceLayer {
   /// its first step.
   void forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state, Tensor3<Scalar>& out,
                         Scratch& scratch) const {
-    layer().prepare(Layer::kFormNames.recurrent, x, state);
+    prepare(Layer::kFormNames.recurrent, x, state);
     const Index width = layer().outputWidth();
     if (out.dimension(0) != x.batch() || out.dimension(1) != x.time() || out.dimension(2) != width)
       out.resize(x.batch(), x.time(), width);
@@ -116,6 +117,18 @@ class SequenceLayer {
     }
   }
 
+  /// Checks x (B, T, inputWidth) and the state against the layer, sizing an empty state.
+  void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
+    detail::requireNonEmpty(where, "x", x);
+    detail::requireEqual(where, "x's last dimension (embedDim)", layer().inputWidth(),
+                         x.features());
+    layer().sizeOrCheckState(where, "x's batch size (the state's)", x.batch(), state);
+  }
+  /// Sizes an empty state for `batch` sequences, or checks a non-empty one against the layer.
+  void prepareState(const char* where, Index batch, State& state) const {
+    layer().sizeOrCheckState(where, "batch size (the state's)", batch, state);
+  }
+
   /// x (batch·time x inputWidth) -> y (batch·time x outputWidth), both row-major buffers, for
   /// enclosing compositions (a model's stack of blocks) that have sized the state with prepare();
   /// forwardSlab checks the state against the layer. Long inputs run in slabs of whole chunks.
@@ -145,7 +158,7 @@ class SequenceLayer {
 
   Tensor3<Scalar> run(const char* where, Form form, const ConstTensor3Ref<Scalar>& x,
                       Index chunkSize, State& state) const {
-    layer().prepare(where, x, state);
+    prepare(where, x, state);
     Tensor3<Scalar> out(x.batch(), x.time(), layer().outputWidth());
     Scratch scratch;  // one call's buffers, sized by its slab
     forwardRows(form, x.data(), x.batch(), x.time(), chunkSize, state, out.data(), scratch);

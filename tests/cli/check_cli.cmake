@@ -110,3 +110,28 @@ expect_error(1 ".*state_rwkv4.bin: the state belongs to a model of another famil
              --model ${DATA}/fla/fla_small --prompt-ids 1 --load-state ${WORK_DIR}/state_rwkv4.bin)
 expect_error(1 ".*no model.safetensors and no model.safetensors.index.json" --model ${WORK_DIR}
              --prompt-ids 1)
+
+# A text prompt with the model directory's tokenizer (an RWKV World-format vocabulary): encoded,
+# the text streamed, and the same tokens as the prompt's ids ("Hello" 257, " world" 258).
+run_cli(0 text err --model ${DATA}/rwkv4/cli_tiny --prompt "Hello world" --max-new 6 --seed 5
+        --temperature 0.8)
+expect_match("${text}" "tokenizer: rwkv-world, 299 tokens; prompt: 2 tokens\n" "text prompt")
+expect_match("${text}" "text: Hello world" "streamed text")
+run_cli(0 ids err --model ${DATA}/rwkv4/cli_tiny --prompt-ids 257,258 --max-new 6 --seed 5
+        --temperature 0.8)
+string(REGEX MATCH "generated:[ 0-9]+" text_ids "${text}")
+string(REGEX MATCH "generated:[ 0-9]+" id_ids "${ids}")
+if(NOT text_ids STREQUAL id_ids)
+  message(FATAL_ERROR "--prompt and --prompt-ids of its encoding differ: '${text_ids}' vs '${id_ids}'")
+endif()
+file(WRITE ${WORK_DIR}/prompt.txt "Hello world")
+run_cli(0 from_file err --model ${DATA}/rwkv4/cli_tiny --prompt-file ${WORK_DIR}/prompt.txt
+        --tokenizer ${DATA}/rwkv4/cli_tiny/rwkv_vocab_tiny.txt --max-new 6 --seed 5 --temperature 0.8)
+string(REGEX MATCH "generated:[ 0-9]+" file_ids "${from_file}")
+if(NOT file_ids STREQUAL id_ids)
+  message(FATAL_ERROR "--prompt-file differs from --prompt-ids: '${file_ids}' vs '${id_ids}'")
+endif()
+expect_error(1 "a text prompt needs --tokenizer" --model ${DATA}/rwkv4/rwkv4_model_small.safetensors
+             --prompt hi)
+expect_error(2 "give exactly one of --prompt-ids, --prompt and --prompt-file" --model ${MODEL}
+             --prompt-ids 1 --prompt hi)
