@@ -567,6 +567,18 @@ void pthCorpus(const std::filesystem::path& out, const std::filesystem::path& da
   write(out, "zip_bad_big_endian", pb::zip(bigEndian));
 }
 
+/// RWKV World vocabularies: the CLI test's tiny one (every byte and some words), a few lines of it,
+/// and lines of each literal form (str with escapes, bytes, \u, non-ASCII).
+void vocabularyCorpus(const std::filesystem::path& out, const std::filesystem::path& data) {
+  const std::string tiny = readText(data / "rwkv4" / "cli_tiny" / "rwkv_vocab_tiny.txt");
+  writeText(out, "tiny", tiny);
+  writeText(out, "tiny_head", tiny.substr(0, 200));
+  writeText(out, "literal_forms",
+            tiny +
+                "300 '\\t\\n\\r\\x41\\'' 5\n301 \"it's\" 4\n302 b'\\xff\\x00' 2\n"
+                "303 '\\u00e9\\U0001F642' 6\n304 '\xC3\xA9t\xC3\xA9' 5\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -588,6 +600,7 @@ int main(int argc, char** argv) {
     weightIndexCorpus(subdirectory("weight_index"), data);
     stateFileCorpus(subdirectory("state_file"));
     pthCorpus(subdirectory("pth"), data);
+    vocabularyCorpus(subdirectory("vocabulary"), data);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "%s\n", error.what());
     return 1;

@@ -140,7 +140,7 @@ TEST(WorldVocabulary, RefusesMalformedFiles) {
   refuse(byteVocabulary("257 b'\\u0041' 1\n"), "\\u in a bytes literal");
   refuse(byteVocabulary("257 '\\xZZ' 1\n"), "hexadecimal");
   refuse(byteVocabulary("257 'a' 1\n"), "repeats id 98");  // the same bytes as the entry of 'a'
-  refuse(byteVocabulary("16777216 'ab' 2\n"), "outside [1, 16777216)");
+  refuse(byteVocabulary("999999999 'ab' 2\n"), "id 999999999 is outside [1, 257]");
   refuse(byteVocabulary("257 '\\ud800' 3\n"), "no Unicode scalar value");
 }
 

@@ -10,8 +10,9 @@
 // No special tokens are added.
 //
 // The file is refused (FormatError naming file and line) if a line is not in that form, a
-// literal's length differs from its stated length, an id repeats or is out of range, or a single
-// byte has no entry.
+// literal's length differs from its stated length, an id repeats or is outside 1 … N (N the
+// number of entries: ids have no gaps, as in BlinkDL's files), two ids stand for the same bytes,
+// or a single byte has no entry.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,6 @@ namespace retnet::io {
 
 /// Bounds on a vocabulary file: what a real one needs many times over.
 inline constexpr std::uintmax_t kMaxVocabularyBytes = std::uintmax_t(64) << 20;
-inline constexpr std::int64_t kMaxVocabularyId = std::int64_t(1) << 24;
 
 class RwkvWorldTokenizer final : public TokenizerModel {
  public:
@@ -53,16 +53,11 @@ class RwkvWorldTokenizer final : public TokenizerModel {
   static std::shared_ptr<RwkvWorldTokenizer> fromText(std::string_view text,
                                                       const std::string& name) {
     auto tokenizer = std::shared_ptr<RwkvWorldTokenizer>(new RwkvWorldTokenizer());
-    std::size_t begin = 0, line = 0;
-    while (begin < text.size()) {
-      std::size_t end = text.find('\n', begin);
-      if (end == std::string_view::npos) end = text.size();
-      ++line;
-      std::string_view row = text.substr(begin, end - begin);
-      if (!row.empty() && row.back() == '\r') row.remove_suffix(1);
-      if (!row.empty()) tokenizer->addLine(row, name, line);
-      begin = end + 1;
-    }
+    // Ids run 1 … N for N entries (the lines that are not empty): no id can ask for more room.
+    forEachLine(text, [&](std::string_view, std::size_t) { ++tokenizer->entries_; });
+    tokenizer->pieces_.resize(tokenizer->entries_ + 1);
+    forEachLine(
+        text, [&](std::string_view row, std::size_t line) { tokenizer->addLine(row, name, line); });
     for (int b = 0; b < 256; ++b) {
       if (tokenizer->nodes_[static_cast<std::size_t>(b)].token == 0) {
         throw FormatError(retnet::detail::concat(name, ": no entry for the single byte ", b,
@@ -108,6 +103,21 @@ class RwkvWorldTokenizer final : public TokenizerModel {
 
   RwkvWorldTokenizer() : pieces_(1), nodes_(256) {}
 
+  /// Calls visit(row, line number) for every line that is not empty (without its \r\n).
+  template <typename Visit>
+  static void forEachLine(std::string_view text, Visit&& visit) {
+    std::size_t begin = 0, line = 0;
+    while (begin < text.size()) {
+      std::size_t end = text.find('\n', begin);
+      if (end == std::string_view::npos) end = text.size();
+      ++line;
+      std::string_view row = text.substr(begin, end - begin);
+      if (!row.empty() && row.back() == '\r') row.remove_suffix(1);
+      if (!row.empty()) visit(row, line);
+      begin = end + 1;
+    }
+  }
+
   static std::uint64_t edgeKey(std::uint32_t node, unsigned char byte) {
     return (static_cast<std::uint64_t>(node) << 8) | byte;
   }
@@ -123,14 +133,13 @@ class RwkvWorldTokenizer final : public TokenizerModel {
       fail(name, line, "expected '<id> <literal> <length>'");
     const std::int64_t id = number(row.substr(0, firstSpace), name, line, "id");
     const std::int64_t length = number(row.substr(lastSpace + 1), name, line, "length");
-    if (id < 1 || id >= kMaxVocabularyId)
-      fail(name, line, "id ", id, " is outside [1, ", kMaxVocabularyId, ")");
+    if (id < 1 || id > static_cast<std::int64_t>(entries_))
+      fail(name, line, "id ", id, " is outside [1, ", entries_,
+           "]: ids run from 1 to the number of entries");
     const std::string bytes =
         literal(row.substr(firstSpace + 1, lastSpace - firstSpace - 1), name, line);
     if (static_cast<std::int64_t>(bytes.size()) != length || bytes.empty())
       fail(name, line, "the literal has ", bytes.size(), " bytes, the line says ", length);
-    if (static_cast<std::size_t>(id) >= pieces_.size())
-      pieces_.resize(static_cast<std::size_t>(id) + 1);
     if (!pieces_[static_cast<std::size_t>(id)].empty()) fail(name, line, "id ", id, " repeats");
     pieces_[static_cast<std::size_t>(id)] = bytes;
     // Into the trie.
@@ -269,6 +278,7 @@ class RwkvWorldTokenizer final : public TokenizerModel {
     return out;
   }
 
+  std::size_t entries_ = 0;          // N: ids are 1 … N
   std::vector<std::string> pieces_;  // id -> bytes; id 0 (end of text) is empty
   std::vector<Node> nodes_;          // the trie: nodes 0…255 are the first bytes
   std::unordered_map<std::uint64_t, std::uint32_t> edges_;  // (node, byte) -> node
