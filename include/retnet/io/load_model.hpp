@@ -99,7 +99,11 @@ inline ModelInfo inspect(const std::string& path, const WeightFiles& files) {
   std::error_code error;
   if (std::filesystem::is_directory(path, error) && std::filesystem::exists(configPath, error)) {
     const JsonFile config = JsonFile::read(configPath.string(), kMaxConfigBytes);
-    if (config.string("model_type", "") == "rwkv") return inspectRwkv4(files, config);
+    // Hugging Face's RwkvConfig says model_type "rwkv" (another family's reader judges its own
+    // model_type, whatever its JSON type).
+    const bool rwkv = config.has("model_type") && config.root().at("model_type").is_string() &&
+                      config.root().at("model_type").get<std::string>() == "rwkv";
+    if (rwkv) return inspectRwkv4(files, config);
     if (config.has("decoder_embed_dim")) {
       const SyncdothConfig c = readSyncdothConfig(config);
       info.family = ModelFamily::kSyncdoth;
