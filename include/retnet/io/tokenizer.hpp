@@ -8,8 +8,9 @@
 //   std::cout << stream.flush();      // what is left at the end
 //
 // Formats: the RWKV World vocabulary (`rwkv_vocab_v20230424.txt`: greedy longest match over
-// bytes, io/rwkv_world_tokenizer.hpp). Hugging Face `tokenizer.json` (BPE) and SentencePiece
-// `tokenizer.model` are refused with a FormatError saying so until they are implemented.
+// bytes, io/rwkv_world_tokenizer.hpp) and Hugging Face `tokenizer.json` with a BPE model
+// (byte-level and SentencePiece-style, io/bpe_tokenizer.hpp). SentencePiece `tokenizer.model` is
+// refused with a FormatError saying so until it is implemented.
 #pragma once
 
 #include <cstdint>
