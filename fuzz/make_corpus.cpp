@@ -20,6 +20,8 @@
 //   weight_index/   model.safetensors.index.json files for fuzz_weight_index's two shards
 //                   (fuzz_common.hpp): every tensor, one family's, one shard's, and broken ones
 //                   (unknown or escaping shard names, tensors in the wrong shard, bad types)
+//   tokenizer_json/ tokenizer.json files: tests/data/bpe's three real ones cut down to 600 ids,
+//                   and variants (merges as pairs, Split behaviors, added-token flags, refusals)
 //   state_file/     state files of fuzz_state_file's two models written by serializeState
 //                   (batch 1 and 2, float and double values, items at different positions),
 //                   and damaged variants (truncated, bad magic, version, value size, checksum,
@@ -579,6 +581,108 @@ void vocabularyCorpus(const std::filesystem::path& out, const std::filesystem::p
                 "303 '\\u00e9\\U0001F642' 6\n304 '\xC3\xA9t\xC3\xA9' 5\n");
 }
 
+/// Hugging Face tokenizer.json files: tests/data/bpe's real files (Mistral's SentencePiece-style,
+/// GPT-2's ByteLevel, cl100k's Split + ByteLevel) cut down to their first 600 ids and the merges
+/// among those (small enough to fuzz fast, every part of the pipeline as in the real file), and
+/// variants: merges as pairs, ignore_merges, each Split behavior, added-token flags, and parts
+/// that are refused (another model type, an NFC normalizer, a Metaspace pre-tokenizer).
+void tokenizerJsonCorpus(const std::filesystem::path& out, const std::filesystem::path& data) {
+  // The first 600 ids, and the single characters up to U+024F and "▁" wherever they are (Mistral
+  // keeps its single characters at the end), renumbered densely in their order; then the merges
+  // among the kept tokens, and the added tokens and template ids renumbered to match.
+  const auto small = [&](const char* name) {
+    nlohmann::json file = nlohmann::json::parse(readText(data / "bpe" / name / "tokenizer.json"));
+    nlohmann::json& model = file["model"];
+    std::map<int, std::string> kept;  // old id -> token
+    for (auto item = model["vocab"].begin(); item != model["vocab"].end(); ++item) {
+      const std::string& token = item.key();
+      const auto lead = static_cast<unsigned char>(token.empty() ? 0 : token[0]);
+      const bool oneCharacter = token.size() == 1 || (token.size() == 2 && lead < 0xCA);
+      if (item.value().get<int>() < 600 || oneCharacter || token == "\xE2\x96\x81")
+        kept[item.value().get<int>()] = token;
+    }
+    std::map<int, int> renumber;
+    nlohmann::json vocab = nlohmann::json::object();
+    for (const auto& [id, token] : kept) {
+      const int fresh = static_cast<int>(renumber.size());
+      renumber[id] = fresh;
+      vocab[token] = fresh;
+    }
+    const auto newId = [&](int id) {
+      const auto found = renumber.find(id);
+      if (found != renumber.end()) return found->second;
+      const int fresh = static_cast<int>(renumber.size());
+      renumber[id] = fresh;
+      return fresh;
+    };
+    nlohmann::json merges = nlohmann::json::array();
+    for (const auto& merge : model["merges"]) {
+      const std::string both = merge.get<std::string>();
+      const std::size_t space = both.find(' ');
+      const std::string left = both.substr(0, space), right = both.substr(space + 1);
+      if (vocab.contains(left) && vocab.contains(right) && vocab.contains(left + right))
+        merges.push_back(merge);
+    }
+    model["vocab"] = vocab;
+    model["merges"] = merges;
+    for (auto& token : file["added_tokens"]) token["id"] = newId(token["id"].get<int>());
+    if (file["post_processor"].is_object() &&
+        file["post_processor"]["type"] == "TemplateProcessing") {
+      for (auto& special : file["post_processor"]["special_tokens"]) {
+        for (auto& id : special["ids"]) id = newId(id.get<int>());
+      }
+    }
+    return file;
+  };
+  const auto put = [&](const std::string& name, const nlohmann::json& file) {
+    writeText(out, name, file.dump());
+  };
+  const nlohmann::json mistral = small("mistral"), gpt2 = small("gpt2"), cl100k = small("cl100k");
+  put("mistral_small", mistral);
+  put("gpt2_small", gpt2);
+  put("cl100k_small", cl100k);
+
+  nlohmann::json pairs = gpt2;
+  for (auto& merge : pairs["model"]["merges"]) {
+    const std::string both = merge.get<std::string>();
+    const std::size_t space = both.find(' ');
+    merge = nlohmann::json::array({both.substr(0, space), both.substr(space + 1)});
+  }
+  pairs["model"]["ignore_merges"] = true;
+  put("gpt2_pairs_ignore_merges", pairs);
+  for (const char* behavior : {"Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"}) {
+    nlohmann::json file = cl100k;
+    file["pre_tokenizer"]["pretokenizers"][0]["behavior"] = behavior;
+    file["pre_tokenizer"]["pretokenizers"][0]["invert"] = false;
+    put(std::string("cl100k_split_") + behavior, file);
+  }
+  nlohmann::json flags = mistral;
+  flags["added_tokens"].push_back({{"id", 1},
+                                   {"content", "<s>"},
+                                   {"lstrip", true},
+                                   {"rstrip", true},
+                                   {"single_word", true},
+                                   {"normalized", false},
+                                   {"special", true}});
+  flags["added_tokens"].erase(1);
+  put("mistral_added_flags", flags);
+  nlohmann::json metaspace = mistral;
+  metaspace["decoder"] = {{"type", "Metaspace"},
+                          {"replacement", "\xE2\x96\x81"},
+                          {"prepend_scheme", "always"},
+                          {"split", false}};
+  put("mistral_metaspace_decoder", metaspace);
+  nlohmann::json refused = gpt2;
+  refused["normalizer"] = {{"type", "NFC"}};
+  put("bad_nfc", refused);
+  refused = mistral;
+  refused["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "x"}};
+  put("bad_metaspace_pre_tokenizer", refused);
+  refused = mistral;
+  refused["model"]["type"] = "Unigram";
+  put("bad_unigram", refused);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -601,6 +705,7 @@ int main(int argc, char** argv) {
     stateFileCorpus(subdirectory("state_file"));
     pthCorpus(subdirectory("pth"), data);
     vocabularyCorpus(subdirectory("vocabulary"), data);
+    tokenizerJsonCorpus(subdirectory("tokenizer_json"), data);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "%s\n", error.what());
     return 1;

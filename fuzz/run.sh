@@ -5,7 +5,7 @@
 #
 #   fuzz/run.sh [build dir [target...]]   default build-fuzz and every target:
 #                                         safetensors pth model_config weight_index state_file
-#                                         vocabulary
+#                                         vocabulary tokenizer_json
 #
 #   FUZZ_SECONDS          seconds for fuzz_safetensors (default 60)
 #   FUZZ_SECONDS_READERS  seconds for each of the other targets (default 20)
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 build="${1:-build-fuzz}"
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(safetensors pth model_config weight_index state_file vocabulary)
+[ "${#targets[@]}" -gt 0 ] || targets=(safetensors pth model_config weight_index state_file vocabulary tokenizer_json)
 jobs="${FUZZ_BUILD_JOBS:-1}"
 
 cmake -S . -B "$build" -DRETNET_BUILD_FUZZERS=ON -DRETNET_BUILD_TESTS=OFF \
