@@ -40,19 +40,22 @@
 #include <utility>
 #include <vector>
 
+#include "file_bench.hpp"
 #include "retnet/io/load_model.hpp"
 #include "retnet/retnet.hpp"
 
 namespace {
 
 using retnet::Index;
-using Json = nlohmann::ordered_json;
+using retnet_file_bench::Json;
+using retnet_file_bench::parseList;
+using retnet_file_bench::readBandwidth;
+using retnet_file_bench::secondsSince;
+using retnet_file_bench::stats;
+using retnet_file_bench::Stats;
+using retnet_file_bench::statsJson;
 using Model = retnet::RetNetModel<float>;
-using Clock = std::chrono::steady_clock;
-
-double secondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using retnet_file_bench::Clock;
 
 /// CPU time of the whole process (every thread), seconds: on a shared machine, a one-thread
 /// figure by CPU time excludes the time the process was descheduled.
@@ -83,19 +86,6 @@ struct Options {
                "         [--decode-prompt 128] [--decode-steps 32] [--breakdown-steps 4]\n"
                "         [--json FILE]\n";
   std::exit(2);
-}
-
-std::vector<Index> parseList(const std::string& text) {
-  std::vector<Index> list;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    const Index value = std::stoll(item);
-    if (value < 1) usage("list entries must be >= 1: " + text);
-    list.push_back(value);
-  }
-  if (list.empty()) usage("empty list");
-  return list;
 }
 
 Options parse(int argc, char** argv) {
@@ -276,50 +266,6 @@ double prefillFlops(const retnet::RetNetModelConfig& c, Index T, Index chunk) {
   const double linear = 2 * double(T) * d * (H * dk + Hkv * dk + Hkv * dv + 2 * H * dv + 3 * I);
   const double retention = H * (double(T) * C * (dk + dv) + 4 * double(T) * dk * dv);
   return double(c.layers) * (linear + retention) + 2 * double(c.vocab) * d;
-}
-
-/// Best read bandwidth (GB/s) of a sum over `bytes`, split over the threads retnet uses.
-double readBandwidth(std::size_t bytes) {
-  const auto n = static_cast<Index>(bytes / sizeof(float));
-  std::vector<float> data(static_cast<std::size_t>(n), 1.0f);
-  double best = 0, sink = 0;
-  for (int pass = 0; pass < 4; ++pass) {
-    const auto start = Clock::now();
-    double total = 0;
-#ifdef _OPENMP
-#pragma omp parallel for reduction(+ : total) schedule(static)
-#endif
-    for (Index part = 0; part < 64; ++part) {
-      const Index begin = part * n / 64, end = (part + 1) * n / 64;
-      total += double(Eigen::Map<const Eigen::VectorXf>(data.data() + begin, end - begin).sum());
-    }
-    const double seconds = secondsSince(start);
-    sink += total;
-    if (pass > 0) best = std::max(best, double(bytes) / seconds / 1e9);  // pass 0: warm-up
-  }
-  if (sink < 0) std::printf("%g\n", sink);  // keeps the sums
-  return best;
-}
-
-struct Stats {
-  double mean = 0, median = 0, min = 0, max = 0;
-};
-
-Stats stats(std::vector<double> v) {
-  Stats s;
-  std::sort(v.begin(), v.end());
-  s.mean = std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
-  s.median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-  s.min = v.front();
-  s.max = v.back();
-  return s;
-}
-
-Json statsJson(const Stats& s, double scale) {
-  return Json{{"mean", s.mean * scale},
-              {"median", s.median * scale},
-              {"min", s.min * scale},
-              {"max", s.max * scale}};
 }
 
 double gb(double bytes) { return bytes / 1e9; }
@@ -635,27 +581,11 @@ int run(const Options& o) {
     result["memory_end"] = memoryJson();
   }
 
-  const std::string text = result.dump(2);
-  if (o.json.empty()) {
-    std::printf("\n%s\n", text.c_str());
-  } else {
-    std::ofstream out(o.json, std::ios::trunc);
-    out << text << "\n";
-    if (!out) {
-      std::cerr << o.json << ": write failed\n";
-      return 1;
-    }
-  }
-  return 0;
+  return retnet_file_bench::writeResult(result, o.json);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(parse(argc, argv));
-  } catch (const std::exception& e) {
-    std::cerr << "bench_real_size: " << e.what() << "\n";
-    return 1;
-  }
+  return retnet_file_bench::guardedMain("bench_real_size", [&] { return run(parse(argc, argv)); });
 }
