@@ -42,6 +42,24 @@ build=${BUILD_DIR:-$root/build-rwkvbench}
 work=${WORK_DIR:-/tmp/rwkv4-bench}
 mkdir -p "$work"
 is_git_dir() { [[ "$(git -C "$1" rev-parse --is-bare-repository 2>/dev/null)" == true ]]; }
+# export_tree GIT_DIR COMMIT DEST: the commit's files into DEST. A fetched snapshot may lack its
+# largest blobs (test models, for rwkv.cpp): those are skipped and named, nothing else is.
+export_tree() {
+  local git_dir=$1 commit=$2 dest=$3 mode type object path
+  mkdir -p "$dest"
+  git -C "$git_dir" ls-tree -r -z "$commit" | while IFS= read -r -d '' line; do
+    read -r mode type object <<<"${line%%$'\t'*}"
+    path=${line#*$'\t'}
+    [[ "$type" == blob ]] || continue
+    if ! git -C "$git_dir" cat-file -e "$object" 2>/dev/null; then
+      echo "   (absent from the snapshot, skipped: $path)"
+      continue
+    fi
+    mkdir -p "$dest/$(dirname "$path")"
+    git -C "$git_dir" cat-file blob "$object" >"$dest/$path"
+    [[ "$mode" != 100755 ]] || chmod +x "$dest/$path"
+  done
+}
 
 # rwkv.cpp's source tree: as given, or exported from a git directory (with ggml beside it).
 rwkv_src=$(cd "$1" && pwd)
@@ -51,7 +69,7 @@ if is_git_dir "$rwkv_src"; then
   if [[ "$(cat "$tree/.commit" 2>/dev/null)" != "$rwkv_commit_default" ]]; then
     echo "== export rwkv.cpp $rwkv_commit_default into $tree"
     rm -rf "$tree" && mkdir -p "$tree"
-    git -C "$rwkv_src" archive HEAD | tar -x -C "$tree"
+    export_tree "$rwkv_src" HEAD "$tree"
     echo "$rwkv_commit_default" >"$tree/.commit"
   fi
   ggml_pin=$(git -C "$rwkv_src" ls-tree HEAD ggml | awk '$2 == "commit" { print $3 }')
@@ -66,7 +84,7 @@ if [[ ! -f "$rwkv_src/ggml/CMakeLists.txt" ]]; then
     pin=${ggml_pin:-HEAD}
     echo "== export ggml $pin (the commit rwkv.cpp pins) into $rwkv_src/ggml"
     mkdir -p "$rwkv_src/ggml"
-    git -C "$ggml_src" archive "$pin" | tar -x -C "$rwkv_src/ggml"
+    export_tree "$ggml_src" "$pin" "$rwkv_src/ggml"
     ggml_commit_default=$(git -C "$ggml_src" rev-parse "$pin")
   else
     cp -a "$ggml_src/." "$rwkv_src/ggml/"
@@ -87,7 +105,8 @@ else
     -DRWKV_STANDALONE=ON -DRWKV_BUILD_SHARED_LIBRARY=ON -DRWKV_NATIVE=ON -DRWKV_AVX512=ON \
     -DGGML_NATIVE=ON -DGGML_LLAMAFILE=ON -DGGML_OPENMP=ON -DGGML_CCACHE=OFF \
     -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF >/dev/null
-  nice -n 19 cmake --build "$rwkv_build" -j"${JOBS:-1}" --target rwkv >/dev/null
+  nice -n 19 cmake --build "$rwkv_build" -j"${JOBS:-1}" --target rwkv >"$work/rwkv.cpp-build.log" 2>&1 ||
+    { tail -30 "$work/rwkv.cpp-build.log" >&2; exit 1; }
   librwkv=$(find "$rwkv_build" -name 'librwkv.so' -print -quit)
 fi
 [[ -f "$librwkv" ]] || { echo "no library $librwkv" >&2; exit 1; }

@@ -8,7 +8,11 @@
 //                   [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--seed 7] [--stop-ids 0,2]
 //                   [--chunk 64] [--prefill chunkwise|parallel] [--threads 2]
 //                   [--precision float|double]
-//                   [--save-state FILE] [--load-state FILE]
+//                   [--save-state FILE] [--load-state FILE] [--interactive]
+//
+// --interactive: after the prompt (if any), a conversation on standard input: each line read is
+// fed (with a newline) after what came before, a reply generated and streamed, the state kept
+// between turns; it ends at end of input. It needs a tokenizer.
 //
 // Prints the generated ids (and, with a text prompt, the text as it is generated), prefill and
 // decode speeds and the size of the state. With
@@ -21,6 +25,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <map>
 #include <optional>
@@ -48,7 +53,7 @@ const char* const kUsage =
     "[--top-k K] "
     "[--top-p P] [--seed S] [--stop-ids a,b] [--chunk C] [--prefill chunkwise|parallel] "
     "[--threads N] [--precision float|double] "
-    "[--save-state FILE] [--load-state FILE]";
+    "[--save-state FILE] [--load-state FILE] [--interactive]";
 
 std::vector<std::int64_t> parseIds(const std::string& flag, const std::string& text) {
   std::vector<std::int64_t> ids;
@@ -92,6 +97,7 @@ struct Arguments {
   std::string model, saveState, loadState, precision = "float";
   std::string text, tokenizer;  // a text prompt (--prompt, --prompt-file) and --tokenizer
   bool hasText = false;
+  bool interactive = false;  // --interactive: a conversation on standard input
   std::vector<std::int64_t> prompt, stop;
   retnet::GenerationOptions options;
   int threads = 0;
@@ -103,20 +109,25 @@ Arguments parse(int argc, char** argv) {
       "--seed",       "--stop-ids",   "--chunk",   "--prefill",     "--threads",  "--precision",
       "--save-state", "--load-state", "--prompt",  "--prompt-file", "--tokenizer"};
   std::map<std::string, std::string> given;
+  Arguments a;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "--help" || flag == "-h") throw UsageError("help");
+    if (flag == "--interactive") {
+      if (a.interactive) throw UsageError(flag + " given twice");
+      a.interactive = true;
+      continue;
+    }
     if (std::find(valued.begin(), valued.end(), flag) == valued.end())
       throw UsageError("unknown argument \"" + flag + "\"");
     if (i + 1 >= argc) throw UsageError(flag + " needs a value");
     if (given.count(flag)) throw UsageError(flag + " given twice");
     given[flag] = argv[++i];
   }
-  Arguments a;
   if (!given.count("--model")) throw UsageError("--model is required");
   const int prompts = static_cast<int>(given.count("--prompt-ids") + given.count("--prompt") +
                                        given.count("--prompt-file"));
-  if (prompts != 1)
+  if (prompts > 1 || (prompts == 0 && !a.interactive))
     throw UsageError("give exactly one of --prompt-ids, --prompt and --prompt-file");
   a.model = given["--model"];
   if (given.count("--prompt-ids")) a.prompt = parseIds("--prompt-ids", given["--prompt-ids"]);
@@ -191,24 +202,115 @@ void describe(const Arguments& a, const retnet::io::ModelInfo& info, double load
 /// Generation with a model of any family (RetNet, RWKV-4): the same skeleton, state and files.
 /// The tokenizer of a text prompt: --tokenizer, else the model directory's.
 std::optional<retnet::io::Tokenizer> tokenizerFor(const Arguments& a) {
-  if (!a.hasText && a.tokenizer.empty()) return std::nullopt;
+  if (!a.hasText && !a.interactive && a.tokenizer.empty()) return std::nullopt;
   if (!a.tokenizer.empty()) return retnet::io::loadTokenizer(a.tokenizer);
   if (!std::filesystem::is_directory(a.model))
-    throw UsageError("a text prompt needs --tokenizer (the model is a single file)");
+    throw UsageError(std::string(a.hasText ? "a text prompt" : "--interactive") +
+                     " needs --tokenizer (the model is a single file)");
   return retnet::io::loadTokenizer(a.model);
 }
 
+/// The prompt's ids, checked against the model's vocabulary: a tokenizer that is not the model's
+/// is named as the cause.
+std::vector<std::int64_t> encodeFor(const retnet::io::Tokenizer& tokenizer, const std::string& text,
+                                    bool addSpecial, retnet::Index vocab) {
+  std::vector<std::int64_t> ids = tokenizer.encode(text, addSpecial);
+  for (const std::int64_t id : ids) {
+    if (id >= vocab)
+      throw std::runtime_error("the tokenizer (" + std::string(tokenizer.kind()) + ", " +
+                               std::to_string(tokenizer.vocabSize()) + " tokens) gave token " +
+                               std::to_string(id) + ", outside the model's vocabulary of " +
+                               std::to_string(vocab) + ": it is not this model's tokenizer");
+  }
+  return ids;
+}
+
+/// What one prompt produced: the drawn tokens and when.
+struct Turn {
+  std::vector<std::int64_t> tokens;
+  double firstTokenAt = -1;  ///< seconds from the start to the first drawn token (the prefill)
+  double total = 0;          ///< seconds from the start to the end
+};
+
+/// Feeds `prompt` to `state` and generates, streaming the text when there is a tokenizer.
+/// `state` becomes the state that has consumed everything but the last drawn token: where the
+/// conversation resumes (that token first).
+template <typename Model>
+Turn runTurn(const Model& model, typename Model::State& state,
+             const std::vector<std::int64_t>& prompt, const retnet::GenerationOptions& base,
+             const retnet::io::Tokenizer* tokenizer) {
+  Turn turn;
+  retnet::GenerationOptions options = base;
+  std::optional<retnet::io::StreamDecoder> stream;
+  if (tokenizer != nullptr) stream.emplace(*tokenizer);
+  const auto start = std::chrono::steady_clock::now();
+  options.onToken = [&](retnet::Index, std::int64_t token) {
+    if (turn.firstTokenAt < 0) turn.firstTokenAt = secondsSince(start);
+    turn.tokens.push_back(token);
+    if (stream && token < tokenizer->vocabSize()) {
+      std::fputs(stream->push(token).c_str(), stdout);
+      std::fflush(stdout);
+    }
+  };
+  typename Model::State resume;
+  model.continueGeneration(state, {prompt}, options, &resume);
+  state = std::move(resume);
+  turn.total = secondsSince(start);
+  if (stream) std::printf("%s\n", stream->flush().c_str());
+  return turn;
+}
+
+/// The speed of a turn: the first token needs only the prefill, every later one a decoding step.
+void printSpeed(const Turn& turn, std::size_t promptTokens) {
+  if (turn.firstTokenAt < 0) return;
+  std::printf("prefill: %.3f ms (%.0f tokens/s)\n", turn.firstTokenAt * 1e3,
+              static_cast<double>(promptTokens) / turn.firstTokenAt);
+  const auto steps = static_cast<double>(turn.tokens.size()) - 1;
+  if (steps > 0)
+    std::printf("decode: %.3f ms per token (%.0f tokens/s)\n",
+                (turn.total - turn.firstTokenAt) / steps * 1e3,
+                steps / (turn.total - turn.firstTokenAt));
+}
+
+/// --interactive: a line read, fed (after the token the previous turn drew last), a reply
+/// generated and streamed; the state carries the whole conversation. Ends at end of input.
+/// Returns the token drawn last and not yet fed (none if nothing was drawn).
+template <typename Model>
+std::vector<std::int64_t> converse(const Model& model, typename Model::State& state,
+                                   const Arguments& a, const retnet::io::Tokenizer& tokenizer,
+                                   std::vector<std::int64_t> pending) {
+  const auto& c = model.config();
+  for (int turn = 1;; ++turn) {
+    std::printf("> ");
+    std::fflush(stdout);
+    std::string line;
+    if (!std::getline(std::cin, line)) break;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    // BOS (where the tokenizer adds one) only at the very start of a conversation.
+    const bool first = state.empty() && pending.empty();
+    std::vector<std::int64_t> prompt = pending;
+    for (const std::int64_t id : encodeFor(tokenizer, line + "\n", first, c.vocab))
+      prompt.push_back(id);
+    const Turn reply = runTurn(model, state, prompt, a.options, &tokenizer);
+    pending.clear();
+    if (!reply.tokens.empty()) pending.push_back(reply.tokens.back());
+    std::printf("[turn %d: %zu prompt tokens, %zu generated, %.0f ms; position %ld]\n", turn,
+                prompt.size(), reply.tokens.size(), reply.total * 1e3,
+                static_cast<long>(state.position(0)));
+  }
+  std::printf("\n");
+  return pending;
+}
+
+/// Generation with a model of any family (RetNet, RWKV-4): the same skeleton, state and files.
 template <typename Model>
 int generate(const Arguments& a, const Model& model) {
   using State = typename Model::State;
   const auto& c = model.config();
   const std::optional<retnet::io::Tokenizer> tokenizer = tokenizerFor(a);
-  std::vector<std::int64_t> prompt = a.prompt;
-  if (a.hasText) {
-    prompt = tokenizer->encode(a.text);
-    if (prompt.empty()) throw UsageError("the text prompt encodes to no tokens");
-    std::printf("tokenizer: %s, %ld tokens; prompt: %zu tokens\n", tokenizer->kind(),
-                static_cast<long>(tokenizer->vocabSize()), prompt.size());
+  if (tokenizer) {
+    std::printf("tokenizer: %s, %ld tokens", tokenizer->kind(),
+                static_cast<long>(tokenizer->vocabSize()));
   }
   State state;
   if (!a.loadState.empty()) {
@@ -216,56 +318,47 @@ int generate(const Arguments& a, const Model& model) {
     if (state.batch() != 1)
       throw std::runtime_error(a.loadState + ": holds " + std::to_string(state.batch()) +
                                " sequences, this tool continues one");
+  }
+  std::vector<std::int64_t> prompt = a.prompt;
+  if (a.hasText) {
+    prompt = encodeFor(*tokenizer, a.text, state.empty(), c.vocab);
+    if (prompt.empty()) throw UsageError("the text prompt encodes to no tokens");
+    std::printf("; prompt: %zu tokens", prompt.size());
+  }
+  if (tokenizer) std::printf("\n");
+  if (!a.loadState.empty()) {
     std::printf("loaded state: %s at position %ld\n", a.loadState.c_str(),
                 static_cast<long>(state.position(0)));
   }
-  retnet::GenerationOptions options = a.options;
-  const auto start = std::chrono::steady_clock::now();
-  double firstTokenAt = -1;
+
   std::vector<std::int64_t> tokens;
-  std::optional<retnet::io::StreamDecoder> stream;
-  if (tokenizer) {
-    stream.emplace(*tokenizer);
-    std::printf("text: %s", a.text.c_str());  // then the generated text, as it comes
-    std::fflush(stdout);
-  }
-  options.onToken = [&](retnet::Index, std::int64_t token) {
-    if (firstTokenAt < 0) firstTokenAt = secondsSince(start);
-    tokens.push_back(token);
-    if (stream && token < tokenizer->vocabSize()) {
-      std::fputs(stream->push(token).c_str(), stdout);
+  if (!prompt.empty()) {
+    if (tokenizer) {
+      std::printf("text: %s", a.text.c_str());  // then the generated text, as it comes
       std::fflush(stdout);
     }
-  };
-  State finalState;
-  model.continueGeneration(state, {prompt}, options, a.saveState.empty() ? nullptr : &finalState);
-  const double total = secondsSince(start);
-  if (stream) std::printf("%s\n", stream->flush().c_str());
-
-  std::printf("prompt: %zu tokens\n", prompt.size());
-  std::printf("generated:");
-  for (const auto t : tokens) std::printf(" %lld", static_cast<long long>(t));
-  std::printf("\n");
-  if (firstTokenAt >= 0) {
-    // The first token needs only the prefill; every later one a decoding step.
-    std::printf("prefill: %.3f ms (%.0f tokens/s)\n", firstTokenAt * 1e3,
-                static_cast<double>(prompt.size()) / firstTokenAt);
-    const auto steps = static_cast<double>(tokens.size()) - 1;
-    if (steps > 0)
-      std::printf("decode: %.3f ms per token (%.0f tokens/s)\n",
-                  (total - firstTokenAt) / steps * 1e3, steps / (total - firstTokenAt));
+    const Turn turn = runTurn(model, state, prompt, a.options, tokenizer ? &*tokenizer : nullptr);
+    tokens = turn.tokens;
+    std::printf("prompt: %zu tokens\n", prompt.size());
+    std::printf("generated:");
+    for (const auto t : tokens) std::printf(" %lld", static_cast<long long>(t));
+    std::printf("\n");
+    printSpeed(turn, prompt.size());
   }
+  std::vector<std::int64_t> pending;  // drawn last, not yet fed: where a continuation starts
+  if (!tokens.empty()) pending.push_back(tokens.back());
+  if (a.interactive) pending = converse(model, state, a, *tokenizer, pending);
   std::printf("state: %ld bytes (fixed: independent of the sequence length)\n",
               static_cast<long>(state.bytes()));
   if (!a.saveState.empty()) {
-    retnet::io::saveState(finalState, c, a.saveState);
+    if (state.empty()) throw std::runtime_error("--save-state: nothing was fed, no state to save");
+    retnet::io::saveState(state, c, a.saveState);
     std::printf("saved state: %s at position %ld; continue with --load-state %s --prompt-ids ",
-                a.saveState.c_str(), static_cast<long>(finalState.position(0)),
-                a.saveState.c_str());
-    if (tokens.empty()) {
+                a.saveState.c_str(), static_cast<long>(state.position(0)), a.saveState.c_str());
+    if (pending.empty()) {
       std::printf("<next tokens>\n");  // everything given was consumed
     } else {
-      std::printf("%lld\n", static_cast<long long>(tokens.back()));  // drawn but not yet fed
+      std::printf("%lld\n", static_cast<long long>(pending.back()));
     }
   }
   return 0;

@@ -6,7 +6,8 @@ set -euo pipefail
 # libclang-rt-14-dev holds clang's sanitizer and libFuzzer runtimes: clang only recommends it, and
 # recommends are not installed here.
 packages=(cmake make g++ clang libclang-rt-14-dev libomp-dev clang-format libeigen3-dev libgtest-dev
-          libbenchmark-dev nlohmann-json3-dev libpcre2-dev pkg-config)
+          libbenchmark-dev nlohmann-json3-dev libpcre2-dev libsentencepiece-dev
+          libutf8proc-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -58,13 +58,38 @@ const corpus = [
     "The quick brown fox jumps over the lazy dog. 1 2 3\n",
 ];
 
-function makeCases(name) {
+// Texts that the Unicode normal forms change: composed and decomposed accents, the Angstrom and
+// Kelvin signs, Hangul jamo, ligatures, circled and fullwidth and halfwidth forms, superscripts.
+const normalizationCorpus = [
+  "e\u0301 vs \u00e9, A\u030a vs \u00c5 vs \u212b, \u212a (Kelvin) and K",
+  "\u1100\u1161\u11a8 \uac01 \u110b\u1173\u11af \uc744",
+  "\ufb01nance \ufb02ow \u2460\u2461 \u00bd x\u00b2 \u2126 \u00b5",
+  "\uff76\uff9e\uff97 \uff21\uff22 \u3000 \u2163 \u33a1",
+  "o\u0308\u0301 q\u0323\u0307 \u1e0b\u0323 \u0958 \u0915\u093c",
+];
+
+// Variants of a file with another normalizer, written to cases_<suffix>.json beside its cases:
+// GPT-2's with NFC stands for GPT-NeoX's tokenizer (byte-level BPE after NFC: RWKV-4 Pile's and
+// Pythia's), and with NFKC, NFD and NFKD for the other forms. The C++ test builds the same
+// variant from the same tokenizer.json.
+const variants = {
+  gpt2: [
+    { suffix: "nfc", normalizer: { type: "NFC" } },
+    { suffix: "nfkc", normalizer: { type: "NFKC" } },
+    { suffix: "nfd", normalizer: { type: "NFD" } },
+    { suffix: "nfkd", normalizer: { type: "NFKD" } },
+  ],
+};
+
+function makeCases(name, variant) {
   const dir = path.join("tests", "data", "bpe", name);
   const tokenizerJSON = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8"));
+  if (variant) tokenizerJSON.normalizer = variant.normalizer;
   const tokenizerConfig = JSON.parse(
     fs.readFileSync(path.join(dir, "tokenizer_config.json"), "utf8"));
   const tokenizer = TokenizerLoader.fromPreTrained({ tokenizerJSON, tokenizerConfig });
-  const cases = corpus.map((text) => {
+  const texts = variant ? corpus.concat(normalizationCorpus) : corpus;
+  const cases = texts.map((text) => {
     const ids = Array.from(tokenizer.encode(text, { add_special_tokens: false }));
     const idsSpecial = Array.from(tokenizer.encode(text, { add_special_tokens: true }));
     // (transformers.js refuses to decode no ids; their text is the empty string.)
@@ -77,13 +102,16 @@ function makeCases(name) {
   const out = {
     generator: "scripts/make_bpe_tokenizer_cases.cjs",
     reference: `@lenml/tokenizers ${version} (transformers.js tokenizers)`,
+    ...(variant ? { normalizer: variant.normalizer } : {}),
     cases,
   };
-  fs.writeFileSync(path.join(dir, "cases.json"), JSON.stringify(out, null, 1) + "\n");
-  console.log(`${name}: ${cases.length} cases`);
+  const file = variant ? `cases_${variant.suffix}.json` : "cases.json";
+  fs.writeFileSync(path.join(dir, file), JSON.stringify(out, null, 1) + "\n");
+  console.log(`${name}/${file}: ${cases.length} cases`);
 }
 
 for (const name of process.argv.slice(2).length ? process.argv.slice(2) :
   ["mistral", "gpt2", "cl100k"]) {
   makeCases(name);
+  for (const variant of variants[name] || []) makeCases(name, variant);
 }

@@ -44,14 +44,15 @@ const Tokenizer& mistral() {
   return tokenizer;
 }
 
-nlohmann::json casesOf(const std::string& name) {
-  std::ifstream in(bpeData(name) / "cases.json");
+nlohmann::json casesOf(const std::string& name, const std::string& file = "cases.json") {
+  std::ifstream in(bpeData(name) / file);
   return nlohmann::json::parse(in);
 }
 
-/// Every case of `name`: ids without and with special tokens, decoding, streaming.
-void expectMatchesReference(const std::string& name, const Tokenizer& tokenizer) {
-  const nlohmann::json cases = casesOf(name);
+/// Every case of `name` (its `file`): ids without and with special tokens, decoding, streaming.
+void expectMatchesReference(const std::string& name, const Tokenizer& tokenizer,
+                            const std::string& file = "cases.json") {
+  const nlohmann::json cases = casesOf(name, file);
   ASSERT_GE(cases.at("cases").size(), 30u);
   std::size_t matched = 0;
   for (const auto& c : cases.at("cases")) {
@@ -143,6 +144,43 @@ TEST(ByteLevelTokenizers, Gpt2MatchesTransformersJs) {
   EXPECT_EQ(gpt2.encode("Hello world"), (Ids{15496, 995}));
   EXPECT_EQ(gpt2.encode("<|endoftext|>"), (Ids{50256}));
   expectMatchesReference("gpt2", gpt2);
+}
+
+bool hasUtf8proc() {
+#ifdef RETNET_HAVE_UTF8PROC
+  return true;
+#else
+  return false;
+#endif
+}
+
+// The Unicode normalizers: GPT-2's file with "normalizer": NFC stands for GPT-NeoX's tokenizer
+// (NFC, then byte-level BPE: RWKV-4 Pile's and Pythia's), and with NFKC, NFD and NFKD for the
+// other forms; cases_<form>.json hold transformers.js's ids for the corpus plus texts the forms
+// change (composed/decomposed accents, Angstrom and Kelvin signs, Hangul jamo, ligatures,
+// fullwidth and halfwidth forms).
+TEST(ByteLevelTokenizers, UnicodeNormalizersMatchTransformersJs) {
+  if (!hasPcre2()) GTEST_SKIP() << "retnet::io was built without PCRE2";
+  const std::string text = [] {
+    std::ifstream in(bpeData("gpt2") / "tokenizer.json", std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }();
+  for (const char* form : {"nfc", "nfkc", "nfd", "nfkd"}) {
+    const std::string file = std::string("cases_") + form + ".json";
+    const nlohmann::json cases = casesOf("gpt2", file);
+    JsonFile json = JsonFile::parse(text, "gpt2/tokenizer.json");
+    nlohmann::json root = json.root();
+    root["normalizer"] = cases.at("normalizer");
+    const JsonFile variant = JsonFile::parse(root.dump(), std::string("gpt2+") + form);
+    if (!hasUtf8proc()) {
+      RETNET_EXPECT_THROW_WITH(BpeTokenizer::fromJson(variant, nullptr), FormatError,
+                               "libutf8proc");
+      continue;
+    }
+    const Tokenizer tokenizer(BpeTokenizer::fromJson(variant, nullptr));
+    expectMatchesReference("gpt2", tokenizer, file);
+  }
+  if (!hasUtf8proc()) GTEST_SKIP() << "retnet::io was built without libutf8proc";
 }
 
 TEST(ByteLevelTokenizers, Cl100kMatchesTransformersJs) {
@@ -270,8 +308,8 @@ TEST(BpeTokenizer, RefusesWhatItDoesNotImplement) {
   f["model"].erase("type");
   refuse(f, {"model type (missing)"});
   f = smallFile();
-  f["normalizer"] = {{"type", "NFC"}};
-  refuse(f, {"normalizer 'NFC' is not supported"});
+  f["normalizer"] = {{"type", "Lowercase"}};
+  refuse(f, {"normalizer 'Lowercase' is not supported", "NFC"});
   f = smallFile();
   f["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", "\\s+"}}}, {"content", " "}};
   refuse(f, {"normalizer Replace with a Regex pattern is not supported"});
@@ -383,12 +421,11 @@ TEST(BpeTokenizer, RefusesDamagedFiles) {
                                                          "\"add_eos_token\": true, \"eos_token\": "
                                                          "{\"content\": \"</s>\"}}";
   EXPECT_EQ(loadTokenizer(dir.path().string()).encode("Hello"), (Ids{22557, 2}));
-  // SentencePiece's tokenizer.model alone is not read yet.
-  fs::remove(file);
+  // With a tokenizer.model beside it, tokenizer.json is the one read (it needs no optional
+  // library); alone, tokenizer.model is read through libsentencepiece (test_sentencepiece.cpp).
   fs::remove(dir.path() / "tokenizer_config.json");
   std::ofstream(dir.path() / "tokenizer.model") << "x";
-  RETNET_EXPECT_THROW_WITH(loadTokenizer(dir.path().string()), FormatError, "tokenizer.model",
-                           "not supported yet");
+  EXPECT_EQ(loadTokenizer(dir.path().string()).kind(), std::string("hf-bpe"));
 }
 
 }  // namespace

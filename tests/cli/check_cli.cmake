@@ -135,3 +135,59 @@ expect_error(1 "a text prompt needs --tokenizer" --model ${DATA}/rwkv4/rwkv4_mod
              --prompt hi)
 expect_error(2 "give exactly one of --prompt-ids, --prompt and --prompt-file" --model ${MODEL}
              --prompt-ids 1 --prompt hi)
+
+# A model directory in fla-hub's layout whose vocabulary is that of the tokenizer fla-hub's models
+# ship (tests/data/cli/fla_text_tiny: 32 000 ids), with a real tokenizer.json beside the weights
+# (Mistral-7B-v0.1's: the same format and size): the directory's tokenizer is found, the text
+# streamed, and the tokens are those of the prompt's ids ("<s> Hello" = 1, 22557).
+set(text_model ${WORK_DIR}/fla_text_tiny)
+file(REMOVE_RECURSE ${text_model})
+file(COPY ${DATA}/cli/fla_text_tiny/ DESTINATION ${text_model})
+file(COPY ${DATA}/bpe/mistral/tokenizer.json ${DATA}/bpe/mistral/tokenizer_config.json
+     DESTINATION ${text_model})
+run_cli(0 text err --model ${text_model} --prompt "Hello" --max-new 12 --seed 2 --temperature 0.9)
+expect_match("${text}" "tokenizer: hf-bpe, 32000 tokens; prompt: 2 tokens\n" "fla text prompt")
+expect_match("${text}" "text: Hello" "fla streamed text")
+run_cli(0 ids err --model ${text_model} --prompt-ids 1,22557 --max-new 12 --seed 2 --temperature 0.9)
+string(REGEX MATCH "generated:[ 0-9]+" text_ids "${text}")
+string(REGEX MATCH "generated:[ 0-9]+" id_ids "${ids}")
+if(NOT text_ids STREQUAL id_ids)
+  message(FATAL_ERROR "fla: --prompt and --prompt-ids of its encoding differ: '${text_ids}' vs '${id_ids}'")
+endif()
+# A tokenizer that is not the model's is named as the cause.
+expect_error(1 ".*the tokenizer \\(hf-bpe, 32000 tokens\\) gave token 22557, outside the model's vocabulary of 97"
+             --model ${DATA}/fla/fla_small --tokenizer ${DATA}/bpe/mistral --prompt "Hello")
+
+# --interactive: lines from standard input, one reply each, the state kept between turns. One
+# turn "Hello" leaves exactly the state of --prompt-file "Hello\n" (the same tokens fed: the
+# files are byte for byte the same); two turns move further on.
+function(run_cli_input input expected_code out_var)
+  file(WRITE ${WORK_DIR}/input.txt "${input}")
+  execute_process(COMMAND ${CLI} ${ARGN} INPUT_FILE ${WORK_DIR}/input.txt RESULT_VARIABLE code
+                  OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT code STREQUAL expected_code)
+    message(FATAL_ERROR "retnet_generate ${ARGN} < '${input}': exit ${code}, expected ${expected_code}\n${out}\n${err}")
+  endif()
+  set(${out_var} "${out}" PARENT_SCOPE)
+endfunction()
+run_cli_input("Hello\n" 0 chat --model ${text_model} --interactive --max-new 5 --seed 4
+              --temperature 0.9 --save-state ${WORK_DIR}/chat1.bin)
+expect_match("${chat}" "^model: [^\n]*\nthreads: [^\n]*\ntokenizer: hf-bpe, 32000 tokens\n> " "chat start")
+expect_match("${chat}" "\n\\[turn 1: 3 prompt tokens, 5 generated, [0-9]+ ms; position 7\\]\n> \n" "chat turn")
+file(WRITE ${WORK_DIR}/hello.txt "Hello\n")
+run_cli(0 once err --model ${text_model} --prompt-file ${WORK_DIR}/hello.txt --max-new 5 --seed 4
+        --temperature 0.9 --save-state ${WORK_DIR}/once.bin)
+file(SHA256 ${WORK_DIR}/chat1.bin chat_hash)
+file(SHA256 ${WORK_DIR}/once.bin once_hash)
+if(NOT chat_hash STREQUAL once_hash)
+  message(FATAL_ERROR "--interactive's state after one turn differs from --prompt-file's")
+endif()
+run_cli_input("Hello\nHow are you?\r\n" 0 chat2 --model ${text_model} --interactive --max-new 5
+              --seed 4 --temperature 0.9)
+expect_match("${chat2}" "\\[turn 1: [^\n]*position 7\\]\n> .*\\[turn 2: [0-9]+ prompt tokens, 5 generated, [0-9]+ ms; position [0-9]+\\]\n> \n"
+             "two turns")
+# After a prompt given on the command line, the conversation continues from its state.
+run_cli_input("Hi\n" 0 after --model ${text_model} --prompt "Hello" --interactive --max-new 3)
+expect_match("${after}" "generated:( [0-9]+)( [0-9]+)( [0-9]+)\n.*\\[turn 1: [0-9]+ prompt tokens, 3 generated" "prompt, then a turn")
+expect_error(1 "--interactive needs --tokenizer" --model ${DATA}/rwkv4/rwkv4_model_small.safetensors
+             --interactive)

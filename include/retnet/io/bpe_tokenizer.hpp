@@ -6,8 +6,10 @@
 //      `lstrip`/`rstrip` take the whitespace beside a match with them, `single_word` matches only
 //      between non-word characters); each becomes its id, the text between them goes on;
 //   2. normalizer, on each piece of text between added tokens: null, `Prepend`, `Replace` (a
-//      String pattern), or a `Sequence` of those (SentencePiece-style files: Prepend "▁" and
-//      Replace " " → "▁");
+//      String pattern), the Unicode normal forms `NFC` (GPT-NeoX's file, so RWKV-4 Pile's and
+//      Pythia's), `NFD`, `NFKC`, `NFKD` (through libutf8proc, RETNET_HAVE_UTF8PROC: without it
+//      such a file is refused saying so), or a `Sequence` of those (SentencePiece-style files:
+//      Prepend "▁" and Replace " " → "▁");
 //   3. pre-tokenizer, splitting a piece into words: null (the piece is one word), `Split` (the
 //      file's regex or string; behaviors Removed, Isolated, MergedWithPrevious, MergedWithNext,
 //      Contiguous; `invert`), `ByteLevel` (a space in front if `add_prefix_space`, the GPT-2
@@ -62,6 +64,11 @@
 #endif
 #include <pcre2.h>
 #endif
+#ifdef RETNET_HAVE_UTF8PROC
+#include <utf8proc.h>
+
+#include <cstdlib>
+#endif
 
 namespace retnet::io {
 
@@ -69,8 +76,6 @@ namespace retnet::io {
 /// Qwen 2); Gemma's 256k-token file is 17 MB. Twice the largest common one, and parsed into memory
 /// at roughly ten times its size, so a hostile file cannot ask for more than a few hundred MB.
 inline constexpr std::uintmax_t kMaxTokenizerJsonBytes = std::uintmax_t(32) << 20;
-/// The largest tokenizer_config.json read (real ones are a few KB; chat templates make some 50 KB).
-inline constexpr std::uintmax_t kMaxTokenizerConfigBytes = std::uintmax_t(4) << 20;
 
 namespace detail {
 
@@ -137,6 +142,35 @@ inline std::uint32_t byteLevelCodePoint(unsigned char byte) {
 }
 
 /// Every occurrence of `from` in `text` replaced by `to` (`from` not empty).
+/// The Unicode normal forms of tokenizer.json's normalizers.
+enum class NormalForm { kNfc, kNfd, kNfkc, kNfkd };
+
+/// `text` (valid UTF-8) in normal form `form`, by libutf8proc; ResourceError if it cannot.
+inline std::string unicodeNormalized(std::string_view text, NormalForm form) {
+#ifdef RETNET_HAVE_UTF8PROC
+  if (text.empty()) return {};
+  int options = UTF8PROC_STABLE;
+  if (form == NormalForm::kNfc || form == NormalForm::kNfkc) options |= UTF8PROC_COMPOSE;
+  if (form == NormalForm::kNfd || form == NormalForm::kNfkd) options |= UTF8PROC_DECOMPOSE;
+  if (form == NormalForm::kNfkc || form == NormalForm::kNfkd) options |= UTF8PROC_COMPAT;
+  utf8proc_uint8_t* out = nullptr;
+  const utf8proc_ssize_t size = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                                             static_cast<utf8proc_ssize_t>(text.size()), &out,
+                                             static_cast<utf8proc_option_t>(options));
+  if (size < 0) {
+    std::free(out);
+    throw InvalidArgument(
+        retnet::detail::concat("Unicode normalization failed: ", utf8proc_errmsg(size)));
+  }
+  std::string result(reinterpret_cast<const char*>(out), static_cast<std::size_t>(size));
+  std::free(out);
+  return result;
+#else
+  (void)form;
+  return std::string(text);
+#endif
+}
+
 inline std::string replaceAll(std::string_view text, std::string_view from, std::string_view to) {
   std::string out;
   std::size_t at = 0;
@@ -369,7 +403,12 @@ class BpeTokenizer final : public TokenizerModel {
     // only where the normalizer's replacements leave their content as it is.
     for (const std::string& content : normalizedAdded_) {
       for (const Normalizer& n : normalizers_) {
-        if (!content.empty() && !n.prepend && content.find(n.from) != std::string::npos)
+        const bool changes = n.kind == Normalizer::Kind::kReplace
+                                 ? content.find(n.from) != std::string::npos
+                             : n.kind == Normalizer::Kind::kUnicode
+                                 ? detail::unicodeNormalized(content, n.form) != content
+                                 : false;
+        if (!content.empty() && changes)
           fail("the added token ", Json(content).dump(),
                " is normalized, and the normalizer would change it: not supported");
       }
@@ -555,14 +594,28 @@ class BpeTokenizer final : public TokenizerModel {
       if (!list.is_array()) fail("normalizer.normalizers must be an array");
       for (const Json& item : list) readNormalizer(item);
     } else if (type == "Prepend") {
-      normalizers_.push_back({true, text(normalizer, "prepend", "normalizer Prepend"), ""});
+      normalizers_.push_back(
+          {Normalizer::Kind::kPrepend, text(normalizer, "prepend", "normalizer Prepend"), ""});
     } else if (type == "Replace") {
       const std::string from = stringPattern(member(normalizer, "pattern", "normalizer Replace"),
                                              "normalizer Replace", nullptr);
       if (from.empty()) fail("normalizer Replace: the pattern is empty");
-      normalizers_.push_back({false, from, text(normalizer, "content", "normalizer Replace")});
+      normalizers_.push_back(
+          {Normalizer::Kind::kReplace, from, text(normalizer, "content", "normalizer Replace")});
+    } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
+#ifndef RETNET_HAVE_UTF8PROC
+      fail("normalizer '", type,
+           "' needs libutf8proc, which this build of retnet lacks (install it, Debian: "
+           "libutf8proc-dev, and rebuild)");
+#endif
+      const detail::NormalForm form = type == "NFC"    ? detail::NormalForm::kNfc
+                                      : type == "NFD"  ? detail::NormalForm::kNfd
+                                      : type == "NFKC" ? detail::NormalForm::kNfkc
+                                                       : detail::NormalForm::kNfkd;
+      normalizers_.push_back({Normalizer::Kind::kUnicode, "", "", form});
     } else {
-      fail("normalizer '", type, "' is not supported (Prepend, Replace and Sequence are)");
+      fail("normalizer '", type,
+           "' is not supported (Prepend, Replace, NFC, NFD, NFKC, NFKD and Sequence are)");
     }
   }
 
@@ -870,10 +923,16 @@ class BpeTokenizer final : public TokenizerModel {
   void encodeText(std::string_view raw, std::vector<std::int64_t>& ids) const {
     std::string text(raw);
     for (const Normalizer& n : normalizers_) {
-      if (n.prepend) {
-        if (!text.empty()) text.insert(0, n.from);
-      } else {
-        text = detail::replaceAll(text, n.from, n.to);
+      switch (n.kind) {
+        case Normalizer::Kind::kPrepend:
+          if (!text.empty()) text.insert(0, n.from);
+          break;
+        case Normalizer::Kind::kReplace:
+          text = detail::replaceAll(text, n.from, n.to);
+          break;
+        case Normalizer::Kind::kUnicode:
+          text = detail::unicodeNormalized(text, n.form);
+          break;
       }
     }
     std::vector<std::string> words;
@@ -1085,8 +1144,10 @@ class BpeTokenizer final : public TokenizerModel {
     Id rank, id;
   };
   struct Normalizer {
-    bool prepend;  // Prepend `from`; else Replace `from` by `to`
+    enum class Kind { kPrepend, kReplace, kUnicode };
+    Kind kind;  // Prepend `from`, Replace `from` by `to`, or the normal form `form`
     std::string from, to;
+    detail::NormalForm form = detail::NormalForm::kNfc;
   };
 
   std::string name_;

@@ -1,9 +1,10 @@
 // retnet::io::loadTokenizer(path): a tokenizer from its file, or from a model directory that
-// holds one. Formats: the RWKV World vocabulary (rwkv_vocab*.txt, io/rwkv_world_tokenizer.hpp) and
-// Hugging Face `tokenizer.json` with a BPE model (io/bpe_tokenizer.hpp; tokenizer_config.json
-// beside it is read too when it exists: add_bos_token / add_eos_token). A SentencePiece
-// `tokenizer.model` is refused with a FormatError that says it is not supported yet (issue 11),
-// never guessed at.
+// holds one. Formats: the RWKV World vocabulary (rwkv_vocab*.txt, io/rwkv_world_tokenizer.hpp),
+// Hugging Face `tokenizer.json` with a BPE model (io/bpe_tokenizer.hpp) and SentencePiece
+// `tokenizer.model` (io/sentencepiece_tokenizer.hpp: with libsentencepiece, else a FormatError
+// saying so). tokenizer_config.json beside the file is read too when it exists (add_bos_token /
+// add_eos_token). A directory with both tokenizer.json and tokenizer.model (as fla-hub's) is read
+// through tokenizer.json, which needs no optional library for SentencePiece-style files.
 #pragma once
 
 #include <filesystem>
@@ -11,6 +12,7 @@
 
 #include "retnet/io/bpe_tokenizer.hpp"
 #include "retnet/io/rwkv_world_tokenizer.hpp"
+#include "retnet/io/sentencepiece_tokenizer.hpp"
 #include "retnet/io/tokenizer.hpp"
 
 namespace retnet::io {
@@ -28,28 +30,28 @@ inline Tokenizer loadTokenizer(const std::string& path) {
         break;
       }
     }
-    if (found.empty() && fs::exists(file / "tokenizer.json", error))
-      found = file / "tokenizer.json";
+    for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
+      if (found.empty() && fs::exists(file / name, error)) found = file / name;
+    }
     if (found.empty()) {
       throw FormatError(retnet::detail::concat(
-          path, fs::exists(file / "tokenizer.model", error)
-                    ? ": tokenizer.model (SentencePiece) is not supported yet; a tokenizer.json "
-                      "or the RWKV World vocabulary (rwkv_vocab*.txt) is"
-                    : ": no tokenizer in this directory (tokenizer.json, rwkv_vocab*.txt)"));
+          path,
+          ": no tokenizer in this directory (tokenizer.json, tokenizer.model, rwkv_vocab*.txt)"));
     }
     file = found;
   }
+  const fs::path config = file.parent_path() / "tokenizer_config.json";
+  const std::string configPath =
+      file.filename() != "tokenizer_config.json" && fs::is_regular_file(config, error)
+          ? config.string()
+          : std::string();
   if (file.extension() == ".txt") return Tokenizer(RwkvWorldTokenizer::read(file.string()));
-  if (file.extension() == ".json") {
-    const fs::path config = file.parent_path() / "tokenizer_config.json";
-    const bool hasConfig =
-        file.filename() != "tokenizer_config.json" && fs::is_regular_file(config, error);
-    return Tokenizer(BpeTokenizer::read(file.string(), hasConfig ? config.string() : ""));
-  }
+  if (file.extension() == ".json") return Tokenizer(BpeTokenizer::read(file.string(), configPath));
+  if (file.extension() == ".model") return readSentencePieceTokenizer(file.string(), configPath);
   throw FormatError(retnet::detail::concat(
       file.string(),
-      ": not a tokenizer format retnet reads yet (a Hugging Face tokenizer.json, or the RWKV "
-      "World vocabulary, a .txt file; tokenizer.model comes with issue 11)"));
+      ": not a tokenizer format retnet reads (a Hugging Face tokenizer.json, a SentencePiece "
+      ".model, or the RWKV World vocabulary, a .txt file)"));
 }
 
 }  // namespace retnet::io

@@ -1,16 +1,23 @@
 // Text in, text out: retnet::io::Tokenizer, loaded from a model directory or a tokenizer file.
 //
-//   const auto tokenizer = retnet::io::loadTokenizer("rwkv_vocab_v20230424.txt");  //
-//   load_tokenizer.hpp std::vector<std::int64_t> ids = tokenizer.encode("Hello");      //
-//   InvalidArgument on bad UTF-8 std::string text = tokenizer.decode(ids);
-//   retnet::io::StreamDecoder stream(tokenizer);                      // for generation
-//   std::cout << stream.push(id);     // only whole UTF-8 characters, never a partial one
-//   std::cout << stream.flush();      // what is left at the end
+//   // io/load_tokenizer.hpp: a model directory, or a tokenizer file
+//   const auto tokenizer = retnet::io::loadTokenizer("rwkv_vocab_v20230424.txt");
+//   std::vector<std::int64_t> ids = tokenizer.encode("Hello");  // InvalidArgument on bad UTF-8
+//   std::string text = tokenizer.decode(ids);
+//   retnet::io::StreamDecoder stream(tokenizer);                 // for generation
+//   std::cout << stream.push(id);  // only whole UTF-8 characters, never a partial one
+//   std::cout << stream.flush();   // what is left at the end
 //
 // Formats: the RWKV World vocabulary (`rwkv_vocab_v20230424.txt`: greedy longest match over
-// bytes, io/rwkv_world_tokenizer.hpp) and Hugging Face `tokenizer.json` with a BPE model
-// (byte-level and SentencePiece-style, io/bpe_tokenizer.hpp). SentencePiece `tokenizer.model` is
-// refused with a FormatError saying so until it is implemented.
+// bytes, io/rwkv_world_tokenizer.hpp), Hugging Face `tokenizer.json` with a BPE model
+// (byte-level and SentencePiece-style, io/bpe_tokenizer.hpp) and SentencePiece `tokenizer.model`
+// files (io/sentencepiece_tokenizer.hpp, with libsentencepiece).
+//
+// A token's text can depend on whether it begins the text (a SentencePiece-style decoder drops
+// the leading space of the first piece). What counts as first is the format's: Hugging Face's
+// decoders take the first token (a tokenizer.json's special tokens are text), SentencePiece's own
+// decoder every token until one has produced text (a leading <s> or ▁ does not end it); the
+// model says so through stillFirst(), which decode() and StreamDecoder ask after each token.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +33,9 @@
 
 namespace retnet::io {
 
+/// The largest tokenizer_config.json read (real ones are a few KB; chat templates make some 50 KB).
+inline constexpr std::uintmax_t kMaxTokenizerConfigBytes = std::uintmax_t(4) << 20;
+
 /// What a tokenizer format implements (ids are what the model's embedding takes).
 class TokenizerModel {
  public:
@@ -33,8 +43,10 @@ class TokenizerModel {
   /// Ids of valid UTF-8 `text` (checked by the caller), with the format's special tokens if
   /// `addSpecial`.
   virtual std::vector<std::int64_t> encode(std::string_view text, bool addSpecial) const = 0;
-  /// The bytes token `id` adds to a decoded text (`first`: it is the text's first token).
+  /// The bytes token `id` adds to a decoded text (`first`: it begins the text, see stillFirst).
   virtual std::string piece(std::int64_t id, bool first) const = 0;
+  /// Whether the token after a first token `id` that gave `bytes` is still first.
+  virtual bool stillFirst(std::int64_t /*id*/, const std::string& /*bytes*/) const { return false; }
   /// Ids are in [0, vocabSize()).
   virtual Index vocabSize() const = 0;
   /// The format, for messages ("rwkv-world").
@@ -113,7 +125,12 @@ class Tokenizer {
   /// The text of `ids` (raw bytes: invalid UTF-8 only if the ids split a character).
   std::string decode(const std::vector<std::int64_t>& ids) const {
     std::string text;
-    for (std::size_t i = 0; i < ids.size(); ++i) text += piece(ids[i], i == 0);
+    bool first = true;
+    for (const std::int64_t id : ids) {
+      const std::string bytes = piece(id, first);
+      first = first && model_->stillFirst(id, bytes);
+      text += bytes;
+    }
     return text;
   }
 
@@ -126,6 +143,10 @@ class Tokenizer {
 
   Index vocabSize() const { return model_->vocabSize(); }
   const char* kind() const { return model_->kind(); }
+  /// Whether the token after a first token `id` (as piece() gave it) is still first.
+  bool stillFirst(std::int64_t id, const std::string& bytes) const {
+    return model_->stillFirst(id, bytes);
+  }
 
  private:
   static std::string hex(unsigned char c) {
@@ -146,8 +167,9 @@ class StreamDecoder {
   explicit StreamDecoder(const Tokenizer& tokenizer) : tokenizer_(&tokenizer) {}
 
   std::string push(std::int64_t id) {
-    pending_ += tokenizer_->piece(id, first_);
-    first_ = false;
+    const std::string bytes = tokenizer_->piece(id, first_);
+    first_ = first_ && tokenizer_->stillFirst(id, bytes);
+    pending_ += bytes;
     const std::size_t ready = detail::completeUtf8Prefix(pending_);
     std::string out = valid(std::string_view(pending_).substr(0, ready));
     pending_.erase(0, ready);
