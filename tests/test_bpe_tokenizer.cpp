@@ -49,9 +49,10 @@ nlohmann::json casesOf(const std::string& name, const std::string& file = "cases
   return nlohmann::json::parse(in);
 }
 
-/// Every case of `name` (its `file`): ids without and with special tokens, decoding, streaming.
+/// Every case of `name` (its `file`): ids without and with special tokens, decoding, streaming;
+/// with `lossless` (a pipeline that changes no text), decode(encode(text)) == text as well.
 void expectMatchesReference(const std::string& name, const Tokenizer& tokenizer,
-                            const std::string& file = "cases.json") {
+                            const std::string& file = "cases.json", bool lossless = true) {
   const nlohmann::json cases = casesOf(name, file);
   ASSERT_GE(cases.at("cases").size(), 30u);
   std::size_t matched = 0;
@@ -64,6 +65,9 @@ void expectMatchesReference(const std::string& name, const Tokenizer& tokenizer,
     EXPECT_EQ(got, ids) << name << ": " << text.substr(0, 60);
     EXPECT_EQ(tokenizer.encode(text, true), withSpecial) << name << ": " << text.substr(0, 60);
     EXPECT_EQ(tokenizer.decode(ids), decoded) << name << ": " << text.substr(0, 60);
+    if (lossless) {
+      EXPECT_EQ(tokenizer.decode(got), text) << name << ": round trip";
+    }
     // Streaming gives whole characters, and the same text as decode.
     StreamDecoder stream(tokenizer);
     std::string joined;
@@ -85,7 +89,9 @@ TEST(MistralTokenizer, MatchesTransformersJs) {
   EXPECT_STREQ(mistral().kind(), "hf-bpe");
   EXPECT_EQ(mistral().encode("Hello", false), (Ids{22557}));
   EXPECT_EQ(mistral().encode("Hello"), (Ids{1, 22557}));  // add_bos_token
-  expectMatchesReference("mistral", mistral());
+  // Not lossless, as in Hugging Face's: "▁" in the text decodes as a space, and the text after a
+  // special token gets the normalizer's "▁" in front (the reference's decodings show both).
+  expectMatchesReference("mistral", mistral(), "cases.json", /*lossless=*/false);
 }
 
 TEST(MistralTokenizer, ReadsTheFileWithoutItsConfig) {
@@ -178,7 +184,7 @@ TEST(ByteLevelTokenizers, UnicodeNormalizersMatchTransformersJs) {
       continue;
     }
     const Tokenizer tokenizer(BpeTokenizer::fromJson(variant, nullptr));
-    expectMatchesReference("gpt2", tokenizer, file);
+    expectMatchesReference("gpt2", tokenizer, file, /*lossless=*/false);
   }
   if (!hasUtf8proc()) GTEST_SKIP() << "retnet::io was built without libutf8proc";
 }
