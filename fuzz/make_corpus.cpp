@@ -585,7 +585,8 @@ void vocabularyCorpus(const std::filesystem::path& out, const std::filesystem::p
 /// GPT-2's ByteLevel, cl100k's Split + ByteLevel) cut down to their first 600 ids and the merges
 /// among those (small enough to fuzz fast, every part of the pipeline as in the real file), and
 /// variants: merges as pairs, ignore_merges, each Split behavior, added-token flags, and parts
-/// that are refused (another model type, an NFC normalizer, a Metaspace pre-tokenizer).
+/// Unicode normalizers, and parts that are refused (another model type, a Lowercase normalizer, a
+/// Metaspace pre-tokenizer).
 void tokenizerJsonCorpus(const std::filesystem::path& out, const std::filesystem::path& data) {
   // The first 600 ids, and the single characters up to U+024F and "▁" wherever they are (Mistral
   // keeps its single characters at the end), renumbered densely in their order; then the merges
@@ -672,9 +673,14 @@ void tokenizerJsonCorpus(const std::filesystem::path& out, const std::filesystem
                           {"prepend_scheme", "always"},
                           {"split", false}};
   put("mistral_metaspace_decoder", metaspace);
+  for (const char* form : {"NFC", "NFKD"}) {  // Unicode normalizers (read with libutf8proc)
+    nlohmann::json file = gpt2;
+    file["normalizer"] = {{"type", form}};
+    put(std::string("gpt2_") + form, file);
+  }
   nlohmann::json refused = gpt2;
-  refused["normalizer"] = {{"type", "NFC"}};
-  put("bad_nfc", refused);
+  refused["normalizer"] = {{"type", "Lowercase"}};
+  put("bad_lowercase", refused);
   refused = mistral;
   refused["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "x"}};
   put("bad_metaspace_pre_tokenizer", refused);
