@@ -16,14 +16,14 @@
 #include <string_view>
 #include <vector>
 
+#include "fuzz_tokenizer.hpp"
 #include "retnet/errors.hpp"
 #include "retnet/io/bpe_tokenizer.hpp"
 
 namespace {
 
 [[noreturn]] void broken(const char* what, const std::string& detail) {
-  std::fprintf(stderr, "fuzz_tokenizer_json: invariant broken: %s: %s\n", what, detail.c_str());
-  std::abort();
+  retnet_fuzz::broken("fuzz_tokenizer_json", what, detail);
 }
 
 void check(const retnet::io::Tokenizer& tokenizer, const std::string& text) {
@@ -37,15 +37,7 @@ void check(const retnet::io::Tokenizer& tokenizer, const std::string& text) {
     if (id < 0 || id >= tokenizer.vocabSize()) broken("id out of range", std::to_string(id));
   }
   const std::string decoded = tokenizer.decode(ids);
-  retnet::io::StreamDecoder stream(tokenizer);
-  std::string streamed;
-  for (const std::int64_t id : ids) {
-    const std::string piece = stream.push(id);
-    if (retnet::io::detail::firstInvalidUtf8(piece) != piece.size())
-      broken("a streamed piece is not whole UTF-8", piece);
-    streamed += piece;
-  }
-  streamed += stream.flush();
+  const std::string streamed = retnet_fuzz::streamedText("fuzz_tokenizer_json", tokenizer, ids);
   if (retnet::io::detail::firstInvalidUtf8(decoded) == decoded.size() && streamed != decoded)
     broken("the stream differs from decode()", decoded.substr(0, 40));
 }

@@ -15,14 +15,14 @@
 #include <string_view>
 #include <vector>
 
+#include "fuzz_tokenizer.hpp"
 #include "retnet/errors.hpp"
 #include "retnet/io/rwkv_world_tokenizer.hpp"
 
 namespace {
 
 [[noreturn]] void broken(const char* what, const std::string& detail) {
-  std::fprintf(stderr, "fuzz_vocabulary: invariant broken: %s: %s\n", what, detail.c_str());
-  std::abort();
+  retnet_fuzz::broken("fuzz_vocabulary", what, detail);
 }
 
 void checkRoundTrip(const retnet::io::Tokenizer& tokenizer, const std::string& text) {
@@ -31,15 +31,7 @@ void checkRoundTrip(const retnet::io::Tokenizer& tokenizer, const std::string& t
     if (id < 1 || id >= tokenizer.vocabSize()) broken("id out of range", std::to_string(id));
   }
   if (tokenizer.decode(ids) != text) broken("decode(encode(text)) != text", text.substr(0, 40));
-  retnet::io::StreamDecoder stream(tokenizer);
-  std::string streamed;
-  for (const std::int64_t id : ids) {
-    const std::string piece = stream.push(id);
-    if (retnet::io::detail::firstInvalidUtf8(piece) != piece.size())
-      broken("a streamed piece is not whole UTF-8", piece);
-    streamed += piece;
-  }
-  streamed += stream.flush();
+  const std::string streamed = retnet_fuzz::streamedText("fuzz_vocabulary", tokenizer, ids);
   if (streamed != text) broken("the stream differs from the text", text.substr(0, 40));
 }
 

@@ -117,9 +117,6 @@ class SentencePieceTokenizer final : public TokenizerModel {
   Index vocabSize() const override { return processor_.GetPieceSize(); }
   const char* kind() const override { return "sentencepiece"; }
 
-  bool addsBos() const { return addBos_; }
-  bool addsEos() const { return addEos_; }
-
  private:
   static constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 

@@ -145,6 +145,8 @@ class Tokenizer {
   const char* kind() const { return model_->kind(); }
   /// Whether the token after a first token `id` (as piece() gave it) is still first.
   bool stillFirst(std::int64_t id, const std::string& bytes) const {
+    retnet::detail::require(id >= 0 && id < model_->vocabSize(), "Tokenizer::stillFirst",
+                            "token ids must be in [0, ", model_->vocabSize(), "), got ", id);
     return model_->stillFirst(id, bytes);
   }
 
