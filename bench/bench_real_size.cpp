@@ -3,7 +3,12 @@
 //
 //   bench_real_size DIR [--mode load|speed|all] [--cold] [--threads N] [--lengths 512,2048]
 //                       [--chunks 64,128,256] [--reps N] [--decode-prompt 128]
-//                       [--decode-steps 32] [--breakdown-steps 4] [--json FILE]
+//                       [--decode-steps 32] [--breakdown-steps 4] [--batches 1,4,16,64]
+//                       [--weights f32|bf16|f16|int8] [--json FILE]
+//
+// --weights: how the dense weights are stored (io::LoadOptions); memory and streamed-bytes
+// figures are then those of the stored bytes. --batches: batched decoding, B sequences per step
+// (tokens/s over all of them).
 //
 // --mode load: the load only (time, peak resident memory against the converted weights), so
 // that the peak is the load's and nothing else's, then (after those figures are taken) where its
@@ -76,6 +81,8 @@ struct Options {
   Index decodePrompt = 128;
   int decodeSteps = 32;
   int breakdownSteps = 4;
+  std::vector<Index> batches = {1, 4, 16, 64};
+  retnet::WeightType weights = retnet::WeightType::kFull;
   std::string json;
 };
 
@@ -84,7 +91,7 @@ struct Options {
             << "usage: bench_real_size DIR [--mode load|speed|all] [--cold] [--threads N]\n"
                "         [--lengths 512,2048] [--chunks 64,128,256] [--reps N]\n"
                "         [--decode-prompt 128] [--decode-steps 32] [--breakdown-steps 4]\n"
-               "         [--json FILE]\n";
+               "         [--batches 1,4,16,64] [--weights f32|bf16|f16|int8] [--json FILE]\n";
   std::exit(2);
 }
 
@@ -115,6 +122,13 @@ Options parse(int argc, char** argv) {
       o.decodeSteps = std::max(1, std::stoi(next()));
     } else if (arg == "--breakdown-steps") {
       o.breakdownSteps = std::max(0, std::stoi(next()));
+    } else if (arg == "--batches") {
+      o.batches = parseList(next());
+    } else if (arg == "--weights") {
+      const std::string name = next();
+      const auto type = retnet::weightTypeFromName(name);
+      if (!type) usage("unknown weight type " + name);
+      o.weights = *type;
     } else if (arg == "--json") {
       o.json = next();
     } else if (!arg.empty() && arg[0] == '-') {
@@ -270,6 +284,12 @@ double prefillFlops(const retnet::RetNetModelConfig& c, Index T, Index chunk) {
 
 double gb(double bytes) { return bytes / 1e9; }
 
+/// Bytes an (out x in) weight takes stored as `type` (float32 for kFull).
+double storedBytes(retnet::WeightType type, Index out, Index in) {
+  const retnet::LinearWeight<float> row(retnet::RowMatrix<float>::Zero(1, in));
+  return double(out) * double(row.converted(type).storedBytes());
+}
+
 // ---------------------------------------------------------------------------------------------
 
 int run(const Options& o) {
@@ -281,6 +301,9 @@ int run(const Options& o) {
   result["dir"] = o.dir;
   result["mode"] = o.mode;
   result["threads"] = retnet::numThreads();
+  result["weights"] =
+      o.weights == retnet::WeightType::kFull ? "f32" : retnet::weightTypeName(o.weights);
+  result["kernels"] = retnet::simdLevelName(retnet::simdLevel());
 #ifdef _OPENMP
   result["openmp"] = true;
 #else
@@ -300,7 +323,8 @@ int run(const Options& o) {
   retnet::io::ModelInfo info;
   const double loadCpuStart = processCpuSeconds();
   const auto loadStart = Clock::now();
-  const Model model = retnet::io::loadModel<float>(o.dir, &info);
+  const Model model =
+      retnet::io::loadModel<float>(o.dir, retnet::io::LoadOptions{o.weights}, &info);
   const double loadSeconds = secondsSince(loadStart);
   const double loadCpuSeconds = processCpuSeconds() - loadCpuStart;
   const Json after = memoryJson();
@@ -312,7 +336,12 @@ int run(const Options& o) {
     std::cerr << "warning: the configuration implies " << params << " parameters, the files hold "
               << sizes.parameters << "\n";
   }
-  const double weightBytes = double(sizes.parameters) * sizeof(float);
+  // What the model keeps: the dense weights as stored and the other parameters in float32.
+  Index dense = 0;
+  model.forEachWeight(
+      [&](const retnet::LinearWeight<float>& w) { dense += w.outputs() * w.inputs(); });
+  const double weightBytes =
+      double(model.storedWeightBytes()) + double(sizes.parameters - dense) * sizeof(float);
   const double peak = double(after["vm_hwm_bytes"].get<std::int64_t>());
   const double baseline = double(before["vm_rss_bytes"].get<std::int64_t>());
   const Index recommended = model.blocks().front().recommendedChunkSize();
@@ -351,12 +380,14 @@ int run(const Options& o) {
   load["within_limit"] = peak <= 1.2 * weightBytes;
   result["load"] = load;
 
-  std::printf("retnet bench_real_size: %s (%s, %s on disk), %d thread(s)\n", o.dir.c_str(),
-              model_["family"].get<std::string>().c_str(),
-              model_["dtype_on_disk"].get<std::string>().c_str(), retnet::numThreads());
+  std::printf(
+      "retnet bench_real_size: %s (%s, %s on disk), %d thread(s), weights %s (kernels %s)\n",
+      o.dir.c_str(), model_["family"].get<std::string>().c_str(),
+      model_["dtype_on_disk"].get<std::string>().c_str(), retnet::numThreads(),
+      result["weights"].get<std::string>().c_str(), retnet::simdLevelName(retnet::simdLevel()));
   std::printf(
       "  model: d %lld, %lld layers, %lld heads (dk %lld, dv %lld), MLP %lld, vocab %lld, "
-      "%.3f G parameters; converted (float32) %.3f GB, file %.3f GB\n",
+      "%.3f G parameters; as kept %.3f GB, file %.3f GB\n",
       static_cast<long long>(c.block.embedDim), static_cast<long long>(c.layers),
       static_cast<long long>(r.heads), static_cast<long long>(r.keyDim()),
       static_cast<long long>(r.headValueDim()), static_cast<long long>(c.block.ffnDim),
@@ -466,7 +497,7 @@ int run(const Options& o) {
     // and the retention state read and written.
     const double stateBytes = double(afterPrompt.bytes());
     const double stepBytes =
-        weightBytes - double(V * D) * sizeof(float) + double(D) * sizeof(float) + 2 * stateBytes;
+        weightBytes - storedBytes(o.weights, V, D) + double(D) * sizeof(float) + 2 * stateBytes;
     const double bandwidth = readBandwidth(std::size_t{1} << 30);
     decode["prompt"] = prompt;
     decode["steps"] = o.decodeSteps;
@@ -503,7 +534,9 @@ int run(const Options& o) {
       retnet::Tensor3<float> x(1, 1, D), y(1, 1, D);
       for (Index i = 0; i < D; ++i) x.data()[i] = normal(rng);
       const retnet::Tensor3<float> input = x;
-      retnet::LinearWeight<float> head(retnet::RowMatrix<float>::Random(V, D) * 0.02f);
+      const retnet::LinearWeight<float> head =
+          retnet::LinearWeight<float>(retnet::RowMatrix<float>::Random(V, D) * 0.02f)
+              .converted(o.weights);
       retnet::RowMatrix<float> hidden(1, D), out(1, V);
       hidden.setRandom();
       std::vector<double> blockTimes, msrTimes, headTimes;
@@ -535,13 +568,16 @@ int run(const Options& o) {
       const double blockMs = stats(blockTimes).mean * 1e3, msrMs = stats(msrTimes).mean * 1e3;
       const double headMs = stats(headTimes).mean * 1e3;
       const double L = double(c.layers);
-      const double msrBytes =
-          double(r.heads * r.keyDim() * D + r.keyValueHeads() * r.keyDim() * D +
-                 r.keyValueHeads() * r.headValueDim() * D + 2 * r.heads * r.headValueDim() * D) *
-              sizeof(float) * L +
-          2 * stateBytes;
-      const double ffnBytes = 3.0 * double(c.block.ffnDim * D) * sizeof(float) * L;
-      const double headBytes = double(V * D) * sizeof(float);
+      const Index projections = r.heads * r.keyDim() + r.keyValueHeads() * r.keyDim() +
+                                r.keyValueHeads() * r.headValueDim() + r.heads * r.headValueDim();
+      const double msrBytes = (storedBytes(o.weights, projections, D) +
+                               storedBytes(o.weights, D, r.heads * r.headValueDim())) *
+                                  L +
+                              2 * stateBytes;
+      const double ffnBytes = (storedBytes(o.weights, 2 * c.block.ffnDim, D) +
+                               storedBytes(o.weights, D, c.block.ffnDim)) *
+                              L;
+      const double headBytes = storedBytes(o.weights, V, D);
       Json breakdown;
       breakdown["steps"] = o.breakdownSteps;
       breakdown["all_blocks_ms"] = blockMs;
@@ -577,6 +613,42 @@ int run(const Options& o) {
           "logits std %.2f\n",
           relativeDifference(stepped, whole), sd);
     }
+
+    // --- batched decoding: B sequences (copies of the prompt's state, each fed its own tokens)
+    // per step; each weight is read once per step for all of them.
+    Json batched = Json::array();
+    std::printf("\n  batched decode      B   ms/step   tokens/s   x B=1\n");
+    double single = 0;
+    for (Index B : o.batches) {
+      Model::State batch;
+      for (Index b = 0; b < B; ++b) batch.append(afterPrompt);
+      std::vector<std::int64_t> ids(static_cast<std::size_t>(B));
+      Index at = prompt;
+      const auto feed = [&] {
+        for (Index b = 0; b < B; ++b)
+          ids[static_cast<std::size_t>(b)] = tokens(0, (at + 7 * b) % tokens.cols());
+        ++at;
+        model.decode(ids, batch, logits, scratch);
+      };
+      feed();  // warm-up (sizes the scratch)
+      const int stepsB = std::max(2, o.decodeSteps / 4);
+      std::vector<double> times;
+      for (int step = 0; step < stepsB; ++step) {
+        const auto start = Clock::now();
+        feed();
+        times.push_back(secondsSince(start));
+      }
+      const double perStep = stats(times).median;
+      const double tokensPerS = double(B) / perStep;
+      if (B == 1) single = tokensPerS;
+      batched.push_back({{"batch", B},
+                         {"ms_per_step", perStep * 1e3},
+                         {"tokens_per_s", tokensPerS},
+                         {"logits_finite", logits.allFinite()}});
+      std::printf("  %20lld  %8.1f  %9.1f  %6.2f\n", static_cast<long long>(B), perStep * 1e3,
+                  tokensPerS, single > 0 ? tokensPerS / single : 0.0);
+    }
+    decode["batched"] = batched;
     result["decode"] = decode;
     result["memory_end"] = memoryJson();
   }

@@ -17,6 +17,10 @@
 //   rmsnorm          a block's RMSNorm with weight, (T x D)
 //   ffn              the gated FFN (GLU, gelu): [fc1; gate] GEMM, gelu ⊙ gate, fc2 GEMM
 //   embed            token lookup scaled by sqrt(D), from a (32000 x D) table
+//   linear_weights   x · Wᵀ at fla-hub 1.3B's FFN input shape (W 11264 x 2048, 92 MB in BF16),
+//                    per weight type (type: 0 f32, 1 bf16, 2 f16, 3 int8), kernel build (simd:
+//                    0 portable, 1 AVX2, 2 AVX-512; the ones the CPU has) and rows (1, 4: the
+//                    streaming kernels; 16, 512: panels + GEMM); bytes are the stored ones
 //
 // Arguments: T, cfg (0 = A, 1 = B), thr (1, and 2 with OpenMP). Counters: tokens/s; GFLOP/s and
 // sgemm_fraction for the products (linear, ffn, retention; FLOP models of bench_common.hpp);
@@ -98,6 +102,43 @@ void benchLinear(benchmark::State& state, bool inputProjection) {
   const double T = static_cast<double>(s.T), n = static_cast<double>(in);
   const double m = static_cast<double>(out);
   setCounters(state, s, 2.0 * T * n * m, 4.0 * (n * m + T * n + T * m));
+}
+
+void benchLinearWeights(benchmark::State& state) {
+  const Index rows = state.range(0), out = 11264, in = 2048;
+  const auto type = static_cast<retnet::WeightType>(state.range(1));
+  const auto simd = static_cast<retnet::SimdLevel>(state.range(2));
+  const auto threads = state.range(3);
+  if (static_cast<int>(simd) > static_cast<int>(retnet::simdSupported()) ||
+      (type == retnet::WeightType::kFull && simd != retnet::SimdLevel::kAvx512)) {
+    state.SkipWithError("not on this CPU / not a kernel of this type");
+    return;
+  }
+  setThreads(static_cast<int>(threads));
+  retnet::setSimdLimit(simd);
+  state.SetLabel(std::string(retnet::weightTypeName(type)) + "/" + retnet::simdLevelName(simd));
+  Random rng(5);
+  const auto weight = retnet::LinearWeight<float>(randomWeight(rng, out, in)).converted(type);
+  const Matrix x = input(rows, in);
+  Matrix y(rows, out);
+  for (auto _ : state) {
+    stages::linear<float>(x, weight, y);
+    benchmark::ClobberMemory();
+  }
+  retnet::setSimdLimit(retnet::SimdLevel::kAvx512);
+  benchmark::DoNotOptimize(y.data());
+  const double bytes = double(weight.storedBytes()) + 4.0 * double(rows * (in + out));
+  using benchmark::Counter;
+  state.counters["rows/s"] = Counter(double(rows), Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      Counter(2e-9 * double(rows * in * out), Counter::kIsIterationInvariantRate);
+  state.SetBytesProcessed(static_cast<std::int64_t>(bytes) *
+                          static_cast<std::int64_t>(state.iterations()));
+  const double bandwidth = limits().read(threads);
+  if (bandwidth > 0) {
+    state.counters["bandwidth_fraction"] =
+        Counter(bytes * 1e-9 / bandwidth, Counter::kIsIterationInvariantRate);
+  }
 }
 
 void benchRotaryTable(benchmark::State& state) {
@@ -293,6 +334,11 @@ void registerStages() {
   add("rmsnorm", benchRmsNorm, decodeAndPrefill);
   add("ffn", benchFeedForward, decodeAndPrefill);
   add("embed", benchEmbed, decodeAndPrefill);
+  benchmark::RegisterBenchmark("stages/linear_weights", benchLinearWeights)
+      ->ArgNames({"rows", "type", "simd", "thr"})
+      ->ArgsProduct({{1, 4, 16, 512}, {0, 1, 2, 3}, {0, 1, 2}, threads})
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
 }
 
 }  // namespace

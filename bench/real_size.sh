@@ -5,6 +5,8 @@
 #
 #   bench/real_size.sh               # full size (~15 minutes on 2 cores, 2.7 GB of disk in /tmp)
 #   SMALL=1 bench/real_size.sh       # the same layout at d = 256, 2 layers: a smoke test
+#   WEIGHTS="f32 bf16 f16 int8" OUT=bench/results/lowp_weights.json bench/real_size.sh
+#                                    # every weight type (io::LoadOptions), one after another
 #
 # Steps: build make_fla_checkpoint and bench_real_size (Release, -march=native, OpenMP, -Werror,
 # like bench/run.sh); check on a small checkpoint that the streamed file is byte for byte the one
@@ -16,8 +18,8 @@
 #
 # Environment: CHECKPOINT_DIR (default /tmp/fla-1.3b-synthetic; /tmp/fla-small-synthetic with
 # SMALL=1), BUILD_DIR (default build-bench), JOBS (build parallelism, default 1), CXX_COMPILER
-# (default clang++), THREADS (default "1 2"), OUT (default bench/results/real_size.json;
-# bench/results/quick/real_size.json with SMALL=1).
+# (default clang++), THREADS (default "1 2"), WEIGHTS (default "f32"), OUT (default
+# bench/results/real_size.json; bench/results/quick/real_size.json with SMALL=1).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +36,7 @@ else
   make_args=()
 fi
 threads=${THREADS:-1 2}
+weights=${WEIGHTS:-f32}
 
 cmake -S "$root" -B "$build" \
   -DCMAKE_BUILD_TYPE=Release \
@@ -67,18 +70,22 @@ start_load=$(load_average)
 echo "load average before running: $start_load"
 
 runs=()
-for t in $threads; do
-  echo "== load only, OMP_NUM_THREADS=$t"
-  OMP_NUM_THREADS=$t "$bench" "$checkpoint" --mode load --json "$work/load_$t.json"
-  runs+=("$work/load_$t.json")
-done
-echo "== load only, cold page cache, OMP_NUM_THREADS=1"
-OMP_NUM_THREADS=1 "$bench" "$checkpoint" --mode load --cold --json "$work/load_cold.json"
-runs+=("$work/load_cold.json")
-for t in $threads; do
-  echo "== load + prefill + decode, OMP_NUM_THREADS=$t (load average $(load_average))"
-  OMP_NUM_THREADS=$t "$bench" "$checkpoint" --mode speed --json "$work/speed_$t.json" "$@"
-  runs+=("$work/speed_$t.json")
+for w in $weights; do
+  for t in $threads; do
+    echo "== load only, weights $w, OMP_NUM_THREADS=$t"
+    OMP_NUM_THREADS=$t "$bench" "$checkpoint" --weights "$w" --mode load --json "$work/load_${w}_$t.json"
+    runs+=("$work/load_${w}_$t.json")
+  done
+  echo "== load only, weights $w, cold page cache, OMP_NUM_THREADS=1"
+  OMP_NUM_THREADS=1 "$bench" "$checkpoint" --weights "$w" --mode load --cold \
+    --json "$work/load_${w}_cold.json"
+  runs+=("$work/load_${w}_cold.json")
+  for t in $threads; do
+    echo "== load + prefill + decode, weights $w, OMP_NUM_THREADS=$t (load average $(load_average))"
+    OMP_NUM_THREADS=$t "$bench" "$checkpoint" --weights "$w" --mode speed \
+      --json "$work/speed_${w}_$t.json" "$@"
+    runs+=("$work/speed_${w}_$t.json")
+  done
 done
 
 mkdir -p "$(dirname "$out")"

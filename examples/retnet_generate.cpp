@@ -7,8 +7,12 @@
 //                   tokenizer or --tokenizer FILE|DIR: the generated text is streamed)
 //                   [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--seed 7] [--stop-ids 0,2]
 //                   [--chunk 64] [--prefill chunkwise|parallel] [--threads 2]
-//                   [--precision float|double]
+//                   [--precision float|double] [--weights f32|bf16|f16|int8]
 //                   [--save-state FILE] [--load-state FILE] [--interactive]
+//
+// --weights: how the dense weights are kept (f32 = the --precision type; bf16/f16 round each weight
+// once, int8 per group of 32 with float scales: half or a quarter of the bytes a decoding step
+// reads).
 //
 // --interactive: after the prompt (if any), a conversation on standard input: each line read is
 // fed (with a newline) after what came before, a reply generated and streamed, the state kept
@@ -52,7 +56,7 @@ const char* const kUsage =
     "FILE) [--tokenizer FILE|DIR] [--max-new N] [--temperature T] "
     "[--top-k K] "
     "[--top-p P] [--seed S] [--stop-ids a,b] [--chunk C] [--prefill chunkwise|parallel] "
-    "[--threads N] [--precision float|double] "
+    "[--threads N] [--precision float|double] [--weights f32|bf16|f16|int8] "
     "[--save-state FILE] [--load-state FILE] [--interactive]";
 
 std::vector<std::int64_t> parseIds(const std::string& flag, const std::string& text) {
@@ -101,13 +105,14 @@ struct Arguments {
   std::vector<std::int64_t> prompt, stop;
   retnet::GenerationOptions options;
   int threads = 0;
+  retnet::io::LoadOptions load;  // --weights
 };
 
 Arguments parse(int argc, char** argv) {
   const std::vector<std::string> valued{
-      "--model",      "--prompt-ids", "--max-new", "--temperature", "--top-k",    "--top-p",
-      "--seed",       "--stop-ids",   "--chunk",   "--prefill",     "--threads",  "--precision",
-      "--save-state", "--load-state", "--prompt",  "--prompt-file", "--tokenizer"};
+      "--model",      "--prompt-ids", "--max-new", "--temperature", "--top-k",     "--top-p",
+      "--seed",       "--stop-ids",   "--chunk",   "--prefill",     "--threads",   "--precision",
+      "--save-state", "--load-state", "--prompt",  "--prompt-file", "--tokenizer", "--weights"};
   std::map<std::string, std::string> given;
   Arguments a;
   for (int i = 1; i < argc; ++i) {
@@ -165,6 +170,13 @@ Arguments parse(int argc, char** argv) {
   if (a.precision != "float" && a.precision != "double")
     throw UsageError("--precision must be float or double, got \"" + a.precision + "\"");
   if (a.threads < 0) throw UsageError("--threads must be >= 1");
+  if (given.count("--weights")) {
+    const auto type = retnet::weightTypeFromName(given["--weights"]);
+    if (!type)
+      throw UsageError("--weights must be f32, bf16, f16 or int8, got \"" + given["--weights"] +
+                       "\"");
+    a.load.weights = *type;
+  }
   a.saveState = given.count("--save-state") ? given["--save-state"] : "";
   a.loadState = given.count("--load-state") ? given["--load-state"] : "";
   // The library checks the remaining ranges (ids, sampling options, chunk) with its own messages.
@@ -368,8 +380,13 @@ template <typename Scalar>
 int run(const Arguments& a) {
   retnet::io::ModelInfo info;
   const auto loadStart = std::chrono::steady_clock::now();
-  const auto model = retnet::io::loadModel<retnet::io::AnyModel<Scalar>>(a.model, &info);
+  const auto model = retnet::io::loadModel<retnet::io::AnyModel<Scalar>>(a.model, a.load, &info);
   describe<Scalar>(a, info, secondsSince(loadStart));
+  const std::size_t bytes = std::visit([](const auto& m) { return m.storedWeightBytes(); }, model);
+  std::printf("weights: %s, %.1f MB as stored; kernels: %s\n",
+              a.load.weights == retnet::WeightType::kFull ? (sizeof(Scalar) == 4 ? "f32" : "f64")
+                                                          : retnet::weightTypeName(a.load.weights),
+              static_cast<double>(bytes) / 1e6, retnet::simdLevelName(retnet::simdLevel()));
   if (a.threads > 0) retnet::setNumThreads(a.threads);
   std::printf("threads: %d%s\n", retnet::numThreads(),
               retnet::numThreads() == 1 && a.threads > 1 ? " (built without OpenMP)" : "");

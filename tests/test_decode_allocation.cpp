@@ -62,5 +62,25 @@ TEST(DecodeAllocation, StepsWithAnExplicitScratchAndModelDecodingAllocateNothing
   EXPECT_EQ(state.position(1), 5 + 2 + 10);
 }
 
+// Reduced-precision weights decode through their own kernels (codes read as stored, no panel):
+// no allocation either, in each weight type.
+TEST(DecodeAllocation, ReducedPrecisionDecodingAllocatesNothing) {
+  const auto file =
+      io::SafetensorsFile::open(std::string(RETNET_TEST_DATA_DIR) + "/decoder_small.safetensors");
+  for (WeightType type : {WeightType::kBf16, WeightType::kF16, WeightType::kInt8}) {
+    auto model = io::loadRetNetModel<float>(file);
+    model.convertWeights(type);
+    RetNetModelState<float> state;
+    RetNetModel<float>::Scratch scratch;
+    RowMatrix<float> logits;
+    const std::vector<std::int64_t> tokens{3, 4, 5};
+    model.decode(tokens, state, logits, scratch);  // sizes the buffers
+    Eigen::internal::set_is_malloc_allowed(false);
+    for (int step = 0; step < 3; ++step) model.decode(tokens, state, logits, scratch);
+    Eigen::internal::set_is_malloc_allowed(true);
+    EXPECT_EQ(state.position(2), 4) << weightTypeName(type);
+  }
+}
+
 }  // namespace
 }  // namespace retnet

@@ -351,6 +351,47 @@ TEST(Generation, StopsAtAStopToken) {
   EXPECT_EQ(stopped, std::vector<std::int64_t>(free.begin(), free.begin() + firstStop + 1));
 }
 
+// A sequence that ends leaves the batch: the others go on as if alone, and `state` (like
+// finalState) holds each sequence where it ended: its prompt and every generated token but the
+// last (6 + 2 − 1 for the stopped one, 2 + 8 − 1 for the others).
+TEST(Generation, EndedSequencesLeaveTheBatch) {
+  const auto& model = doubleModel();
+  GenerationOptions options;
+  options.maxNewTokens = 8;
+  const std::vector<std::vector<std::int64_t>> prompts{{5, 6}, {1, 2, 3, 4, 5, 6}, {9, 9}};
+  const auto free = model.generate({prompts[1]}, options).at(0);
+  options.stopTokens = {free.at(1)};
+  RetNetModelState<double> state, finalState;
+  const auto out = model.continueGeneration(state, prompts, options, &finalState);
+  const auto firstStop = std::find(free.begin(), free.end(), free.at(1)) - free.begin();
+  EXPECT_EQ(out[1], std::vector<std::int64_t>(free.begin(), free.begin() + firstStop + 1));
+  for (std::size_t i : {std::size_t{0}, std::size_t{2}})
+    EXPECT_EQ(out[i], model.generate({prompts[i]}, options).at(0)) << "sequence " << i;
+  ASSERT_EQ(state.batch(), 3);
+  for (Index b = 0; b < 3; ++b) {
+    const auto i = static_cast<std::size_t>(b);
+    EXPECT_EQ(state.position(b), static_cast<Index>(prompts[i].size() + out[i].size()) - 1);
+    EXPECT_EQ(finalState.position(b), state.position(b));
+  }
+  // The stopped sequence's state is that of a run of its own (the same forms on the same tokens,
+  // so equal to rounding; torchscale's forms differ from each other by more, through the
+  // group-norm eps, so a prefill of the same tokens is not the reference).
+  RetNetModelState<double> alone;
+  model.generate({prompts[1]}, options, &alone);
+  const RetNetModelState<double> stopped = state.item(1);
+  for (std::size_t l = 0; l < alone.layers.size(); ++l) {
+    const auto& a = stopped.layers[l].values();
+    const auto& b = alone.layers[l].values();
+    ASSERT_EQ(a.size(), b.size());
+    double worst = 0, largest = 0;
+    for (Index i = 0; i < a.size(); ++i) {
+      worst = std::max(worst, std::abs(a.data()[i] - b.data()[i]));
+      largest = std::max(largest, std::abs(b.data()[i]));
+    }
+    EXPECT_LE(worst, 1e-12 * largest) << "layer " << l;
+  }
+}
+
 // Generate, save the state, load it into a fresh process-like context and continue: the tokens
 // are those of a run that never stopped.
 TEST(Generation, SaveLoadContinueEqualsUninterrupted) {

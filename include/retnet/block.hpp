@@ -134,6 +134,21 @@ class RetNetBlock
   const Config& config() const { return config_; }
   const MultiScaleRetention<Scalar>& retention() const { return retention_; }
 
+  /// Calls visit(weight) for each of the layer's dense weights (const or not): how a model
+  /// converts its storage (convertWeights) or counts its bytes.
+  template <typename Visit>
+  void forEachWeight(Visit&& visit) {
+    retention_.forEachWeight(visit);
+    visit(ffn_.input);
+    visit(ffn_.output);
+  }
+  template <typename Visit>
+  void forEachWeight(Visit&& visit) const {
+    retention_.forEachWeight(visit);
+    visit(ffn_.input);
+    visit(ffn_.output);
+  }
+
   // The forms (sequence_layer.hpp), as for MultiScaleRetention.
   using Forms::forward;
   using Forms::forwardChunkwise;

@@ -67,33 +67,50 @@ std::vector<std::vector<std::int64_t>> continueGeneration(
   }
   state = std::move(grown);
 
-  // Sample and decode until every sequence has ended; `logits` are those of the last consumed
-  // position of each sequence.
+  // Sample and decode until every sequence has ended. Row r of `running` (and of `logits`, those
+  // of its last consumed position) is sequence active[r]; a sequence that ends leaves the batch,
+  // its state copied into `state`, so each step decodes only the sequences still generating.
   std::vector<std::vector<std::int64_t>> generated(static_cast<std::size_t>(batch));
-  std::vector<bool> done(static_cast<std::size_t>(batch), false);
+  std::vector<Index> active(static_cast<std::size_t>(batch));
+  for (Index b = 0; b < batch; ++b) active[static_cast<std::size_t>(b)] = b;
+  State running = state;
   std::vector<std::int64_t> tokens(static_cast<std::size_t>(batch), 0);
-  std::vector<Index> sampleScratch;
+  std::vector<Index> sampleScratch, staying;
   typename Model::Scratch scratch;
-  if (finalState != nullptr) *finalState = state;
-  for (Index step = 0; step < options.maxNewTokens; ++step) {
-    bool anyActive = false;
-    for (Index b = 0; b < batch; ++b) {
-      const auto i = static_cast<std::size_t>(b);
-      if (done[i]) continue;  // a finished sequence feeds its last token again, ignored
-      SplitMix64 draw(drawSeed(options.seed, state.position(b)));
-      tokens[i] = sampleToken(logits.row(b).transpose(), options.sampling, draw, sampleScratch);
-      generated[i].push_back(tokens[i]);
-      if (options.onToken) options.onToken(b, tokens[i]);
+  for (Index step = 0; step < options.maxNewTokens && !active.empty(); ++step) {
+    staying.clear();
+    for (std::size_t r = 0; r < active.size(); ++r) {
+      const Index b = active[r], row = static_cast<Index>(r);
+      auto& out = generated[static_cast<std::size_t>(b)];
+      SplitMix64 draw(drawSeed(options.seed, running.position(row)));
+      tokens[r] = sampleToken(logits.row(row).transpose(), options.sampling, draw, sampleScratch);
+      out.push_back(tokens[r]);
+      if (options.onToken) options.onToken(b, tokens[r]);
       const bool stop = std::find(options.stopTokens.begin(), options.stopTokens.end(),
-                                  tokens[i]) != options.stopTokens.end();
-      done[i] = stop || static_cast<Index>(generated[i].size()) >= options.maxNewTokens;
-      // Its state now holds everything but the token just drawn: that is where it resumes.
-      if (done[i] && finalState != nullptr) finalState->setItem(b, state, b);
-      anyActive = anyActive || !done[i];
+                                  tokens[r]) != options.stopTokens.end();
+      if (stop || static_cast<Index>(out.size()) >= options.maxNewTokens) {
+        // Its state holds everything but the token just drawn: that is where it resumes.
+        state.setItem(b, running, row);
+      } else {
+        staying.push_back(row);
+      }
     }
-    if (!anyActive) break;
-    model.decode(tokens, state, logits, scratch);
+    if (staying.size() < active.size()) {  // drop the ended sequences from the batch
+      State kept;
+      std::vector<Index> keptActive;
+      for (Index row : staying) {
+        kept.append(running.item(row));
+        tokens[keptActive.size()] = tokens[static_cast<std::size_t>(row)];
+        keptActive.push_back(active[static_cast<std::size_t>(row)]);
+      }
+      running = std::move(kept);
+      active = std::move(keptActive);
+    }
+    if (active.empty()) break;
+    tokens.resize(active.size());
+    model.decode(tokens, running, logits, scratch);
   }
+  if (finalState != nullptr) *finalState = state;
   return generated;
 }
 

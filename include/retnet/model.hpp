@@ -77,12 +77,16 @@ class LanguageModel {
   using State = LanguageModelState<typename Block::State>;
   using Scratch = LanguageModelScratch<typename Block::Scratch, Scalar>;
 
-  LanguageModel(const Config& config, const Weights& weights)
-      : LanguageModel(config, Weights(weights)) {}
+  /// The model, its dense weights (projections, embedding, head) stored as `storage`
+  /// (linear_weight.hpp).
+  LanguageModel(const Config& config, const Weights& weights,
+                WeightType storage = WeightType::kFull)
+      : LanguageModel(config, Weights(weights), storage) {}
 
-  /// From weights that are no longer needed: each layer's are released once its block is built,
-  /// so loading holds little more than the model (io/load_model.hpp).
-  LanguageModel(const Config& config, Weights&& weights) : config_(checkedConfig(config)) {
+  /// From weights that are no longer needed: each layer's are released once its block is built
+  /// (and stored as `storage`), so loading holds little more than the model (io/load_model.hpp).
+  LanguageModel(const Config& config, Weights&& weights, WeightType storage = WeightType::kFull)
+      : config_(checkedConfig(config)) {
     const Index D = config.block.embedDim;
     const char* where = "RetNetModel";
     detail::requireShape(where, weights.embed, config.vocab, D, "embed");
@@ -105,11 +109,43 @@ class LanguageModel {
     for (auto& layer : weights.layers) {
       blocks_.emplace_back(config.block, layer);
       layer = typename Block::Weights{};
+      blocks_.back().forEachWeight([&](auto& w) { w = w.converted(storage); });
     }
     finalNorm_ = std::move(weights.finalNorm);
     finalNormBias_ = std::move(weights.finalNormBias);
     if (!config.tiedEmbedding)
       outputProjection_ = LinearWeight<Scalar>(std::move(weights.outputProjection));
+    embed_ = embed_.converted(storage);
+    outputProjection_ = outputProjection_.converted(storage);
+  }
+
+  /// Calls visit(weight) for every dense weight: each block's, the embedding, the output
+  /// projection (empty when tied).
+  template <typename Visit>
+  void forEachWeight(Visit&& visit) {
+    for (Block& block : blocks_) block.forEachWeight(visit);
+    visit(embed_);
+    visit(outputProjection_);
+  }
+  template <typename Visit>
+  void forEachWeight(Visit&& visit) const {
+    for (const Block& block : blocks_) block.forEachWeight(visit);
+    visit(embed_);
+    visit(outputProjection_);
+  }
+
+  /// Stores every dense weight as `type` (rounding once from full precision; see
+  /// LinearWeight::converted). Norms, decays and mixes stay in Scalar.
+  void convertWeights(WeightType type) {
+    forEachWeight([type](LinearWeight<Scalar>& w) { w = w.converted(type); });
+  }
+
+  /// Bytes of the dense weights as stored: what a decoding step streams (the norms and other
+  /// vectors are a small fraction on top).
+  std::size_t storedWeightBytes() const {
+    std::size_t bytes = 0;
+    forEachWeight([&](const LinearWeight<Scalar>& w) { bytes += w.storedBytes(); });
+    return bytes;
   }
 
   const Config& config() const { return config_; }
@@ -229,7 +265,8 @@ class LanguageModel {
 
   /// Feeds next[i] to sequence i of `state` (chunkwise, each at its own position; an empty state
   /// starts every sequence at position 0), then generates as generate() does. `state` is left
-  /// after the last decoding step.
+  /// where each sequence ended (as `finalState`). Ended sequences leave the batch: each decoding
+  /// step runs only the sequences still generating.
   std::vector<std::vector<std::int64_t>> continueGeneration(
       State& state, const std::vector<std::vector<std::int64_t>>& next,
       const GenerationOptions& options, State* finalState = nullptr) const {
@@ -286,7 +323,7 @@ class LanguageModel {
 
   /// x = E[token]·s, then the embedding norm if configured.   x (tokens x D)
   void embed(const std::int64_t* tokens, MatrixRef<Scalar> x) const {
-    stages::embed<Scalar>(tokens, embed_.matrix(), config_.embedScale, x);
+    stages::embed<Scalar>(tokens, embed_, config_.embedScale, x);
     if (config_.embedNorm) normalize(x, embedNorm_, embedNormBias_);
   }
 

@@ -164,6 +164,19 @@ class MultiScaleRetention
   }
 
   const Config& config() const { return config_; }
+
+  /// Calls visit(weight) for each of the layer's dense weights (const or not): how a model
+  /// converts its storage (convertWeights) or counts its bytes.
+  template <typename Visit>
+  void forEachWeight(Visit&& visit) {
+    visit(inputWeights_);
+    visit(outputWeights_);
+  }
+  template <typename Visit>
+  void forEachWeight(Visit&& visit) const {
+    visit(inputWeights_);
+    visit(outputWeights_);
+  }
   const RotaryEmbedding<Scalar>& rotary() const { return rotary_; }
 
   // The forms (sequence_layer.hpp): forwardParallel(x[, state]), forwardChunkwise(x, chunk[,

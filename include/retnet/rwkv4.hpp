@@ -141,6 +141,21 @@ class Rwkv4Block : public SequenceLayer<Rwkv4Block<Scalar>, Scalar, Rwkv4State<S
   }
 
   const Config& config() const { return config_; }
+
+  /// Calls visit(weight) for each of the layer's dense weights (const or not): how a model
+  /// converts its storage (convertWeights) or counts its bytes.
+  template <typename Visit>
+  void forEachWeight(Visit&& visit) {
+    for (LinearWeight<Scalar>* w : {&attKey_, &attValue_, &attReceptance_, &attOutput_, &ffnKey_,
+                                    &ffnReceptance_, &ffnValue_})
+      visit(*w);
+  }
+  template <typename Visit>
+  void forEachWeight(Visit&& visit) const {
+    for (const LinearWeight<Scalar>* w : {&attKey_, &attValue_, &attReceptance_, &attOutput_,
+                                          &ffnKey_, &ffnReceptance_, &ffnValue_})
+      visit(*w);
+  }
   /// w = −exp(time_decay) per channel (A), as WKV uses it.
   const Vector<Scalar>& decay() const { return decay_; }
 

@@ -49,6 +49,14 @@ if(NOT "generated:${first_ids}${second_ids}" STREQUAL "${whole_ids}")
   message(FATAL_ERROR "resumed run '${first_ids}' + '${second_ids}' differs from '${whole_ids}'")
 endif()
 
+# --weights: the dense weights kept in each reduced type (the stored bytes named), and generation
+# runs.
+foreach(type bf16 f16 int8)
+  run_cli(0 reduced err --model ${MODEL} --prompt-ids 1,2,3 --max-new 5 --weights ${type})
+  expect_match("${reduced}" "\nweights: ${type}, [0-9.]+ MB as stored; kernels: [a-z0-9]+\n" "--weights ${type}")
+  expect_match("${reduced}" "generated:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\n" "--weights ${type} generates")
+endforeach()
+
 # Errors: one line on stderr, a non-zero exit, never a crash.
 function(expect_error code regex)
   run_cli(${code} out err ${ARGN})
@@ -61,6 +69,7 @@ expect_error(2 "--max-new expects a number" --model ${MODEL} --prompt-ids 1 --ma
 expect_error(2 "--precision must be float or double" --model ${MODEL} --prompt-ids 1 --precision half)
 expect_error(2 "--seed needs a value" --model ${MODEL} --prompt-ids 1 --seed)
 expect_error(2 "--prefill must be chunkwise or parallel" --model ${MODEL} --prompt-ids 1 --prefill x)
+expect_error(2 "--weights must be f32, bf16, f16 or int8, got \"q4\"" --model ${MODEL} --prompt-ids 1 --weights q4)
 expect_error(1 ".*cannot open file" --model ${WORK_DIR}/missing.safetensors --prompt-ids 1)
 expect_error(1 ".*token ids must be in \\[0, 50\\), got 50" --model ${MODEL} --prompt-ids 1,50)
 expect_error(1 ".*temperature must be finite and >= 0" --model ${MODEL} --prompt-ids 1 --temperature -1)
@@ -172,7 +181,7 @@ function(run_cli_input input expected_code out_var)
 endfunction()
 run_cli_input("Hello\n" 0 chat --model ${text_model} --interactive --max-new 5 --seed 4
               --temperature 0.9 --save-state ${WORK_DIR}/chat1.bin)
-expect_match("${chat}" "^model: [^\n]*\nthreads: [^\n]*\ntokenizer: hf-bpe, 32000 tokens\n> " "chat start")
+expect_match("${chat}" "^model: [^\n]*\nweights: [^\n]*\nthreads: [^\n]*\ntokenizer: hf-bpe, 32000 tokens\n> " "chat start")
 expect_match("${chat}" "\n\\[turn 1: 3 prompt tokens, 5 generated, [0-9]+ ms; position 7\\]\n> \n" "chat turn")
 file(WRITE ${WORK_DIR}/hello.txt "Hello\n")
 run_cli(0 once err --model ${text_model} --prompt-file ${WORK_DIR}/hello.txt --max-new 5 --seed 4

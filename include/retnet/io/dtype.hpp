@@ -159,16 +159,21 @@ inline float bfloat16ToFloat(std::uint16_t bits) {
 }
 
 /// F16 -> float by moving the fields: exact for every one of the 65536 patterns (tested against
-/// halfToDouble), without ldexp.
+/// halfToDouble), without ldexp or branches (so loops of it vectorise): normals re-biased,
+/// subnormals m·2^−24 (a normal float product), infinities and NaNs (payload kept) by the fields.
 inline float halfToFloat(std::uint16_t bits) {
   const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
   const std::uint32_t exponent = (bits >> 10) & 0x1Fu, mantissa = bits & 0x3FFu;
-  if (exponent == 0x1F) return bitCast<float>(sign | 0x7F800000u | (mantissa << 13));
-  if (exponent == 0) {  // zero or subnormal: mantissa · 2^−24, exact in float
-    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
-    return sign ? -magnitude : magnitude;
-  }
-  return bitCast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  const std::uint32_t normal = ((exponent + 112u) << 23) | (mantissa << 13);
+  const std::uint32_t special = 0x7F800000u | (mantissa << 13);
+  const float subnormal =
+      static_cast<float>(static_cast<std::int32_t>(mantissa)) * 5.9604644775390625e-8f;
+  // Selection by masks rather than ?: so that g++ vectorises it too.
+  const std::uint32_t isSubnormal = 0u - static_cast<std::uint32_t>(exponent == 0);
+  const std::uint32_t isSpecial = 0u - static_cast<std::uint32_t>(exponent == 31);
+  const std::uint32_t magnitude = (bitCast<std::uint32_t>(subnormal) & isSubnormal) |
+                                  (special & isSpecial) | (normal & ~(isSubnormal | isSpecial));
+  return bitCast<float>(sign | magnitude);
 }
 inline double bfloat16ToDouble(std::uint16_t bits) { return decodeSmallFloat(bits, 8, 7); }
 inline std::uint16_t doubleToHalf(double value) { return encodeSmallFloat(value, 5, 10); }

@@ -9,7 +9,8 @@
 // one, from the tensor names (model.embeddings.* FLA, model.embed_tokens.* syncdoth,
 // embed_tokens.* torchscale; emb.* / rwkv.embeddings.* RWKV-4) and the file's metadata. F32, F16
 // and BF16 weights are converted to Scalar tensor by tensor, in pieces, so a load holds the
-// converted weights and little else.
+// converted weights and little else. LoadOptions::weights stores the dense weights as BF16, F16
+// or int8 instead (linear_weight.hpp), each layer's as soon as its block is built.
 #pragma once
 
 #include <filesystem>
@@ -27,6 +28,13 @@
 #include "retnet/model.hpp"
 
 namespace retnet::io {
+
+/// How loadModel builds the model.
+struct LoadOptions {
+  /// Storage of the dense weights (projections, embedding, head): kFull keeps Scalar; kBf16,
+  /// kF16, kInt8 round each weight once (linear_weight.hpp). Norms and decays stay in Scalar.
+  WeightType weights = WeightType::kFull;
+};
 
 enum class ModelFamily {
   kTorchscale,  ///< torchscale's RetNetDecoder, retnet's own safetensors files
@@ -187,14 +195,15 @@ void validateLoaded(const std::string& path, const Config& config) {
 
 template <typename Scalar>
 RetNetModel<Scalar> loadRetNet(const std::string& path, const WeightFiles& files,
-                               const ModelInfo& described) {
+                               const ModelInfo& described, WeightType storage) {
   const RetNetModelConfig& c = described.config;
   if (described.family != ModelFamily::kRwkv4) validateLoaded(path, c);
   switch (described.family) {
     case ModelFamily::kFla:
-      return RetNetModel<Scalar>(c, readFlaWeights<Scalar>(files, c, described.dtype));
+      return RetNetModel<Scalar>(c, readFlaWeights<Scalar>(files, c, described.dtype), storage);
     case ModelFamily::kSyncdoth:
-      return RetNetModel<Scalar>(c, readSyncdothWeights<Scalar>(files, c, described.dtype));
+      return RetNetModel<Scalar>(c, readSyncdothWeights<Scalar>(files, c, described.dtype),
+                                 storage);
     case ModelFamily::kRwkv4:
       throw FormatError(retnet::detail::concat(
           path,
@@ -203,12 +212,14 @@ RetNetModel<Scalar> loadRetNet(const std::string& path, const WeightFiles& files
     case ModelFamily::kTorchscale:
       break;
   }
-  return loadRetNetModel<Scalar>(files.first(), c);
+  RetNetModel<Scalar> model = loadRetNetModel<Scalar>(files.first(), c);
+  model.convertWeights(storage);
+  return model;
 }
 
 template <typename Scalar>
 Rwkv4Model<Scalar> loadRwkv4(const std::string& path, const WeightFiles& files,
-                             const ModelInfo& described) {
+                             const ModelInfo& described, WeightType storage) {
   if (described.family != ModelFamily::kRwkv4) {
     throw FormatError(retnet::detail::concat(
         path, ": a ", familyName(described.family),
@@ -217,7 +228,8 @@ Rwkv4Model<Scalar> loadRwkv4(const std::string& path, const WeightFiles& files,
   }
   validateLoaded(path, described.rwkv4);
   return Rwkv4Model<Scalar>(described.rwkv4,
-                            readRwkv4Weights<Scalar>(files, described.rwkv4, described.rwkv4Names));
+                            readRwkv4Weights<Scalar>(files, described.rwkv4, described.rwkv4Names),
+                            storage);
 }
 
 }  // namespace detail
@@ -225,9 +237,11 @@ Rwkv4Model<Scalar> loadRwkv4(const std::string& path, const WeightFiles& files,
 /// The model at `path` (a model directory or one .safetensors file). `T` says what to build:
 /// a scalar type (float, double) a RetNetModel, Rwkv4Model<Scalar> an RWKV-4, AnyModel<Scalar>
 /// the family the checkpoint holds. FormatError naming the file, key or tensor for anything that
-/// is not a supported checkpoint, or one of another family than T asks for.
+/// is not a supported checkpoint, or one of another family than T asks for. `options` says how
+/// to store the weights.
 template <typename T>
 typename detail::ModelRequest<T>::Model loadModel(const std::string& path,
+                                                  const LoadOptions& options,
                                                   ModelInfo* info = nullptr) {
   using Scalar = typename detail::ModelRequest<T>::Scalar;
   using Model = typename detail::ModelRequest<T>::Model;
@@ -237,15 +251,23 @@ typename detail::ModelRequest<T>::Model loadModel(const std::string& path,
   const WeightFiles files = WeightFiles::open(path);
   const ModelInfo described = detail::inspect(path, files);
   if (info != nullptr) *info = described;
+  const WeightType storage = options.weights;
   if constexpr (std::is_same_v<Model, RetNetModel<Scalar>>) {
-    return detail::loadRetNet<Scalar>(path, files, described);
+    return detail::loadRetNet<Scalar>(path, files, described, storage);
   } else if constexpr (std::is_same_v<Model, Rwkv4Model<Scalar>>) {
-    return detail::loadRwkv4<Scalar>(path, files, described);
+    return detail::loadRwkv4<Scalar>(path, files, described, storage);
   } else {
     if (described.family == ModelFamily::kRwkv4)
-      return Model(detail::loadRwkv4<Scalar>(path, files, described));
-    return Model(detail::loadRetNet<Scalar>(path, files, described));
+      return Model(detail::loadRwkv4<Scalar>(path, files, described, storage));
+    return Model(detail::loadRetNet<Scalar>(path, files, described, storage));
   }
+}
+
+/// The model at `path` with full-precision weights (LoadOptions{}).
+template <typename T>
+typename detail::ModelRequest<T>::Model loadModel(const std::string& path,
+                                                  ModelInfo* info = nullptr) {
+  return loadModel<T>(path, LoadOptions{}, info);
 }
 
 }  // namespace retnet::io

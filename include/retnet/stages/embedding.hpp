@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "retnet/detail/checks.hpp"
+#include "retnet/linear_weight.hpp"
 #include "retnet/tensor.hpp"
 
 namespace retnet::stages {
@@ -21,6 +22,26 @@ void embed(const std::int64_t* tokens, detail::NoDeduce<ConstMatrixRef<Scalar>> 
     detail::require(tokens[r] >= 0 && tokens[r] < table.rows(), where, "token ids must be in [0, ",
                     table.rows(), "), got ", tokens[r]);
     y.row(r) = table.row(static_cast<Index>(tokens[r])) * s;
+  }
+}
+
+/// The same lookup in a table of any WeightType: the row decoded, then scaled.
+///   tokens (rows); E (vocab x D); y (rows x D)
+template <typename Scalar>
+void embed(const std::int64_t* tokens, const LinearWeight<Scalar>& table, double scale,
+           detail::NoDeduce<MatrixRef<Scalar>> y) {
+  if (table.type() == WeightType::kFull) {
+    embed<Scalar>(tokens, table.matrix(), scale, y);
+    return;
+  }
+  const char* where = "stages::embed";
+  detail::requireShape(where, y, y.rows(), table.inputs(), "y (rows x D)");
+  const auto s = static_cast<Scalar>(scale);
+  for (Index r = 0; r < y.rows(); ++r) {
+    detail::require(tokens[r] >= 0 && tokens[r] < table.outputs(), where,
+                    "token ids must be in [0, ", table.outputs(), "), got ", tokens[r]);
+    table.decodeRow(static_cast<Index>(tokens[r]), y.row(r).data());
+    y.row(r) *= s;
   }
 }
 

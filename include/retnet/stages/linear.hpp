@@ -1,8 +1,7 @@
-// Stage: the dense layer y = x · Wᵀ (PyTorch's Linear without bias) and its weight type.
+// Stage: the dense layer y = x · Wᵀ (PyTorch's Linear without bias).
 //
-// The weight reaches the kernel through LinearWeight, one small type: today it holds float or
-// double values in PyTorch's (out, in) layout; reduced-precision storage (BF16, F16, int8 with
-// scales) will be further representations of the same type, so no layer changes when it lands.
+// The weight reaches the kernel through LinearWeight (linear_weight.hpp): full precision, BF16,
+// F16 or int8 with per-group scales; no layer knows which.
 //
 // The output columns are split into fixed blocks, each computed whole by one thread with a
 // single-threaded Eigen product: the blocks do not depend on the thread count, so neither does
@@ -11,57 +10,33 @@
 // matrix-vector product (its kernel runs several rows of W at once, which kept up with memory
 // best on the Xeon of the RWKV-4 comparison: 15.6 GB/s on one core against 14.0 for row-by-row
 // dots), two to four rows are plain dots, each row of W read once for all of them.
+//
+// Reduced-precision weights: a few rows read the codes as stored (detail/lowp_kernels.hpp: AVX-512,
+// AVX2 or portable, chosen at run time); more rows decode each block of 256 rows of W into a
+// per-thread float panel once and run the same GEMM as full precision on it, so prefill keeps the
+// GEMM's speed and pays one pass over the codes.
 #pragma once
 
 #include <algorithm>
-#include <initializer_list>
+#include <vector>
 
 #include "retnet/detail/checks.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/errors.hpp"
+#include "retnet/linear_weight.hpp"
 #include "retnet/tensor.hpp"
 
 namespace retnet {
 
-/// The weight of a dense layer, W (out x in) row-major: PyTorch's Linear layout, applied as
-/// y = x · Wᵀ. Several layers reading the same input can be stacked into one (stacked()), so
-/// their outputs come from one GEMM, side by side.
+namespace detail {
+/// This thread's panel buffer of at least `size` Scalars (grows, never shrinks).
 template <typename Scalar>
-class LinearWeight {
- public:
-  LinearWeight() = default;
-  explicit LinearWeight(RowMatrix<Scalar> matrix) : matrix_(std::move(matrix)) {}
-
-  /// The rows of every part, in order: W = [W_0; W_1; …]. Every part must have the same width.
-  static LinearWeight stacked(std::initializer_list<const RowMatrix<Scalar>*> parts) {
-    Index rows = 0;
-    const Index cols = parts.size() == 0 ? 0 : (*parts.begin())->cols();
-    for (const RowMatrix<Scalar>* part : parts) {
-      detail::require(part->cols() == cols, "LinearWeight::stacked",
-                      "every part must have the same input width ", cols, ", got ", part->cols());
-      rows += part->rows();
-    }
-    RowMatrix<Scalar> matrix(rows, cols);
-    Index row = 0;
-    for (const RowMatrix<Scalar>* part : parts) {
-      matrix.middleRows(row, part->rows()) = *part;
-      row += part->rows();
-    }
-    return LinearWeight(std::move(matrix));
-  }
-
-  Index outputs() const { return matrix_.rows(); }  ///< out
-  Index inputs() const { return matrix_.cols(); }   ///< in
-  bool empty() const { return matrix_.size() == 0; }
-
-  /// W as stored (out x in).
-  const RowMatrix<Scalar>& matrix() const { return matrix_; }
-  /// Rows [begin, begin + count) of W, e.g. one part of a stacked weight, scaled in place.
-  auto rows(Index begin, Index count) { return matrix_.middleRows(begin, count); }
-
- private:
-  RowMatrix<Scalar> matrix_;
-};
+Scalar* linearPanel(Index size) {
+  thread_local std::vector<Scalar> panel;
+  if (static_cast<Index>(panel.size()) < size) panel.resize(static_cast<std::size_t>(size));
+  return panel.data();
+}
+}  // namespace detail
 
 namespace stages {
 
@@ -76,13 +51,25 @@ inline constexpr Index kLinearDotRows = 4;
 template <typename Scalar>
 void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scalar>& weight,
             detail::NoDeduce<MatrixRef<Scalar>> y) {
-  const RowMatrix<Scalar>& w = weight.matrix();
-  const Index n = w.rows(), rows = x.rows();
-  detail::requireShape("stages::linear", x, rows, w.cols(), "x (rows x in)");
+  const Index n = weight.outputs(), in = weight.inputs(), rows = x.rows();
+  detail::requireShape("stages::linear", x, rows, in, "x (rows x in)");
   detail::requireShape("stages::linear", y, rows, n, "y (rows x out)");
+  const bool full = weight.type() == WeightType::kFull;
   const Index blocks = (n + kLinearColumnBlock - 1) / kLinearColumnBlock;
   detail::parallelFor(blocks, [&](Index block, int) {
     const Index begin = block * kLinearColumnBlock, width = std::min(kLinearColumnBlock, n - begin);
+    if (!full) {
+      if (rows <= kLinearDotRows) {
+        detail::lowpRows<Scalar>(weight.stored(), begin, begin + width, x.data(), x.outerStride(),
+                                 rows, y.data(), y.outerStride());
+      } else {
+        Eigen::Map<RowMatrix<Scalar>> panel(detail::linearPanel<Scalar>(width * in), width, in);
+        for (Index j = 0; j < width; ++j) weight.decodeRow(begin + j, panel.row(j).data());
+        y.middleCols(begin, width).noalias() = x * panel.transpose();
+      }
+      return;
+    }
+    const RowMatrix<Scalar>& w = weight.matrix();
     if (rows <= kLinearDotRows) {
       if (rows == 1) {
         y.row(0).segment(begin, width).noalias() =

@@ -1,0 +1,248 @@
+// The weight of a dense layer and how it is stored.
+//
+// W (out x in) in PyTorch's Linear layout, applied as y = x · Wᵀ (stages::linear). Every layer
+// holds its projections as LinearWeights, so a storage format is a property of this type only:
+//
+//   WeightType  stored per weight                      decoded value              bytes/weight
+//   kFull       the model's Scalar (float or double)   itself                     4 (8)
+//   kBf16       bfloat16                               exact in float             2
+//   kF16        IEEE binary16                          exact in float             2
+//   kInt8       int8 q, float32 scale s per 32 columns s·q (float product)         1.125
+//
+// Activations, accumulation and states stay in Scalar. Converting rounds once, to nearest even
+// (BF16: |δ| ≤ 2^−8|w|; F16: ≤ 2^−11|w| in its normal range [2^−14, 65504], absolute ≤ 2^−25
+// below it, infinity above); int8 is symmetric per group of 32 (ggml Q8_0's length) with
+// s = max|w|/127 and q = round(w/s), so |δ| ≤ max|w|/254 over the group. The scales are float32,
+// not F16: the 6% fewer bytes of F16 scales would add a second rounding of every weight and an
+// F16 range limit, for a decode that stays bound by the codes' bytes.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "retnet/detail/checks.hpp"
+#include "retnet/detail/lowp_codecs.hpp"
+#include "retnet/detail/lowp_kernels.hpp"
+#include "retnet/errors.hpp"
+#include "retnet/tensor.hpp"
+
+namespace retnet {
+
+/// How a LinearWeight stores W (see the table above).
+enum class WeightType { kFull, kBf16, kF16, kInt8 };
+
+/// "full", "bf16", "f16", "int8".
+inline const char* weightTypeName(WeightType type) {
+  switch (type) {
+    case WeightType::kBf16:
+      return "bf16";
+    case WeightType::kF16:
+      return "f16";
+    case WeightType::kInt8:
+      return "int8";
+    case WeightType::kFull:
+      break;
+  }
+  return "full";
+}
+
+/// The type named `name` ("full" or "f32", "bf16", "f16", "int8"), or nothing.
+inline std::optional<WeightType> weightTypeFromName(const std::string& name) {
+  if (name == "full" || name == "f32") return WeightType::kFull;
+  for (WeightType type : {WeightType::kBf16, WeightType::kF16, WeightType::kInt8})
+    if (name == weightTypeName(type)) return type;
+  return std::nullopt;
+}
+
+/// The weight of a dense layer, W (out x in) row-major, in one of the WeightTypes. Several layers
+/// reading the same input can be stacked into one (stacked()), so their outputs come from one
+/// product, side by side. Reduced-precision codes are immutable and shared between copies; they
+/// may live in memory the weight does not own (a mapped file), kept alive by `owner`.
+template <typename Scalar>
+class LinearWeight {
+ public:
+  LinearWeight() = default;
+  explicit LinearWeight(RowMatrix<Scalar> matrix)
+      : outputs_(matrix.rows()), inputs_(matrix.cols()), matrix_(std::move(matrix)) {}
+
+  /// The rows of every part, in order: W = [W_0; W_1; …]. Every part must have the same width.
+  static LinearWeight stacked(std::initializer_list<const RowMatrix<Scalar>*> parts) {
+    Index rows = 0;
+    const Index cols = parts.size() == 0 ? 0 : (*parts.begin())->cols();
+    for (const RowMatrix<Scalar>* part : parts) {
+      detail::require(part->cols() == cols, "LinearWeight::stacked",
+                      "every part must have the same input width ", cols, ", got ", part->cols());
+      rows += part->rows();
+    }
+    RowMatrix<Scalar> matrix(rows, cols);
+    Index row = 0;
+    for (const RowMatrix<Scalar>* part : parts) {
+      matrix.middleRows(row, part->rows()) = *part;
+      row += part->rows();
+    }
+    return LinearWeight(std::move(matrix));
+  }
+
+  /// BF16 or F16 codes (out x in, row-major), used in place; `owner` keeps them alive.
+  static LinearWeight halves(WeightType type, Index out, Index in, const std::uint16_t* codes,
+                             std::shared_ptr<const void> owner) {
+    const char* where = "LinearWeight::halves";
+    detail::require(type == WeightType::kBf16 || type == WeightType::kF16, where,
+                    "the type must be bf16 or f16, got ", weightTypeName(type));
+    checkStored(where, out, in, codes);
+    LinearWeight w;
+    w.setStored(type, out, in, codes, nullptr, std::move(owner));
+    return w;
+  }
+
+  /// int8 codes (out x in, row-major) and float32 scales (out x ⌈in/32⌉: scale g of row j applies
+  /// to columns [32g, 32g + 32)), used in place; `owner` keeps them alive.
+  static LinearWeight int8(Index out, Index in, const std::int8_t* codes, const float* scales,
+                           std::shared_ptr<const void> owner) {
+    const char* where = "LinearWeight::int8";
+    checkStored(where, out, in, codes);
+    detail::require(scales != nullptr || out * in == 0, where, "the scales pointer is null");
+    LinearWeight w;
+    w.setStored(WeightType::kInt8, out, in, codes, scales, std::move(owner));
+    return w;
+  }
+
+  WeightType type() const { return type_; }
+  Index outputs() const { return outputs_; }  ///< out
+  Index inputs() const { return inputs_; }    ///< in
+  bool empty() const { return outputs_ * inputs_ == 0; }
+  Index scaleGroups() const { return (inputs_ + detail::kInt8Group - 1) / detail::kInt8Group; }
+
+  /// Bytes of W as stored (codes and scales): what a decoding step reads.
+  std::size_t storedBytes() const {
+    const auto n = static_cast<std::size_t>(outputs_ * inputs_);
+    switch (type_) {
+      case WeightType::kBf16:
+      case WeightType::kF16:
+        return 2 * n;
+      case WeightType::kInt8:
+        return n + sizeof(float) * static_cast<std::size_t>(outputs_ * scaleGroups());
+      case WeightType::kFull:
+        break;
+    }
+    return sizeof(Scalar) * n;
+  }
+
+  /// W as stored (out x in); only for WeightType::kFull (dequantized() gives any type's values).
+  const RowMatrix<Scalar>& matrix() const {
+    requireFull("LinearWeight::matrix");
+    return matrix_;
+  }
+  /// Rows [begin, begin + count) of W, e.g. one part of a stacked weight, scaled in place; only
+  /// for WeightType::kFull (convert afterwards).
+  auto rows(Index begin, Index count) {
+    requireFull("LinearWeight::rows");
+    return matrix_.middleRows(begin, count);
+  }
+
+  /// The codes of a reduced-precision W: uint16_t (BF16/F16) or int8_t, row-major, and the int8
+  /// scales (out x scaleGroups()), for kernels and writers.
+  const detail::LowpMatrix& stored() const { return stored_; }
+
+  /// Row j of W as Scalar values (exact: every stored value is a float).   out (in)
+  void decodeRow(Index j, Scalar* out) const {
+    if (type_ == WeightType::kFull) {
+      Eigen::Map<RowMatrix<Scalar>>(out, 1, inputs_) = matrix_.row(j);
+    } else {
+      stored_.decode(j, 0, inputs_, out);
+    }
+  }
+
+  /// W's values (out x in) as Scalar, whatever the storage.
+  RowMatrix<Scalar> dequantized() const {
+    if (type_ == WeightType::kFull) return matrix_;
+    RowMatrix<Scalar> w(outputs_, inputs_);
+    for (Index j = 0; j < outputs_; ++j) decodeRow(j, w.row(j).data());
+    return w;
+  }
+
+  /// This weight stored as `type`: rounded from its values (from a reduced type through them, so
+  /// converting twice may round twice). Converting to the current type shares the storage.
+  /// InvalidArgument for a non-finite weight (it has no reduced form).
+  LinearWeight converted(WeightType type) const {
+    if (type == type_) return *this;
+    if (type == WeightType::kFull) return LinearWeight(dequantized());
+    const RowMatrix<Scalar> values = dequantized();
+    detail::require(values.allFinite(), "LinearWeight::converted",
+                    "the weight must be finite to be stored as ", weightTypeName(type));
+    const Index n = outputs_ * inputs_;
+    if (type == WeightType::kInt8) {
+      const Index groups = scaleGroups();
+      auto buffer = std::make_shared<Int8Buffer>();
+      buffer->codes.resize(static_cast<std::size_t>(n));
+      buffer->scales.resize(static_cast<std::size_t>(outputs_ * groups));
+      for (Index j = 0; j < outputs_; ++j) {
+        for (Index g = 0; g < groups; ++g) {
+          const Index begin = g * detail::kInt8Group;
+          const Index count = std::min(detail::kInt8Group, inputs_ - begin);
+          buffer->scales[static_cast<std::size_t>(j * groups + g)] = detail::quantizeGroup(
+              values.row(j).data() + begin, count, buffer->codes.data() + j * inputs_ + begin);
+        }
+      }
+      const Int8Buffer& b = *buffer;
+      return int8(outputs_, inputs_, b.codes.data(), b.scales.data(), std::move(buffer));
+    }
+    auto codes = std::make_shared<std::vector<std::uint16_t>>(static_cast<std::size_t>(n));
+    const Scalar* v = values.data();
+    for (Index i = 0; i < n; ++i) (*codes)[static_cast<std::size_t>(i)] = encodeHalf(type, v[i]);
+    const std::uint16_t* data = codes->data();
+    return halves(type, outputs_, inputs_, data, std::move(codes));
+  }
+
+ private:
+  struct Int8Buffer {
+    std::vector<std::int8_t> codes;
+    std::vector<float> scales;
+  };
+
+  static std::uint16_t encodeHalf(WeightType type, Scalar value) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      return type == WeightType::kBf16 ? detail::floatToBf16(value) : detail::floatToF16(value);
+    } else {  // from double in one rounding (through float would round twice)
+      return type == WeightType::kBf16 ? io::detail::doubleToBfloat16(double(value))
+                                       : io::detail::doubleToHalf(double(value));
+    }
+  }
+
+  static void checkStored(const char* where, Index out, Index in, const void* codes) {
+    detail::require(out >= 0 && in >= 0, where, "the shape must be non-negative, got (", out, ", ",
+                    in, ")");
+    detail::require(codes != nullptr || out * in == 0, where, "the codes pointer is null");
+  }
+
+  void setStored(WeightType type, Index out, Index in, const void* codes, const float* scales,
+                 std::shared_ptr<const void> owner) {
+    type_ = type;
+    outputs_ = out;
+    inputs_ = in;
+    owner_ = std::move(owner);
+    stored_.code = type == WeightType::kBf16  ? detail::LowpCode::kBf16
+                   : type == WeightType::kF16 ? detail::LowpCode::kF16
+                                              : detail::LowpCode::kInt8;
+    stored_.data = codes;
+    stored_.scales = scales;
+    stored_.inputs = in;
+  }
+
+  void requireFull(const char* where) const {
+    detail::require(type_ == WeightType::kFull, where, "the weight is stored as ",
+                    weightTypeName(type_), ", not full precision");
+  }
+
+  WeightType type_ = WeightType::kFull;
+  Index outputs_ = 0, inputs_ = 0;
+  RowMatrix<Scalar> matrix_;           // kFull
+  detail::LowpMatrix stored_;          // the other types: codes (and scales) …
+  std::shared_ptr<const void> owner_;  // … kept alive by this
+};
+
+}  // namespace retnet

@@ -1,0 +1,373 @@
+// Reduced-precision weights (linear_weight.hpp, detail/lowp_kernels.hpp): the codecs against the
+// exact encoders, the rounding bounds of each format, the linear stage in every kernel build the
+// CPU has (and the portable one) against a naive double product, and whole models (every golden
+// model directory and file) in each weight type against the same model at full precision.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <retnet/io/load_model.hpp>
+#include <retnet/retnet.hpp>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+
+namespace retnet {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::randomValues;
+
+const WeightType kReduced[] = {WeightType::kBf16, WeightType::kF16, WeightType::kInt8};
+
+/// Every kernel build this CPU runs: portable always, then AVX2 and AVX-512 where supported.
+std::vector<SimdLevel> levels() {
+  std::vector<SimdLevel> out{SimdLevel::kPortable};
+  for (SimdLevel level : {SimdLevel::kAvx2, SimdLevel::kAvx512})
+    if (static_cast<int>(level) <= static_cast<int>(simdSupported())) out.push_back(level);
+  return out;
+}
+
+/// Restores the kernels' full choice at the end of a test.
+struct SimdLimitGuard {
+  ~SimdLimitGuard() { setSimdLimit(SimdLevel::kAvx512); }
+};
+
+float floatFromBits(std::uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/// Float patterns: a prime-stride sweep of all 2^32, plus every pattern near the F16 range ends.
+std::vector<float> floatPatterns() {
+  std::vector<float> out;
+  for (std::uint64_t bits = 0; bits < (1ull << 32); bits += 65521)
+    out.push_back(floatFromBits(static_cast<std::uint32_t>(bits)));
+  // Around F16's underflow to zero (2^-25), its smallest normal (2^-14) and overflow (65520).
+  for (std::uint32_t center : {0x33000000u, 0x38800000u, 0x477FF000u})
+    for (std::uint32_t d = 0; d < 20000; ++d) {
+      out.push_back(floatFromBits(center - 10000 + d));
+      out.push_back(floatFromBits((center - 10000 + d) | 0x80000000u));
+    }
+  return out;
+}
+
+// The fast float encoders are the exact (from double, one rounding) ones on every pattern tried.
+TEST(LowpCodecs, FastEncodersAreTheExactOnes) {
+  struct Codec {
+    const char* name;
+    std::uint16_t (*fast)(float);
+    std::uint16_t (*exact)(double);
+    float (*decode)(std::uint16_t);
+  };
+  const Codec codecs[] = {
+      {"bf16", detail::floatToBf16, io::detail::doubleToBfloat16, detail::bf16ToFloat},
+      {"f16", detail::floatToF16, io::detail::doubleToHalf, detail::f16ToFloat}};
+  const std::vector<float> patterns = floatPatterns();
+  for (const Codec& codec : codecs) {
+    for (float f : patterns) {
+      const std::uint16_t fast = codec.fast(f), exact = codec.exact(f);
+      if (std::isnan(f)) {  // a quiet NaN of the same sign (payloads may differ)
+        EXPECT_TRUE(std::isnan(codec.decode(fast))) << codec.name;
+        EXPECT_EQ(fast & 0x8000u, exact & 0x8000u) << codec.name;
+      } else {
+        ASSERT_EQ(fast, exact) << codec.name << " of " << f;
+      }
+    }
+  }
+}
+
+/// A (out x in) weight of normal values with a spread of magnitudes (some rows 1000x smaller).
+RowMatrix<double> spreadWeight(Index out, Index in, std::uint64_t seed) {
+  const auto values = randomValues(static_cast<std::size_t>(out * in), seed);
+  RowMatrix<double> w(out, in);
+  for (Index i = 0; i < w.size(); ++i) w.data()[i] = values[static_cast<std::size_t>(i)];
+  for (Index j = 0; j < out; j += 3) w.row(j) *= 1e-3;
+  return w;
+}
+
+// The format bounds (linear_weight.hpp), element by element.
+TEST(LowpRounding, EachFormatWithinItsBound) {
+  for (Index in : {1, 31, 32, 33, 70, 100}) {
+    const RowMatrix<double> w = spreadWeight(7, in, 11 + in);
+    const LinearWeight<double> full{RowMatrix<double>(w)};
+    const RowMatrix<double> bf = full.converted(WeightType::kBf16).dequantized();
+    const RowMatrix<double> h = full.converted(WeightType::kF16).dequantized();
+    const LinearWeight<double> q8 = full.converted(WeightType::kInt8);
+    const RowMatrix<double> q = q8.dequantized();
+    for (Index j = 0; j < w.rows(); ++j) {
+      for (Index i = 0; i < in; ++i) {
+        const double v = w(j, i);
+        EXPECT_LE(std::abs(bf(j, i) - v), std::ldexp(std::abs(v), -8)) << j << "," << i;
+        // F16: relative 2^-11 in its normal range, absolute 2^-25 (half its subnormal step) below.
+        EXPECT_LE(std::abs(h(j, i) - v),
+                  std::max(std::ldexp(std::abs(v), -11), std::ldexp(1, -25)));
+        // int8: half a step of the group's scale max|w|/127, plus the float product s·q's rounding.
+        const Index g = i / 32, begin = 32 * g, count = std::min<Index>(32, in - begin);
+        const double amax = w.row(j).segment(begin, count).cwiseAbs().maxCoeff();
+        EXPECT_LE(std::abs(q(j, i) - v), amax / 254 * (1 + 1e-6) + std::ldexp(std::abs(v), -23));
+        EXPECT_FLOAT_EQ(q8.stored().scales[j * q8.scaleGroups() + g], float(amax / 127));
+      }
+    }
+  }
+  // An all-zero group keeps a zero scale and zero codes.
+  const auto zero = LinearWeight<float>(RowMatrix<float>::Zero(2, 40)).converted(WeightType::kInt8);
+  EXPECT_TRUE(zero.dequantized().isZero(0));
+}
+
+TEST(LowpRounding, StoredBytesAndShapes) {
+  const LinearWeight<float> full(RowMatrix<float>::Ones(10, 70));
+  EXPECT_EQ(full.storedBytes(), 4u * 700);
+  EXPECT_EQ(full.converted(WeightType::kBf16).storedBytes(), 2u * 700);
+  EXPECT_EQ(full.converted(WeightType::kF16).storedBytes(), 2u * 700);
+  EXPECT_EQ(full.converted(WeightType::kInt8).storedBytes(), 700u + 4u * 10 * 3);  // 3 groups/row
+  for (WeightType type : kReduced) {
+    const auto w = full.converted(type);
+    EXPECT_EQ(w.type(), type);
+    EXPECT_EQ(w.outputs(), 10);
+    EXPECT_EQ(w.inputs(), 70);
+    EXPECT_TRUE(w.converted(WeightType::kFull).matrix().isOnes(0));  // 1 is exact in each
+  }
+}
+
+TEST(LowpRounding, ErrorsAreClear) {
+  const auto bf = LinearWeight<float>(RowMatrix<float>::Ones(2, 3)).converted(WeightType::kBf16);
+  RETNET_EXPECT_THROW_WITH(bf.matrix(), InvalidArgument, "LinearWeight::matrix", "bf16");
+  RowMatrix<float> bad = RowMatrix<float>::Ones(2, 3);
+  bad(1, 2) = std::numeric_limits<float>::quiet_NaN();
+  RETNET_EXPECT_THROW_WITH(LinearWeight<float>(bad).converted(WeightType::kInt8), InvalidArgument,
+                           "finite", "int8");
+  const std::uint16_t codes[6] = {};
+  RETNET_EXPECT_THROW_WITH(LinearWeight<float>::halves(WeightType::kInt8, 2, 3, codes, nullptr),
+                           InvalidArgument, "bf16 or f16", "int8");
+  const std::int8_t bytes[6] = {};
+  RETNET_EXPECT_THROW_WITH(LinearWeight<float>::int8(2, 3, bytes, nullptr, nullptr),
+                           InvalidArgument, "scales");
+  RowMatrix<float> x(1, 4), y(1, 2);
+  RETNET_EXPECT_THROW_WITH(stages::linear<float>(x, bf, y), InvalidArgument, "stages::linear",
+                           "(1, 3)");
+  EXPECT_EQ(weightTypeFromName("f32"), WeightType::kFull);
+  EXPECT_EQ(weightTypeFromName("int8"), WeightType::kInt8);
+  EXPECT_FALSE(weightTypeFromName("q4"));
+}
+
+template <typename Scalar>
+class LowpLinear : public ::testing::Test {};
+TYPED_TEST_SUITE(LowpLinear, testing::Scalars, testing::ScalarName);
+
+// y = x·Wᵀ in every kernel build against the naive double product over the stored values. Any
+// summation order of n products obeys |ŷ − y| ≤ γ_n Σ|x||w| (Higham, Thm 3.1, γ_n = nu/(1 − nu)),
+// so the bound is componentwise: (in + 2)·u·(|x|·|W|ᵀ) with u the Scalar's unit roundoff. x and
+// y are views inside wider matrices (row strides ≠ widths), as the layers pass them.
+TYPED_TEST(LowpLinear, EveryBuildMatchesTheNaiveProduct) {
+  using Scalar = TypeParam;
+  SimdLimitGuard guard;
+  const double u = testing::epsilonOf<Scalar>() / 2;
+  for (Index in : {1, 5, 16, 31, 32, 33, 64, 100, 257}) {
+    for (Index out : {1, 3, 4, 5, 9, 300}) {
+      const RowMatrix<double> w = spreadWeight(out, in, 100 * in + out);
+      for (Index rows : {1, 2, 3, 4, 5, 7}) {
+        const auto xv = randomValues(static_cast<std::size_t>(rows * (in + 3)), in + rows);
+        RowMatrix<Scalar> xWide(rows, in + 3);
+        for (Index i = 0; i < xWide.size(); ++i)
+          xWide.data()[i] = static_cast<Scalar>(xv[static_cast<std::size_t>(i)]);
+        const auto x = xWide.leftCols(in);
+        for (WeightType type : kReduced) {
+          const auto weight = LinearWeight<Scalar>(w.cast<Scalar>()).converted(type);
+          const RowMatrix<double> stored = weight.dequantized().template cast<double>();
+          const RowMatrix<double> ref = x.template cast<double>() * stored.transpose();
+          const RowMatrix<double> bound =
+              (in + 2) * u * (x.template cast<double>().cwiseAbs() * stored.cwiseAbs().transpose());
+          for (SimdLevel level : levels()) {
+            setSimdLimit(level);
+            RowMatrix<Scalar> yWide = RowMatrix<Scalar>::Constant(rows, out + 2, Scalar(7));
+            stages::linear<Scalar>(x, weight, yWide.leftCols(out));
+            const RowMatrix<double> err =
+                (yWide.leftCols(out).template cast<double>() - ref).cwiseAbs();
+            ASSERT_TRUE((err.array() <= bound.array() + 1e-300).all())
+                << weightTypeName(type) << " " << simdLevelName(level) << " in " << in << " out "
+                << out << " rows " << rows << ": max error " << err.maxCoeff();
+            EXPECT_TRUE((yWide.rightCols(2).array() == Scalar(7)).all()) << "wrote past y";
+          }
+        }
+      }
+    }
+  }
+}
+
+// The kernels' sums do not depend on the thread count (each output column is one thread's).
+TEST(LowpLinear, BitwiseIndependentOfThreads) {
+  const RowMatrix<float> w = spreadWeight(1000, 96, 5).cast<float>();
+  const auto xv = randomValues(3 * 96, 6);
+  RowMatrix<float> x(3, 96);
+  for (Index i = 0; i < x.size(); ++i) x.data()[i] = float(xv[static_cast<std::size_t>(i)]);
+  const int threads = numThreads();
+  for (WeightType type : kReduced) {
+    const auto weight = LinearWeight<float>(w).converted(type);
+    for (Index rows : {1, 3}) {
+      RowMatrix<float> one(rows, 1000), two(rows, 1000);
+      setNumThreads(1);
+      stages::linear<float>(x.topRows(rows), weight, one);
+      setNumThreads(2);
+      stages::linear<float>(x.topRows(rows), weight, two);
+      EXPECT_TRUE(one == two) << weightTypeName(type);
+    }
+  }
+  setNumThreads(threads);
+}
+
+TEST(LowpEmbedding, LooksUpTheStoredRows) {
+  const RowMatrix<double> table = spreadWeight(9, 40, 3);
+  for (WeightType type : kReduced) {
+    const auto weight = LinearWeight<double>(RowMatrix<double>(table)).converted(type);
+    const RowMatrix<double> stored = weight.dequantized();
+    const std::int64_t tokens[3] = {8, 0, 3};
+    RowMatrix<double> y(3, 40);
+    stages::embed<double>(tokens, weight, 2.0, y);
+    for (Index r = 0; r < 3; ++r) EXPECT_TRUE(y.row(r) == 2.0 * stored.row(tokens[r]));
+    const std::int64_t bad[1] = {9};
+    RETNET_EXPECT_THROW_WITH(stages::embed<double>(bad, weight, 1.0, y.topRows(1)), InvalidArgument,
+                             "[0, 9)", "9");
+  }
+}
+
+// ---- Whole models: every golden checkpoint of each family.
+
+std::vector<fs::path> modelPaths() {
+  const fs::path data = RETNET_TEST_DATA_DIR;
+  std::vector<fs::path> paths{data / "decoder_small.safetensors",
+                              data / "rwkv4" / "rwkv4_model_small.safetensors"};
+  for (const char* family : {"fla", "syncdoth"}) {
+    std::vector<fs::path> dirs;
+    for (const auto& entry : fs::directory_iterator(data / family))
+      if (entry.is_directory() && fs::exists(entry.path() / "config.json"))
+        dirs.push_back(entry.path());
+    std::sort(dirs.begin(), dirs.end());
+    paths.insert(paths.end(), dirs.begin(), dirs.end());
+  }
+  return paths;
+}
+
+/// Seeded token ids in [0, vocab), (batch x time).
+TokenMatrix randomTokens(Index vocab, Index batch, Index time, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<std::int64_t> id(0, vocab - 1);
+  TokenMatrix tokens(batch, time);
+  for (Index i = 0; i < tokens.size(); ++i) tokens.data()[i] = id(rng);
+  return tokens;
+}
+
+/// The largest relative rounding error ‖Ŵ − W‖_F / ‖W‖_F over the dense weights of a model stored
+/// in a reduced type (the full model's weights as W).
+template <typename Model>
+double weightError(const Model& full, const Model& reduced) {
+  std::vector<RowMatrix<double>> originals;
+  full.forEachWeight([&](const LinearWeight<float>& w) {
+    originals.push_back(w.dequantized().template cast<double>());
+  });
+  double worst = 0;
+  std::size_t i = 0;
+  reduced.forEachWeight([&](const LinearWeight<float>& w) {
+    const RowMatrix<double>& original = originals.at(i++);
+    if (original.size() == 0) return;
+    const RowMatrix<double> stored = w.dequantized().template cast<double>();
+    worst = std::max(worst, (stored - original).norm() / original.norm());
+  });
+  return worst;
+}
+
+/// Relative 2-norm error of all logits, ‖ẑ − z‖ / ‖z‖.
+double logitError(const Tensor3<float>& got, const Tensor3<float>& ref) {
+  const auto g = Eigen::Map<const Eigen::VectorXf>(got.data(), got.size()).cast<double>();
+  const auto r = Eigen::Map<const Eigen::VectorXf>(ref.data(), ref.size()).cast<double>();
+  return (g - r).norm() / r.norm();
+}
+
+template <typename Model>
+void checkModel(const Model& full, const Model& reduced, WeightType type, const std::string& name) {
+  const Index vocab = full.config().vocab, batch = 2, time = 48;
+  const TokenMatrix tokens = randomTokens(vocab, batch, time, 17);
+  const Tensor3<float> reference = full.forwardChunkwise(tokens, 16);
+  const Tensor3<float> logits = reduced.forwardChunkwise(tokens, 16);
+  // The logits inherit the weights' rounding, amplified by the model: for a linear map exactly
+  // ε_w (relative, 2-norm), through the layers of these tiny random models up to 6x of it
+  // (observed 2026-11-30 over the golden models and weight types: 1.8-6.2x). Bound: 16 ε_w, plus
+  // the float32 rounding of the two forward passes (1e-5).
+  const double weights = weightError(full, reduced), error = logitError(logits, reference);
+  const double bound = 16 * weights + 1e-5;
+  std::printf("%-30s %-5s weights %.2e logits %.2e (%.1fx)\n", name.c_str(), weightTypeName(type),
+              weights, error, error / std::max(weights, 1e-30));
+  EXPECT_LE(error, bound) << name << " " << weightTypeName(type);
+  // Top-1 agreement where full precision's choice is clear (a margin over the runner-up of at
+  // least twice the bound times the largest logit).
+  Index clear = 0, same = 0;
+  const double scale =
+      Eigen::Map<const Eigen::VectorXf>(reference.data(), reference.size()).cwiseAbs().maxCoeff();
+  for (Index p = 0; p < batch * time; ++p) {
+    const auto r = Eigen::Map<const Eigen::VectorXf>(reference.data() + p * vocab, vocab);
+    const auto l = Eigen::Map<const Eigen::VectorXf>(logits.data() + p * vocab, vocab);
+    Index best = 0, got = 0;
+    r.maxCoeff(&best);
+    l.maxCoeff(&got);
+    Eigen::VectorXf others = r;
+    others(best) = -std::numeric_limits<float>::infinity();
+    if (r(best) - others.maxCoeff() < 2 * bound * scale) continue;
+    ++clear;
+    same += best == got;
+  }
+  EXPECT_EQ(same, clear) << name << " " << weightTypeName(type);
+  // Decoding step by step (the few-row kernels) equals the chunkwise prefill (panels + GEMM) on
+  // the same stored weights, to float rounding through the layers.
+  typename Model::State state;
+  RowMatrix<float> step;
+  double worst = 0, largest = 0;
+  for (Index t = 0; t < time; ++t) {
+    reduced.decode({tokens(0, t), tokens(1, t)}, state, step);
+    for (Index b = 0; b < batch; ++b) {
+      const auto l =
+          Eigen::Map<const Eigen::VectorXf>(logits.data() + (b * time + t) * vocab, vocab);
+      worst = std::max(worst, double((step.row(b).transpose() - l).cwiseAbs().maxCoeff()));
+      largest = std::max(largest, double(l.cwiseAbs().maxCoeff()));
+    }
+  }
+  EXPECT_LE(worst / largest, 2e-4) << name << " " << weightTypeName(type) << " decode vs prefill";
+}
+
+TEST(LowpModels, EveryGoldenModelInEveryWeightType) {
+  const auto paths = modelPaths();
+  ASSERT_GE(paths.size(), 4u);
+  for (const fs::path& path : paths) {
+    const auto full = io::loadModel<io::AnyModel<float>>(path.string());
+    for (WeightType type : kReduced) {
+      const auto reduced = io::loadModel<io::AnyModel<float>>(path.string(), io::LoadOptions{type});
+      std::visit(
+          [&](const auto& f) {
+            using Model = std::decay_t<decltype(f)>;
+            const Model& r = std::get<Model>(reduced);
+            EXPECT_LT(r.storedWeightBytes(), f.storedWeightBytes() * 0.6);
+            checkModel(f, r, type, path.filename().string());
+          },
+          full);
+    }
+  }
+}
+
+// Double activations with reduced weights take the portable kernels: same stored weights, same
+// answers as a full-precision double model built from the dequantized weights.
+TEST(LowpModels, DoubleActivationsMatchDequantizedModel) {
+  const fs::path path = fs::path(RETNET_TEST_DATA_DIR) / "decoder_small.safetensors";
+  const auto reduced = io::loadModel<double>(path.string(), io::LoadOptions{WeightType::kBf16});
+  auto dequantized = io::loadModel<double>(path.string(), io::LoadOptions{WeightType::kBf16});
+  dequantized.convertWeights(WeightType::kFull);
+  const TokenMatrix tokens = randomTokens(reduced.config().vocab, 2, 20, 3);
+  const Tensor3<double> a = reduced.forwardChunkwise(tokens, 8);
+  const Tensor3<double> b = dequantized.forwardChunkwise(tokens, 8);
+  EXPECT_LE(testing::normwiseError(a, testing::toDoubles(b)), 1e-13);
+}
+
+}  // namespace
+}  // namespace retnet
