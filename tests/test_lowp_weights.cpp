@@ -159,7 +159,8 @@ template <typename Scalar>
 class LowpLinear : public ::testing::Test {};
 TYPED_TEST_SUITE(LowpLinear, testing::Scalars, testing::ScalarName);
 
-// y = x·Wᵀ in every kernel build against the naive double product over the stored values. Any
+// y = x·Wᵀ in every kernel build against the naive double product over the stored values, for
+// every weight type and row count (streamed in passes of 8 rows, or panels + GEMM beyond). Any
 // summation order of n products obeys |ŷ − y| ≤ γ_n Σ|x||w| (Higham, Thm 3.1, γ_n = nu/(1 − nu)),
 // so the bound is componentwise: (in + 2)·u·(|x|·|W|ᵀ) with u the Scalar's unit roundoff. x and
 // y are views inside wider matrices (row strides ≠ widths), as the layers pass them.
@@ -170,13 +171,14 @@ TYPED_TEST(LowpLinear, EveryBuildMatchesTheNaiveProduct) {
   for (Index in : {1, 5, 16, 31, 32, 33, 64, 100, 257}) {
     for (Index out : {1, 3, 4, 5, 9, 300}) {
       const RowMatrix<double> w = spreadWeight(out, in, 100 * in + out);
-      for (Index rows : {1, 2, 3, 4, 5, 7}) {
+      for (Index rows : {1, 2, 3, 4, 5, 7, 8, 9, 17, 65}) {
         const auto xv = randomValues(static_cast<std::size_t>(rows * (in + 3)), in + rows);
         RowMatrix<Scalar> xWide(rows, in + 3);
         for (Index i = 0; i < xWide.size(); ++i)
           xWide.data()[i] = static_cast<Scalar>(xv[static_cast<std::size_t>(i)]);
         const auto x = xWide.leftCols(in);
-        for (WeightType type : kReduced) {
+        for (WeightType type :
+             {WeightType::kFull, WeightType::kBf16, WeightType::kF16, WeightType::kInt8}) {
           const auto weight = LinearWeight<Scalar>(w.cast<Scalar>()).converted(type);
           const RowMatrix<double> stored = weight.dequantized().template cast<double>();
           const RowMatrix<double> ref = x.template cast<double>() * stored.transpose();

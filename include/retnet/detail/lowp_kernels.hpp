@@ -98,12 +98,16 @@ inline SimdLevel simdLevel() {
 namespace detail {
 
 /// How W is stored: the element codes of a (out x in) row-major matrix and, for int8, one scale
-/// per group of kInt8Group columns of each row (out x groups).
-enum class LowpCode { kBf16, kF16, kInt8 };
+/// per group of kInt8Group columns of each row (out x groups). kF32 is a float matrix itself (full
+/// precision weights go through the same streaming kernels for a few rows).
+enum class LowpCode { kBf16, kF16, kInt8, kF32 };
+
+/// Rows of x one pass of the kernels takes (each weight read once for all of them).
+inline constexpr Index kLowpPassRows = 8;
 
 struct LowpMatrix {
   LowpCode code = LowpCode::kBf16;
-  const void* data = nullptr;     // uint16_t (BF16/F16) or int8_t codes, row-major
+  const void* data = nullptr;     // uint16_t (BF16/F16), int8_t codes or float, row-major
   const float* scales = nullptr;  // int8: (out x groups)
   Index inputs = 0;               // columns of W
 
@@ -116,6 +120,8 @@ struct LowpMatrix {
         return bf16ToFloat(static_cast<const std::uint16_t*>(data)[j * inputs + i]);
       case LowpCode::kF16:
         return f16ToFloat(static_cast<const std::uint16_t*>(data)[j * inputs + i]);
+      case LowpCode::kF32:
+        return static_cast<const float*>(data)[j * inputs + i];
       case LowpCode::kInt8:
         break;
     }
@@ -137,6 +143,11 @@ struct LowpMatrix {
         for (Index i = 0; i < count; ++i) out[i] = static_cast<Scalar>(f16ToFloat(w[i]));
         return;
       }
+      case LowpCode::kF32: {
+        const float* w = static_cast<const float*>(data) + j * inputs + begin;
+        for (Index i = 0; i < count; ++i) out[i] = static_cast<Scalar>(w[i]);
+        return;
+      }
       case LowpCode::kInt8:
         break;
     }
@@ -156,10 +167,9 @@ template <typename Scalar>
 void lowpRowsPortable(const LowpMatrix& w, Index begin, Index end, const Scalar* x, Index xStride,
                       Index rows, Scalar* y, Index yStride) {
   constexpr Index kPiece = 256;
-  constexpr Index kMaxRows = 8;
   Scalar piece[kPiece];
   for (Index j = begin; j < end; ++j) {
-    Scalar sums[kMaxRows] = {};
+    Scalar sums[kLowpPassRows] = {};
     for (Index i = 0; i < w.inputs; i += kPiece) {
       const Index n = std::min(kPiece, w.inputs - i);
       w.decode(j, i, n, piece);
@@ -198,6 +208,7 @@ struct Avx512 {
     const __m128i b = _mm_maskz_loadu_epi8(mask(n), p);
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
   }
+  RETNET_TARGET_AVX512 static Vec load(const float* p, LowpCode, Index n) { return loadX(p, n); }
   static constexpr bool kMaskedTail = true;
 };
 
@@ -224,6 +235,7 @@ struct Avx2 {
     const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
   }
+  RETNET_TARGET_AVX2 static Vec load(const float* p, LowpCode, Index) { return _mm256_loadu_ps(p); }
   static constexpr bool kMaskedTail = false;
 };
 
@@ -246,52 +258,43 @@ namespace avx2 {
 template <int R>
 bool lowpRowsDispatch(SimdLevel level, const LowpMatrix& w, Index begin, Index end, const float* x,
                       Index xStride, float* y, Index yStride) {
-  const bool bytes = w.code == LowpCode::kInt8;
-  if (level == SimdLevel::kAvx512) {
-    if (bytes)
-      avx512::lowpRows<R, std::int8_t>(w, begin, end, x, xStride, y, yStride);
-    else
-      avx512::lowpRows<R, std::uint16_t>(w, begin, end, x, xStride, y, yStride);
-    return true;
+  if (level != SimdLevel::kAvx512 && level != SimdLevel::kAvx2) return false;
+  const bool wide = level == SimdLevel::kAvx512;
+  switch (w.code) {
+    case LowpCode::kInt8:
+      wide ? avx512::lowpRows<R, std::int8_t>(w, begin, end, x, xStride, y, yStride)
+           : avx2::lowpRows<R, std::int8_t>(w, begin, end, x, xStride, y, yStride);
+      return true;
+    case LowpCode::kF32:
+      wide ? avx512::lowpRows<R, float>(w, begin, end, x, xStride, y, yStride)
+           : avx2::lowpRows<R, float>(w, begin, end, x, xStride, y, yStride);
+      return true;
+    case LowpCode::kBf16:
+    case LowpCode::kF16:
+      break;
   }
-  if (level == SimdLevel::kAvx2) {
-    if (bytes)
-      avx2::lowpRows<R, std::int8_t>(w, begin, end, x, xStride, y, yStride);
-    else
-      avx2::lowpRows<R, std::uint16_t>(w, begin, end, x, xStride, y, yStride);
-    return true;
-  }
-  return false;
+  wide ? avx512::lowpRows<R, std::uint16_t>(w, begin, end, x, xStride, y, yStride)
+       : avx2::lowpRows<R, std::uint16_t>(w, begin, end, x, xStride, y, yStride);
+  return true;
 }
 
 #endif  // RETNET_X86_SIMD
 
-/// y(r, j) = Σ_i x(r, i) W(j, i) for j in [begin, end), r < rows (1…4): the best build allowed.
-///   x (rows x w.inputs, row stride xStride); y (rows x ·, row stride yStride)
+/// y(r, j) = Σ_i x(r, i) W(j, i) for j in [begin, end), r < rows (1…kLowpPassRows): the best
+/// build allowed.   x (rows x w.inputs, row stride xStride); y (rows x ·, row stride yStride)
 template <typename Scalar>
 void lowpRows(const LowpMatrix& w, Index begin, Index end, const Scalar* x, Index xStride,
               Index rows, Scalar* y, Index yStride) {
 #if RETNET_X86_SIMD
   if constexpr (std::is_same_v<Scalar, float>) {
-    const SimdLevel level = simdLevel();
-    bool done = false;
-    switch (rows) {
-      case 1:
-        done = lowpRowsDispatch<1>(level, w, begin, end, x, xStride, y, yStride);
-        break;
-      case 2:
-        done = lowpRowsDispatch<2>(level, w, begin, end, x, xStride, y, yStride);
-        break;
-      case 3:
-        done = lowpRowsDispatch<3>(level, w, begin, end, x, xStride, y, yStride);
-        break;
-      case 4:
-        done = lowpRowsDispatch<4>(level, w, begin, end, x, xStride, y, yStride);
-        break;
-      default:
-        break;
-    }
-    if (done) return;
+    using Kernel =
+        bool (*)(SimdLevel, const LowpMatrix&, Index, Index, const float*, Index, float*, Index);
+    static constexpr Kernel kKernels[kLowpPassRows] = {
+        lowpRowsDispatch<1>, lowpRowsDispatch<2>, lowpRowsDispatch<3>, lowpRowsDispatch<4>,
+        lowpRowsDispatch<5>, lowpRowsDispatch<6>, lowpRowsDispatch<7>, lowpRowsDispatch<8>};
+    if (rows >= 1 && rows <= kLowpPassRows &&
+        kKernels[rows - 1](simdLevel(), w, begin, end, x, xStride, y, yStride))
+      return;
   }
 #endif
   lowpRowsPortable<Scalar>(w, begin, end, x, xStride, rows, y, yStride);

@@ -6,15 +6,15 @@
 // The output columns are split into fixed blocks, each computed whole by one thread with a
 // single-threaded Eigen product: the blocks do not depend on the thread count, so neither does
 // any bit of the result, and Eigen's own OpenMP GEMM (whose blocking does depend on it) is never
-// used. For a few rows (decoding) the threads stream disjoint slices of W: one row is Eigen's
-// matrix-vector product (its kernel runs several rows of W at once, which kept up with memory
-// best on the Xeon of the RWKV-4 comparison: 15.6 GB/s on one core against 14.0 for row-by-row
-// dots), two to four rows are plain dots, each row of W read once for all of them.
+// used. For a few rows (decoding, small batches) the threads stream disjoint slices of W through
+// the kernels of detail/lowp_kernels.hpp (AVX-512, AVX2 or portable, chosen at run time): up to
+// eight rows of x per pass, four (or two) rows of W at a time, each weight read once per pass and
+// widened to float in registers — BF16, F16 and int8 codes as stored, float32 as is. Double
+// weights use Eigen's matrix-vector product or plain dots.
 //
-// Reduced-precision weights: a few rows read the codes as stored (detail/lowp_kernels.hpp: AVX-512,
-// AVX2 or portable, chosen at run time); more rows decode each block of 256 rows of W into a
-// per-thread float panel once and run the same GEMM as full precision on it, so prefill keeps the
-// GEMM's speed and pays one pass over the codes.
+// More rows (prefill): full precision is one GEMM per column block; reduced precision decodes each
+// block of 256 rows of W into a per-thread float panel once and runs the same GEMM on it, so
+// prefill keeps the GEMM's speed and pays one pass over the codes.
 #pragma once
 
 #include <algorithm>
@@ -43,8 +43,11 @@ namespace stages {
 /// Output columns per task: 256 rows of W (1 MiB of float32 weights at D = 1024).
 inline constexpr Index kLinearColumnBlock = 256;
 
-/// Up to this many input rows, products stream W once (decoding); more rows are GEMMs.
-inline constexpr Index kLinearDotRows = 4;
+/// Up to this many input rows, float products stream W (decoding, small batches) in passes of
+/// detail::kLowpPassRows rows, each pass reading W once; more rows are GEMMs. Reduced-precision
+/// weights stream up to kLinearReducedStreamRows rows (their GEMM path pays a decode of W).
+inline constexpr Index kLinearStreamRows = 8;
+inline constexpr Index kLinearReducedStreamRows = 64;
 
 /// y = x · Wᵀ:  y_rj = Σ_i x_ri W_ji.
 ///   x (rows x in), W (out x in), y (rows x out); y must not overlap x.
@@ -55,32 +58,38 @@ void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scala
   detail::requireShape("stages::linear", x, rows, in, "x (rows x in)");
   detail::requireShape("stages::linear", y, rows, n, "y (rows x out)");
   const bool full = weight.type() == WeightType::kFull;
+  // The streaming kernels' view of W: the codes as stored, or a float matrix itself.
+  detail::LowpMatrix view = full ? detail::LowpMatrix{} : weight.stored();
+  bool stream = !full && rows <= kLinearReducedStreamRows;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (full && rows <= kLinearStreamRows) {
+      view = {detail::LowpCode::kF32, weight.matrix().data(), nullptr, in};
+      stream = true;
+    }
+  }
   const Index blocks = (n + kLinearColumnBlock - 1) / kLinearColumnBlock;
   detail::parallelFor(blocks, [&](Index block, int) {
     const Index begin = block * kLinearColumnBlock, width = std::min(kLinearColumnBlock, n - begin);
-    if (!full) {
-      if (rows <= kLinearDotRows) {
-        detail::lowpRows<Scalar>(weight.stored(), begin, begin + width, x.data(), x.outerStride(),
-                                 rows, y.data(), y.outerStride());
-      } else {
-        Eigen::Map<RowMatrix<Scalar>> panel(detail::linearPanel<Scalar>(width * in), width, in);
-        for (Index j = 0; j < width; ++j) weight.decodeRow(begin + j, panel.row(j).data());
-        y.middleCols(begin, width).noalias() = x * panel.transpose();
+    if (stream) {
+      for (Index r = 0; r < rows; r += detail::kLowpPassRows) {
+        detail::lowpRows<Scalar>(view, begin, begin + width, x.data() + r * x.outerStride(),
+                                 x.outerStride(), std::min(detail::kLowpPassRows, rows - r),
+                                 y.data() + r * y.outerStride(), y.outerStride());
       }
-      return;
-    }
-    const RowMatrix<Scalar>& w = weight.matrix();
-    if (rows <= kLinearDotRows) {
-      if (rows == 1) {
-        y.row(0).segment(begin, width).noalias() =
-            x.row(0) * w.middleRows(begin, width).transpose();
-      } else {
-        for (Index j = begin; j < begin + width; ++j) {
-          for (Index r = 0; r < rows; ++r) y(r, j) = w.row(j).dot(x.row(r));
-        }
-      }
+    } else if (!full) {
+      Eigen::Map<RowMatrix<Scalar>> panel(detail::linearPanel<Scalar>(width * in), width, in);
+      for (Index j = 0; j < width; ++j) weight.decodeRow(begin + j, panel.row(j).data());
+      y.middleCols(begin, width).noalias() = x * panel.transpose();
+    } else if (rows == 1) {  // double: Eigen's matrix-vector kernel
+      y.row(0).segment(begin, width).noalias() =
+          x.row(0) * weight.matrix().middleRows(begin, width).transpose();
+    } else if (rows <= detail::kLowpPassRows) {  // double: each row of W read once for all rows
+      const RowMatrix<Scalar>& w = weight.matrix();
+      for (Index j = begin; j < begin + width; ++j)
+        for (Index r = 0; r < rows; ++r) y(r, j) = w.row(j).dot(x.row(r));
     } else {
-      y.middleCols(begin, width).noalias() = x * w.middleRows(begin, width).transpose();
+      y.middleCols(begin, width).noalias() =
+          x * weight.matrix().middleRows(begin, width).transpose();
     }
   });
 }
