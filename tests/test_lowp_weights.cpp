@@ -362,7 +362,7 @@ TEST(LowpModels, EveryGoldenModelInEveryWeightType) {
 // answers as a full-precision double model built from the dequantized weights.
 TEST(LowpModels, DoubleActivationsMatchDequantizedModel) {
   const fs::path path = fs::path(RETNET_TEST_DATA_DIR) / "decoder_small.safetensors";
-  const auto reduced = io::loadModel<double>(path.string(), io::LoadOptions{WeightType::kBf16});
+  const auto reduced = io::loadModel<double>(path.string(), {WeightType::kBf16});  // README form
   auto dequantized = io::loadModel<double>(path.string(), io::LoadOptions{WeightType::kBf16});
   dequantized.convertWeights(WeightType::kFull);
   const TokenMatrix tokens = randomTokens(reduced.config().vocab, 2, 20, 3);

@@ -109,14 +109,15 @@ class LanguageModel {
     for (auto& layer : weights.layers) {
       blocks_.emplace_back(config.block, layer);
       layer = typename Block::Weights{};
-      blocks_.back().forEachWeight([&](auto& w) { w = w.converted(storage); });
+      blocks_.back().forEachWeight(
+          [storage](LinearWeight<Scalar>& w) { convertWeight(w, storage); });
     }
     finalNorm_ = std::move(weights.finalNorm);
     finalNormBias_ = std::move(weights.finalNormBias);
     if (!config.tiedEmbedding)
       outputProjection_ = LinearWeight<Scalar>(std::move(weights.outputProjection));
-    embed_ = embed_.converted(storage);
-    outputProjection_ = outputProjection_.converted(storage);
+    convertWeight(embed_, storage);
+    convertWeight(outputProjection_, storage);
   }
 
   /// Calls visit(weight) for every dense weight: each block's, the embedding, the output
@@ -137,7 +138,7 @@ class LanguageModel {
   /// Stores every dense weight as `type` (rounding once from full precision; see
   /// LinearWeight::converted). Norms, decays and mixes stay in Scalar.
   void convertWeights(WeightType type) {
-    forEachWeight([type](LinearWeight<Scalar>& w) { w = w.converted(type); });
+    forEachWeight([type](LinearWeight<Scalar>& w) { convertWeight(w, type); });
   }
 
   /// Bytes of the dense weights as stored: what a decoding step streams (the norms and other
@@ -274,6 +275,11 @@ class LanguageModel {
   }
 
  private:
+  /// w stored as `type`; nothing (not even a copy) when it already is.
+  static void convertWeight(LinearWeight<Scalar>& w, WeightType type) {
+    if (w.type() != type) w = w.converted(type);
+  }
+
   static Config checkedConfig(const Config& config) {
     config.validate("RetNetModel");
     return config;
