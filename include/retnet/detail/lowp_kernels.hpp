@@ -113,20 +113,11 @@ struct LowpMatrix {
 
   Index groups() const { return (inputs + kInt8Group - 1) / kInt8Group; }
 
-  /// W(j, i) as float.
+  /// W(j, i) as float (the SIMD builds' odd columns).
   float at(Index j, Index i) const {
-    switch (code) {
-      case LowpCode::kBf16:
-        return bf16ToFloat(static_cast<const std::uint16_t*>(data)[j * inputs + i]);
-      case LowpCode::kF16:
-        return f16ToFloat(static_cast<const std::uint16_t*>(data)[j * inputs + i]);
-      case LowpCode::kF32:
-        return static_cast<const float*>(data)[j * inputs + i];
-      case LowpCode::kInt8:
-        break;
-    }
-    return static_cast<float>(static_cast<const std::int8_t*>(data)[j * inputs + i]) *
-           scales[j * groups() + i / kInt8Group];
+    float value;
+    decode(j, i, 1, &value);
+    return value;
   }
 
   /// W(j, begin : begin + count) into out, as Scalar (exact: every stored value is a float).
