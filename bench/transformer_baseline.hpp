@@ -66,11 +66,12 @@ class TransformerLayer {
     const Index D = config.embedDim, V = config.valueDim, F = config.ffnDim;
     retnet::detail::require(D % config.heads == 0 && V % config.heads == 0, "TransformerLayer",
                             "heads must divide D and V");
-    const Matrix scaledQ = w.q * (1.0f / std::sqrt(static_cast<float>(config.keyDim())));
-    inputWeights_ = Linear::stacked({&scaledQ, &w.k, &w.v});  // q / sqrt(dk), k, v: one GEMV
+    const Linear scaledQ = Matrix(w.q * (1.0f / std::sqrt(static_cast<float>(config.keyDim()))));
+    const Linear k = w.k, v = w.v, fc1 = w.fc1, gate = w.gate;
+    inputWeights_ = Linear::stacked({&scaledQ, &k, &v});  // q / sqrt(dk), k, v: one GEMV
     outputWeights_ = Linear(w.out);
     attnNorm_ = w.attnNorm;
-    ffnInput_ = Linear::stacked({&w.fc1, &w.gate});
+    ffnInput_ = Linear::stacked({&fc1, &gate});
     ffnOutput_ = Linear(w.fc2);
     finalNorm_ = w.finalNorm;
 

@@ -7,10 +7,13 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <retnet/io/load_model.hpp>
+#include <retnet/io/safetensors_writer.hpp>
 #include <retnet/retnet.hpp>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "test_util.hpp"
@@ -110,7 +113,8 @@ TEST(LowpRounding, EachFormatWithinItsBound) {
         const Index g = i / 32, begin = 32 * g, count = std::min<Index>(32, in - begin);
         const double amax = w.row(j).segment(begin, count).cwiseAbs().maxCoeff();
         EXPECT_LE(std::abs(q(j, i) - v), amax / 254 * (1 + 1e-6) + std::ldexp(std::abs(v), -23));
-        EXPECT_FLOAT_EQ(q8.stored().scales[j * q8.scaleGroups() + g], float(amax / 127));
+        EXPECT_FLOAT_EQ(q8.parts().front().codes.scales[j * q8.scaleGroups() + g],
+                        float(amax / 127));
       }
     }
   }
@@ -234,6 +238,152 @@ TEST(LowpEmbedding, LooksUpTheStoredRows) {
     const std::int64_t bad[1] = {9};
     RETNET_EXPECT_THROW_WITH(stages::embed<double>(bad, weight, 1.0, y.topRows(1)), InvalidArgument,
                              "[0, 9)", "9");
+  }
+}
+
+// ---- Stacked weights: reduced parts stay separate, used in place.
+
+TEST(LowpStacked, PartsActAsTheirConcatenation) {
+  const RowMatrix<double> a = spreadWeight(70, 45, 31), b = spreadWeight(300, 45, 32);
+  for (WeightType type : kReduced) {
+    const LinearWeight<double> pa = LinearWeight<double>(a).converted(type);
+    const LinearWeight<double> pb = LinearWeight<double>(b).converted(type);
+    const LinearWeight<double> both = LinearWeight<double>::stacked({&pa, &pb, &pa});
+    ASSERT_EQ(both.parts().size(), 3u);
+    EXPECT_EQ(both.outputs(), 440);
+    EXPECT_EQ(both.storedBytes(), 2 * pa.storedBytes() + pb.storedBytes());
+    RowMatrix<double> expected(440, 45);
+    expected << pa.dequantized(), pb.dequantized(), pa.dequantized();
+    EXPECT_TRUE(both.dequantized() == expected) << weightTypeName(type);
+    // Rows across part boundaries, as their own weight (sharing the codes).
+    const LinearWeight<double> middle = both.middleRows(60, 320);
+    EXPECT_EQ(middle.parts().size(), 3u);
+    EXPECT_TRUE(middle.dequantized() == expected.middleRows(60, 320)) << weightTypeName(type);
+    // The product over every part: each kernel build and both paths (few rows stream, many rows
+    // decode panels), against the dequantized matrix's plain product (double: exact products,
+    // sums in another order, so to rounding).
+    for (Index rows : {1, 5, 70}) {
+      const RowMatrix<double> x = spreadWeight(rows, 45, 33);
+      RowMatrix<double> y(rows, 440);
+      stages::linear<double>(x, both, y);
+      const RowMatrix<double> reference = x * expected.transpose();
+      EXPECT_LE((y - reference).cwiseAbs().maxCoeff(), 1e-13 * reference.cwiseAbs().maxCoeff())
+          << weightTypeName(type) << " rows " << rows;
+    }
+    for (SimdLevel level : levels()) {
+      setSimdLimit(level);
+      const LinearWeight<float> fa = LinearWeight<float>(a.cast<float>()).converted(type);
+      const LinearWeight<float> fb = LinearWeight<float>(b.cast<float>()).converted(type);
+      const LinearWeight<float> stacked = LinearWeight<float>::stacked({&fa, &fb});
+      for (Index rows : {1, 8, 9, 70}) {
+        const RowMatrix<float> x = spreadWeight(rows, 45, 34).cast<float>();
+        RowMatrix<float> y(rows, 370), ya(rows, 70), yb(rows, 300);
+        stages::linear<float>(x, stacked, y);
+        stages::linear<float>(x, fa, ya);
+        stages::linear<float>(x, fb, yb);
+        // The same kernel on the same rows of codes: each output computed alike.
+        EXPECT_TRUE(y.leftCols(70) == ya && y.rightCols(300) == yb)
+            << weightTypeName(type) << " " << simdLevelName(level) << " rows " << rows;
+      }
+    }
+    setSimdLimit(SimdLevel::kAvx512);
+  }
+  const LinearWeight<double> full = a, bf16 = full.converted(WeightType::kBf16);
+  RETNET_EXPECT_THROW_WITH(LinearWeight<double>::stacked({&full, &bf16}), InvalidArgument,
+                           "LinearWeight::stacked", "full", "bf16");
+  RETNET_EXPECT_THROW_WITH(bf16.middleRows(60, 11), InvalidArgument, "LinearWeight::middleRows",
+                           "[60, 71)", "[0, 70)");
+}
+
+// ---- Loading: BF16/F16 tensors kept in their type are used in place (the file mapped).
+
+/// A safetensors file of one (rows x cols) tensor per dtype in `dtypes`, values from `seed`;
+/// `shift` extra header bytes move the data section off its 8-byte alignment.
+std::vector<unsigned char> weightsFile(const std::vector<io::Dtype>& dtypes, Index rows, Index cols,
+                                       std::size_t shift) {
+  io::SafetensorsWriter writer;
+  for (std::size_t i = 0; i < dtypes.size(); ++i) {
+    const RowMatrix<double> w = spreadWeight(rows, cols, 40 + i);
+    writer.addTensor("w" + std::to_string(i), dtypes[i], {rows, cols}, w.data());
+  }
+  std::vector<unsigned char> bytes = writer.bytes();
+  std::uint64_t length = 0;
+  std::memcpy(&length, bytes.data(), 8);  // little-endian host (x86, ARM)
+  bytes.insert(bytes.begin() + 8 + static_cast<std::ptrdiff_t>(length), shift, ' ');
+  length += shift;
+  std::memcpy(bytes.data(), &length, 8);
+  return bytes;
+}
+
+void writeFile(const fs::path& path, const std::vector<unsigned char>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+TEST(LowpLoading, HalvesKeptInTheirTypeAreMapped) {
+  testing::TempDir dir("lowp-map");
+  const std::vector<io::Dtype> dtypes = {io::Dtype::BF16, io::Dtype::F16, io::Dtype::F32};
+  for (std::size_t shift :
+       {std::size_t(0), std::size_t(1)}) {  // aligned: mapped in place; odd offsets: copied
+    const fs::path path = dir.path() / ("w" + std::to_string(shift) + ".safetensors");
+    const std::vector<unsigned char> bytes = weightsFile(dtypes, 37, 29, shift);
+    writeFile(path, bytes);
+    const io::SafetensorsFile file = io::SafetensorsFile::open(path.string());
+    const io::SafetensorsFile memory = io::SafetensorsFile::fromBytes(bytes);
+    EXPECT_EQ(file.stored("w0").mapped, shift == 0);
+    EXPECT_FALSE(memory.stored("w0").mapped);  // an in-memory file's tensors are copies
+    const WeightType types[] = {WeightType::kBf16, WeightType::kF16};
+    for (std::size_t i = 0; i < dtypes.size(); ++i) {
+      const std::string name = "w" + std::to_string(i);
+      const RowMatrix<float> values = file.readMatrix<float>(name);
+      for (WeightType type : kReduced) {
+        const auto w = io::readLinearWeight<float>(file, name, 37, 29, type);
+        const auto m = io::readLinearWeight<float>(memory, name, 37, 29, type);
+        EXPECT_EQ(w.type(), type);
+        // Stored as is, or rounded once from the file's values: as converting them would.
+        const RowMatrix<float> expected = LinearWeight<float>(values).converted(type).dequantized();
+        EXPECT_TRUE(w.dequantized() == expected) << name << " " << weightTypeName(type);
+        EXPECT_TRUE(m.dequantized() == expected) << name << " " << weightTypeName(type);
+        if (i < 2 && type == types[i] && shift == 0) {  // in place: the codes are the file's
+          const auto* codes = static_cast<const unsigned char*>(w.parts().front().codes.data);
+          const auto* raw = static_cast<const unsigned char*>(file.stored(name).data);
+          EXPECT_EQ(codes, raw) << name;
+        }
+      }
+      EXPECT_TRUE(io::readLinearWeight<float>(file, name, 37, 29, WeightType::kFull).matrix() ==
+                  values);
+    }
+    RETNET_EXPECT_THROW_WITH(io::readLinearWeight<float>(file, "w0", 29, 37, WeightType::kBf16),
+                             FormatError, "w0", "[29, 37]", "[37, 29]");
+  }
+  // A weight used in place outlives its file object (the mapping is kept by the weight).
+  const fs::path path = dir.path() / "w0.safetensors";
+  LinearWeight<float> kept;
+  RowMatrix<float> values;
+  {
+    const io::SafetensorsFile file = io::SafetensorsFile::open(path.string());
+    kept = io::readLinearWeight<float>(file, "w0", 37, 29, WeightType::kBf16);
+    values = file.readMatrix<float>("w0");
+  }
+  EXPECT_TRUE(kept.dequantized() == values);
+}
+
+TEST(LowpLoading, NonFiniteHalvesAreRefused) {
+  testing::TempDir dir("lowp-nan");
+  for (const auto& [dtype, type, code] : {std::tuple{io::Dtype::BF16, WeightType::kBf16, 0x7FC0},
+                                          {io::Dtype::F16, WeightType::kF16, 0x7C00},
+                                          {io::Dtype::BF16, WeightType::kInt8, 0xFF80}}) {
+    std::vector<unsigned char> bytes = weightsFile({dtype}, 4, 8, 0);
+    const std::size_t last = bytes.size() - 2;  // the last element, little-endian
+    bytes[last] = static_cast<unsigned char>(code & 0xFF);
+    bytes[last + 1] = static_cast<unsigned char>(code >> 8);
+    const fs::path path = dir.path() / "bad.safetensors";
+    writeFile(path, bytes);
+    const io::SafetensorsFile file = io::SafetensorsFile::open(path.string());
+    RETNET_EXPECT_THROW_WITH(io::readLinearWeight<float>(file, "w0", 4, 8, type), FormatError, "w0",
+                             "infinity or NaN");
+    EXPECT_NO_THROW(io::readLinearWeight<float>(file, "w0", 4, 8, WeightType::kFull));
   }
 }
 

@@ -1156,9 +1156,12 @@ TEST(StageArguments, WeightShapesAreChecked) {
       InvalidArgument, "FeedForwardWeights::glu", "(6, 4)", "(6, 3)");
   RETNET_EXPECT_THROW_WITH(FeedForwardWeights<float>::swiglu(a, a, RowMatrix<float>::Zero(4, 5)),
                            InvalidArgument, "FeedForwardWeights::swiglu", "(4, 6)", "(4, 5)");
-  const RowMatrix<float> narrow = RowMatrix<float>::Zero(2, 3);
-  RETNET_EXPECT_THROW_WITH(LinearWeight<float>::stacked({&a, &narrow}), InvalidArgument,
+  const LinearWeight<float> wide = a, narrow = RowMatrix<float>::Zero(2, 3);
+  RETNET_EXPECT_THROW_WITH(LinearWeight<float>::stacked({&wide, &narrow}), InvalidArgument,
                            "LinearWeight::stacked", "4", "3");
+  const LinearWeight<float> halves = narrow.converted(WeightType::kBf16);
+  RETNET_EXPECT_THROW_WITH(LinearWeight<float>::stacked({&narrow, &halves}), InvalidArgument,
+                           "LinearWeight::stacked", "full", "bf16");
   RETNET_EXPECT_THROW_WITH(RotaryEmbedding<float>(7), InvalidArgument, "RotaryEmbedding", "7");
   RETNET_EXPECT_THROW_WITH(RotaryEmbedding<float>(0, RotaryLayout::kHalfSplit), InvalidArgument,
                            "RotaryEmbedding", "0");

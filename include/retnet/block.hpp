@@ -78,9 +78,9 @@ template <typename Scalar>
 struct RetNetBlockWeights {
   MultiScaleRetentionWeights<Scalar> retention;  ///< retention.*
   Vector<Scalar> retentionNorm;                  ///< retention_layer_norm.weight (D)
-  RowMatrix<Scalar> fc1;                         ///< ffn.fc1.weight  (F, D)
-  RowMatrix<Scalar> gate;                        ///< ffn.gate.weight (F, D)
-  RowMatrix<Scalar> fc2;                         ///< ffn.fc2.weight  (D, F)
+  LinearWeight<Scalar> fc1;                      ///< ffn.fc1.weight  (F, D)
+  LinearWeight<Scalar> gate;                     ///< ffn.gate.weight (F, D)
+  LinearWeight<Scalar> fc2;                      ///< ffn.fc2.weight  (D, F)
   Vector<Scalar> finalNorm;                      ///< final_layer_norm.weight (D)
 };
 

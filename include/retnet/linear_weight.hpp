@@ -17,11 +17,13 @@
 // F16 range limit, for a decode that stays bound by the codes' bytes.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "retnet/detail/checks.hpp"
@@ -60,31 +62,68 @@ inline std::optional<WeightType> weightTypeFromName(const std::string& name) {
 
 /// The weight of a dense layer, W (out x in) row-major, in one of the WeightTypes. Several layers
 /// reading the same input can be stacked into one (stacked()), so their outputs come from one
-/// product, side by side. Reduced-precision codes are immutable and shared between copies; they
-/// may live in memory the weight does not own (a mapped file), kept alive by `owner`.
+/// product, side by side: full-precision parts are copied into one matrix (one GEMM), reduced
+/// ones stay where they are, as a list of parts (a mapped file's tensors are used in place).
+/// Reduced-precision codes are immutable and shared between copies; they may live in memory the
+/// weight does not own (a mapped file), kept alive by an owner.
 template <typename Scalar>
 class LinearWeight {
  public:
-  LinearWeight() = default;
-  explicit LinearWeight(RowMatrix<Scalar> matrix)
-      : outputs_(matrix.rows()), inputs_(matrix.cols()), matrix_(std::move(matrix)) {}
+  /// Rows [first, first + rows) of a reduced-precision W: their codes (a (rows x in) matrix of
+  /// its own) and what keeps them alive.
+  struct Part {
+    Index first = 0, rows = 0;
+    detail::LowpMatrix codes;
+    std::shared_ptr<const void> owner;
+  };
 
-  /// The rows of every part, in order: W = [W_0; W_1; …]. Every part must have the same width.
-  static LinearWeight stacked(std::initializer_list<const RowMatrix<Scalar>*> parts) {
+  LinearWeight() = default;
+  /// A full-precision weight holding `matrix` (implicit: a RowMatrix or any Eigen expression is a
+  /// weight, so weight structs are filled with matrices).
+  LinearWeight(RowMatrix<Scalar> matrix)  // NOLINT(google-explicit-constructor)
+      : outputs_(matrix.rows()), inputs_(matrix.cols()), matrix_(std::move(matrix)) {}
+  template <typename Derived>
+  LinearWeight(const Eigen::MatrixBase<Derived>& matrix)  // NOLINT(google-explicit-constructor)
+      : LinearWeight(RowMatrix<Scalar>(matrix)) {}
+
+  /// The rows of every part, in order: W = [W_0; W_1; …]. Every part must have the same width and
+  /// the same type; full-precision parts are copied into one matrix, reduced ones are shared.
+  static LinearWeight stacked(std::initializer_list<const LinearWeight*> parts) {
+    const char* where = "LinearWeight::stacked";
+    detail::require(parts.size() >= 1, where, "at least one part is needed");
+    const LinearWeight& first = **parts.begin();
     Index rows = 0;
-    const Index cols = parts.size() == 0 ? 0 : (*parts.begin())->cols();
-    for (const RowMatrix<Scalar>* part : parts) {
-      detail::require(part->cols() == cols, "LinearWeight::stacked",
-                      "every part must have the same input width ", cols, ", got ", part->cols());
-      rows += part->rows();
+    for (const LinearWeight* part : parts) {
+      detail::require(part->inputs_ == first.inputs_, where,
+                      "every part must have the same input width ", first.inputs_, ", got ",
+                      part->inputs_);
+      detail::require(part->type_ == first.type_, where, "every part must have the same type ",
+                      weightTypeName(first.type_), ", got ", weightTypeName(part->type_));
+      rows += part->outputs_;
     }
-    RowMatrix<Scalar> matrix(rows, cols);
+    LinearWeight w;
+    w.type_ = first.type_;
+    w.outputs_ = rows;
+    w.inputs_ = first.inputs_;
+    if (first.type_ == WeightType::kFull) {
+      w.matrix_.resize(rows, first.inputs_);
+      Index row = 0;
+      for (const LinearWeight* part : parts) {
+        w.matrix_.middleRows(row, part->outputs_) = part->matrix_;
+        row += part->outputs_;
+      }
+      return w;
+    }
     Index row = 0;
-    for (const RowMatrix<Scalar>* part : parts) {
-      matrix.middleRows(row, part->rows()) = *part;
-      row += part->rows();
+    for (const LinearWeight* part : parts) {
+      for (Part piece : part->parts_) {
+        if (piece.rows == 0) continue;
+        piece.first += row;
+        w.parts_.push_back(std::move(piece));
+      }
+      row += part->outputs_;
     }
-    return LinearWeight(std::move(matrix));
+    return w;
   }
 
   /// BF16 or F16 codes (out x in, row-major), used in place; `owner` keeps them alive.
@@ -94,9 +133,7 @@ class LinearWeight {
     detail::require(type == WeightType::kBf16 || type == WeightType::kF16, where,
                     "the type must be bf16 or f16, got ", weightTypeName(type));
     checkStored(where, out, in, codes);
-    LinearWeight w;
-    w.setStored(type, out, in, codes, nullptr, std::move(owner));
-    return w;
+    return fromCodes(type, out, in, codes, nullptr, std::move(owner));
   }
 
   /// int8 codes (out x in, row-major) and float32 scales (out x ⌈in/32⌉: scale g of row j applies
@@ -106,9 +143,7 @@ class LinearWeight {
     const char* where = "LinearWeight::int8";
     checkStored(where, out, in, codes);
     detail::require(scales != nullptr || out * in == 0, where, "the scales pointer is null");
-    LinearWeight w;
-    w.setStored(WeightType::kInt8, out, in, codes, scales, std::move(owner));
-    return w;
+    return fromCodes(WeightType::kInt8, out, in, codes, scales, std::move(owner));
   }
 
   WeightType type() const { return type_; }
@@ -118,14 +153,18 @@ class LinearWeight {
   Index scaleGroups() const { return (inputs_ + detail::kInt8Group - 1) / detail::kInt8Group; }
 
   /// Bytes of W as stored (codes and scales): what a decoding step reads.
-  std::size_t storedBytes() const {
-    const auto n = static_cast<std::size_t>(outputs_ * inputs_);
-    switch (type_) {
+  std::size_t storedBytes() const { return storedBytes(type_, outputs_, inputs_); }
+  /// Bytes of an (out x in) weight stored as `type`.
+  static std::size_t storedBytes(WeightType type, Index out, Index in) {
+    const auto n = static_cast<std::size_t>(out * in);
+    const auto groups =
+        static_cast<std::size_t>((in + detail::kInt8Group - 1) / detail::kInt8Group);
+    switch (type) {
       case WeightType::kBf16:
       case WeightType::kF16:
         return 2 * n;
       case WeightType::kInt8:
-        return n + sizeof(float) * static_cast<std::size_t>(outputs_ * scaleGroups());
+        return n + sizeof(float) * static_cast<std::size_t>(out) * groups;
       case WeightType::kFull:
         break;
     }
@@ -137,23 +176,49 @@ class LinearWeight {
     requireFull("LinearWeight::matrix");
     return matrix_;
   }
-  /// Rows [begin, begin + count) of W, e.g. one part of a stacked weight, scaled in place; only
-  /// for WeightType::kFull (convert afterwards).
-  auto rows(Index begin, Index count) {
-    requireFull("LinearWeight::rows");
-    return matrix_.middleRows(begin, count);
+
+  /// The parts of a reduced-precision W, in row order, covering its rows: the codes (uint16_t for
+  /// BF16/F16, int8_t with their scales) for kernels and writers. Empty for kFull.
+  const std::vector<Part>& parts() const { return parts_; }
+
+  /// Rows [begin, begin + count) as a weight of their own: a copy for kFull, shared codes else.
+  LinearWeight middleRows(Index begin, Index count) const {
+    detail::require(begin >= 0 && count >= 0 && begin + count <= outputs_,
+                    "LinearWeight::middleRows", "rows [", begin, ", ", begin + count,
+                    ") must lie in [0, ", outputs_, ")");
+    if (type_ == WeightType::kFull)
+      return LinearWeight(RowMatrix<Scalar>(matrix_.middleRows(begin, count)));
+    LinearWeight w;
+    w.type_ = type_;
+    w.outputs_ = count;
+    w.inputs_ = inputs_;
+    for (const Part& part : parts_) {
+      const Index from = std::max(begin, part.first);
+      const Index to = std::min(begin + count, part.first + part.rows);
+      if (from >= to) continue;
+      Part piece = part;
+      piece.first = from - begin;
+      piece.rows = to - from;
+      piece.codes = part.codes.rowsFrom(from - part.first);
+      w.parts_.push_back(std::move(piece));
+    }
+    return w;
   }
 
-  /// The codes of a reduced-precision W: uint16_t (BF16/F16) or int8_t, row-major, and the int8
-  /// scales (out x scaleGroups()), for kernels and writers.
-  const detail::LowpMatrix& stored() const { return stored_; }
+  /// The part holding row j (reduced types).
+  const Part& partOf(Index j) const {
+    std::size_t p = 0;
+    while (p + 1 < parts_.size() && j >= parts_[p].first + parts_[p].rows) ++p;
+    return parts_[p];
+  }
 
   /// Row j of W as Scalar values (exact: every stored value is a float).   out (in)
   void decodeRow(Index j, Scalar* out) const {
     if (type_ == WeightType::kFull) {
       Eigen::Map<RowMatrix<Scalar>>(out, 1, inputs_) = matrix_.row(j);
     } else {
-      stored_.decode(j, 0, inputs_, out);
+      const Part& part = partOf(j);
+      part.codes.decode(j - part.first, 0, inputs_, out);
     }
   }
 
@@ -223,18 +288,23 @@ class LinearWeight {
     detail::require(codes != nullptr || out * in == 0, where, "the codes pointer is null");
   }
 
-  void setStored(WeightType type, Index out, Index in, const void* codes, const float* scales,
-                 std::shared_ptr<const void> owner) {
-    type_ = type;
-    outputs_ = out;
-    inputs_ = in;
-    owner_ = std::move(owner);
-    stored_.code = type == WeightType::kBf16  ? detail::LowpCode::kBf16
-                   : type == WeightType::kF16 ? detail::LowpCode::kF16
-                                              : detail::LowpCode::kInt8;
-    stored_.data = codes;
-    stored_.scales = scales;
-    stored_.inputs = in;
+  static LinearWeight fromCodes(WeightType type, Index out, Index in, const void* codes,
+                                const float* scales, std::shared_ptr<const void> owner) {
+    LinearWeight w;
+    w.type_ = type;
+    w.outputs_ = out;
+    w.inputs_ = in;
+    Part part;
+    part.rows = out;
+    part.codes.code = type == WeightType::kBf16  ? detail::LowpCode::kBf16
+                      : type == WeightType::kF16 ? detail::LowpCode::kF16
+                                                 : detail::LowpCode::kInt8;
+    part.codes.data = codes;
+    part.codes.scales = scales;
+    part.codes.inputs = in;
+    part.owner = std::move(owner);
+    w.parts_.push_back(std::move(part));
+    return w;
   }
 
   void requireFull(const char* where) const {
@@ -244,9 +314,19 @@ class LinearWeight {
 
   WeightType type_ = WeightType::kFull;
   Index outputs_ = 0, inputs_ = 0;
-  RowMatrix<Scalar> matrix_;           // kFull
-  detail::LowpMatrix stored_;          // the other types: codes (and scales) …
-  std::shared_ptr<const void> owner_;  // … kept alive by this
+  RowMatrix<Scalar> matrix_;  // kFull
+  std::vector<Part> parts_;   // the other types: one or more row ranges of codes
 };
+
+namespace detail {
+/// Throws InvalidArgument "<where>: <name…> must be (out, in), got (o, i)" unless `w` has that
+/// shape.
+template <typename Scalar, typename... Name>
+void requireShape(const char* where, const LinearWeight<Scalar>& w, Index out, Index in,
+                  Name&&... name) {
+  require(w.outputs() == out && w.inputs() == in, where, std::forward<Name>(name)..., " must be (",
+          out, ", ", in, "), got (", w.outputs(), ", ", w.inputs(), ")");
+}
+}  // namespace detail
 
 }  // namespace retnet

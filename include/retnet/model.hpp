@@ -48,13 +48,13 @@ struct LanguageModelConfig {
 
 template <typename BlockWeights, typename Scalar>
 struct LanguageModelWeights {
-  RowMatrix<Scalar> embed;             ///< embed_tokens.weight (vocab, D)
-  Vector<Scalar> embedNorm;            ///< layernorm_embedding.weight (D); empty unless embedNorm
-  std::vector<BlockWeights> layers;    ///< layers.{i}.*
-  Vector<Scalar> finalNorm;            ///< layer_norm.weight (D)
-  Vector<Scalar> embedNormBias;        ///< ModelNorm::kLayer only: the norms' biases (D), else
-  Vector<Scalar> finalNormBias;        ///< empty
-  RowMatrix<Scalar> outputProjection;  ///< output_projection.weight (vocab, D); empty if tied
+  LinearWeight<Scalar> embed;        ///< embed_tokens.weight (vocab, D)
+  Vector<Scalar> embedNorm;          ///< layernorm_embedding.weight (D); empty unless embedNorm
+  std::vector<BlockWeights> layers;  ///< layers.{i}.*
+  Vector<Scalar> finalNorm;          ///< layer_norm.weight (D)
+  Vector<Scalar> embedNormBias;      ///< ModelNorm::kLayer only: the norms' biases (D), else
+  Vector<Scalar> finalNormBias;      ///< empty
+  LinearWeight<Scalar> outputProjection;  ///< output_projection.weight (vocab, D); empty if tied
 };
 
 /// Buffers of a decoding step (not part of any state's value).
@@ -102,7 +102,7 @@ class LanguageModel {
                     "the embedding norm is not a LayerNorm");
     if (!config.tiedEmbedding)
       detail::requireShape(where, weights.outputProjection, config.vocab, D, "outputProjection");
-    embed_ = LinearWeight<Scalar>(std::move(weights.embed));
+    embed_ = std::move(weights.embed);
     embedNorm_ = std::move(weights.embedNorm);
     embedNormBias_ = std::move(weights.embedNormBias);
     blocks_.reserve(weights.layers.size());
@@ -114,8 +114,7 @@ class LanguageModel {
     }
     finalNorm_ = std::move(weights.finalNorm);
     finalNormBias_ = std::move(weights.finalNormBias);
-    if (!config.tiedEmbedding)
-      outputProjection_ = LinearWeight<Scalar>(std::move(weights.outputProjection));
+    if (!config.tiedEmbedding) outputProjection_ = std::move(weights.outputProjection);
     convertWeight(embed_, storage);
     convertWeight(outputProjection_, storage);
   }

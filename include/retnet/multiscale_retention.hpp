@@ -84,15 +84,16 @@ struct MultiScaleRetentionConfig {
   }
 };
 
-/// Weights in PyTorch's Linear layout (out, in), applied as y = x · Wᵀ; no biases.
+/// Weights in PyTorch's Linear layout (out, in), applied as y = x · Wᵀ; no biases. Each dense
+/// weight is a LinearWeight: assign a matrix, or a reduced-precision weight (a mapped file's).
 /// With H_kv = H and dk = D/H (torchscale) q and k are (D, D) and v is (V, D).
 template <typename Scalar>
 struct MultiScaleRetentionWeights {
-  RowMatrix<Scalar> q;        ///< q_proj.weight   (H·dk, D)
-  RowMatrix<Scalar> k;        ///< k_proj.weight   (H_kv·dk, D)
-  RowMatrix<Scalar> v;        ///< v_proj.weight   (H_kv·dv, D)
-  RowMatrix<Scalar> g;        ///< g_proj.weight   (V, D), V = H·dv
-  RowMatrix<Scalar> out;      ///< out_proj.weight (D, V) (FLA: o_proj)
+  LinearWeight<Scalar> q;     ///< q_proj.weight   (H·dk, D)
+  LinearWeight<Scalar> k;     ///< k_proj.weight   (H_kv·dk, D)
+  LinearWeight<Scalar> v;     ///< v_proj.weight   (H_kv·dv, D)
+  LinearWeight<Scalar> g;     ///< g_proj.weight   (V, D), V = H·dv
+  LinearWeight<Scalar> out;   ///< out_proj.weight (D, V) (FLA: o_proj)
   Vector<Scalar> headNorm{};  ///< the group norm's weight (dv), shared by all heads (FLA's
                               ///< g_norm_swish_gate); empty: no weight (torchscale)
 };
@@ -109,7 +110,7 @@ struct MultiScaleRetentionScratch {
 
 /// Multi-scale retention in all three forms:
 ///
-///   q, k, v, g = x Wqᵀ, x Wkᵀ, x Wvᵀ, x Wgᵀ            (x is (B, T, D)); dk^(−1/2) on k or q
+///   q, k, v, g = x Wqᵀ, x Wkᵀ, x Wvᵀ, x Wgᵀ            (x is (B, T, D)); then dk^(−1/2) on k or q
 ///   q, k      <- rotated by position (RotaryEmbedding, the configured layout)
 ///   o_h       = retention of query head h (key/value head h / (H/H_kv)) with γ_h, divided by
 ///               the form's factor when normalization is kTorchscale
@@ -150,14 +151,10 @@ class MultiScaleRetention
     detail::requireShape(where, weights.out, D, V, "weight out");
     if (weights.headNorm.size() != 0)
       detail::requireLength(where, weights.headNorm, config.headValueDim(), "weight headNorm");
-    // One GEMM for all four input projections; dk^(−1/2) folded into the rows of k (torchscale:
-    // S holds the scaled keys, which its normalisers read) or of q (FLA: S is the raw Σ kᵀv), so
-    // the retention stage runs with scale 1.
+    // One product for all four input projections (the weights as given: a reduced-precision
+    // file's tensors stay in place).
     inputWeights_ = LinearWeight<Scalar>::stacked({&weights.q, &weights.k, &weights.v, &weights.g});
-    const bool scaleKeys = config.scaleSide == ScaleSide::kKey;
-    inputWeights_.rows(scaleKeys ? qWidth : 0, scaleKeys ? kWidth : qWidth) *=
-        static_cast<Scalar>(1.0 / std::sqrt(double(dk)));
-    outputWeights_ = LinearWeight<Scalar>(weights.out);
+    outputWeights_ = weights.out;
     headNorm_ = weights.headNorm;
     for (double gamma : config.headDecays())
       heads_.push_back({gamma, config.normalization, 1.0, config.scaleSide});
@@ -230,9 +227,16 @@ class MultiScaleRetention
                       state.position(b), " + time ", time, " is beyond 2^53");
     }
 
-    // 1. [q | k | v | g] = x [Wq; Wk; Wv; Wg]ᵀ, dk^(−1/2) folded in     (rows x width), one GEMM
+    // 1. [q | k | v | g] = x [Wq; Wk; Wv; Wg]ᵀ                          (rows x width), one GEMM
     auto qkvg = detail::bufferView(scratch.projections, rows, width);
     stages::linear(x, inputWeights_, qkvg);
+
+    // 1b. dk^(−1/2) on k (torchscale: S holds the scaled keys, which its normalisers read) or on
+    //     q (FLA: S is the raw Σ kᵀv), after the product as both do; retention runs with scale 1
+    const Index dk = config_.keyDim(), qWidth = config_.heads * dk;
+    const bool scaleKeys = config_.scaleSide == ScaleSide::kKey;
+    qkvg.middleCols(scaleKeys ? qWidth : 0, scaleKeys ? rotated - qWidth : qWidth) *=
+        static_cast<Scalar>(1.0 / std::sqrt(double(dk)));
 
     // 2. q and k rotated, each batch item's rows by its own positions
     for (Index b = 0; b < batch; ++b) {
@@ -290,10 +294,10 @@ class MultiScaleRetention
 
   Config config_;
   RotaryEmbedding<Scalar> rotary_;
-  LinearWeight<Scalar> inputWeights_;   // (width, D): q, k, v, g stacked, dk^(−1/2) folded in
+  LinearWeight<Scalar> inputWeights_;   // (width, D): q, k, v, g stacked
   LinearWeight<Scalar> outputWeights_;  // (D, V)
   Vector<Scalar> headNorm_;             // (dv) or empty
-  std::vector<RetentionHead> heads_;    // γ_h, the normalisation, scale 1 (folded)
+  std::vector<RetentionHead> heads_;    // γ_h, the normalisation, scale 1 (step 1b scales)
 };
 
 }  // namespace retnet

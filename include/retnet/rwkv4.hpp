@@ -54,15 +54,15 @@ struct Rwkv4BlockWeights {
   Vector<Scalar> timeDecay;                  ///< att.time_decay (A), raw: w = −exp(time_decay)
   Vector<Scalar> timeFirst;                  ///< att.time_first (A), u as stored
   Vector<Scalar> attMixK, attMixV, attMixR;  ///< att.time_mix_k/v/r (C)
-  RowMatrix<Scalar> attKey;                  ///< att.key.weight (A, C)
-  RowMatrix<Scalar> attValue;                ///< att.value.weight (A, C)
-  RowMatrix<Scalar> attReceptance;           ///< att.receptance.weight (A, C)
-  RowMatrix<Scalar> attOutput;               ///< att.output.weight (C, A)
+  LinearWeight<Scalar> attKey;               ///< att.key.weight (A, C)
+  LinearWeight<Scalar> attValue;             ///< att.value.weight (A, C)
+  LinearWeight<Scalar> attReceptance;        ///< att.receptance.weight (A, C)
+  LinearWeight<Scalar> attOutput;            ///< att.output.weight (C, A)
   Vector<Scalar> ln2Weight, ln2Bias;         ///< ln2.weight, ln2.bias (C)
   Vector<Scalar> ffnMixK, ffnMixR;           ///< ffn.time_mix_k/r (C)
-  RowMatrix<Scalar> ffnKey;                  ///< ffn.key.weight (F, C)
-  RowMatrix<Scalar> ffnReceptance;           ///< ffn.receptance.weight (C, C)
-  RowMatrix<Scalar> ffnValue;                ///< ffn.value.weight (C, F)
+  LinearWeight<Scalar> ffnKey;               ///< ffn.key.weight (F, C)
+  LinearWeight<Scalar> ffnReceptance;        ///< ffn.receptance.weight (C, C)
+  LinearWeight<Scalar> ffnValue;             ///< ffn.value.weight (C, F)
 };
 
 /// Buffers of one block call (not part of any state's value).
@@ -131,13 +131,13 @@ class Rwkv4Block : public SequenceLayer<Rwkv4Block<Scalar>, Scalar, Rwkv4State<S
     attMixR_ = weights.attMixR;
     ffnMixK_ = weights.ffnMixK;
     ffnMixR_ = weights.ffnMixR;
-    attKey_ = LinearWeight<Scalar>(weights.attKey);
-    attValue_ = LinearWeight<Scalar>(weights.attValue);
-    attReceptance_ = LinearWeight<Scalar>(weights.attReceptance);
-    attOutput_ = LinearWeight<Scalar>(weights.attOutput);
-    ffnKey_ = LinearWeight<Scalar>(weights.ffnKey);
-    ffnReceptance_ = LinearWeight<Scalar>(weights.ffnReceptance);
-    ffnValue_ = LinearWeight<Scalar>(weights.ffnValue);
+    attKey_ = weights.attKey;
+    attValue_ = weights.attValue;
+    attReceptance_ = weights.attReceptance;
+    attOutput_ = weights.attOutput;
+    ffnKey_ = weights.ffnKey;
+    ffnReceptance_ = weights.ffnReceptance;
+    ffnValue_ = weights.ffnValue;
   }
 
   const Config& config() const { return config_; }

@@ -113,6 +113,16 @@ struct LowpMatrix {
 
   Index groups() const { return (inputs + kInt8Group - 1) / kInt8Group; }
 
+  /// The same matrix from row j on.
+  LowpMatrix rowsFrom(Index j) const {
+    LowpMatrix view = *this;
+    const std::size_t size = code == LowpCode::kInt8 ? 1 : code == LowpCode::kF32 ? 4 : 2;
+    view.data =
+        static_cast<const unsigned char*>(data) + static_cast<std::size_t>(j * inputs) * size;
+    if (scales != nullptr) view.scales = scales + j * groups();
+    return view;
+  }
+
   /// W(j, i) as float (the SIMD builds' odd columns).
   float at(Index j, Index i) const {
     float value;

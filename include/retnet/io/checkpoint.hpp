@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "retnet/block.hpp"
+#include "retnet/io/linear_weight_file.hpp"
 #include "retnet/io/safetensors.hpp"
 #include "retnet/model.hpp"
 #include "retnet/multiscale_retention.hpp"
@@ -118,10 +119,10 @@ inline void checkPositionBuffers(const SafetensorsFile& file, const std::string&
 }
 
 template <typename Scalar>
-RowMatrix<Scalar> readWeight(const SafetensorsFile& file, const std::string& name, Index rows,
-                             Index cols) {
+LinearWeight<Scalar> readWeight(const SafetensorsFile& file, const std::string& name, Index rows,
+                                Index cols, WeightType storage = WeightType::kFull) {
   if (!file.contains(name)) failFile(file, "missing tensor '", name, "'");
-  return file.readMatrix<Scalar>(name, rows, cols);
+  return readLinearWeight<Scalar>(file, name, rows, cols, storage);
 }
 
 template <typename Scalar>
@@ -152,14 +153,15 @@ RetNetBlockWeights<Scalar> readBlockWeights(const std::string& prefix, const Ret
   return w;
 }
 
-/// The same from one torchscale safetensors file.
+/// The same from one torchscale safetensors file, the dense weights stored as `storage`.
 template <typename Scalar>
 RetNetBlockWeights<Scalar> readBlockWeights(const SafetensorsFile& file, const std::string& prefix,
-                                            const RetNetBlockConfig& c) {
+                                            const RetNetBlockConfig& c,
+                                            WeightType storage = WeightType::kFull) {
   return readBlockWeights<Scalar>(
       prefix, c,
       [&](const std::string& name, Index rows, Index cols) {
-        return readWeight<Scalar>(file, name, rows, cols);
+        return readWeight<Scalar>(file, name, rows, cols, storage);
       },
       [&](const std::string& name, Index size) {
         return readVectorWeight<Scalar>(file, name, size);
@@ -294,24 +296,27 @@ inline RetNetModelConfig readRetNetModelConfig(const SafetensorsFile& file) {
 }
 
 /// A RetNet language model from a torchscale RetNetDecoder checkpoint (`embed_tokens.weight`,
-/// `layers.{i}.…`, `layer_norm.weight`, `output_projection.weight`).
+/// `layers.{i}.…`, `layer_norm.weight`, `output_projection.weight`), the dense weights stored as
+/// `storage` (linear_weight.hpp).
 template <typename Scalar>
 RetNetModel<Scalar> loadRetNetModel(const SafetensorsFile& file,
-                                    const std::optional<RetNetModelConfig>& config = std::nullopt) {
+                                    const std::optional<RetNetModelConfig>& config = std::nullopt,
+                                    WeightType storage = WeightType::kFull) {
   const RetNetModelConfig c = config ? *config : readRetNetModelConfig(file);
   c.validate("loadRetNetModel");
   const Index D = c.block.embedDim;
   RetNetModelWeights<Scalar> w;
-  w.embed = detail::readWeight<Scalar>(file, "embed_tokens.weight", c.vocab, D);
+  w.embed = detail::readWeight<Scalar>(file, "embed_tokens.weight", c.vocab, D, storage);
   for (Index i = 0; i < c.layers; ++i) {
     const std::string prefix = "layers." + std::to_string(i) + ".";
     detail::checkPositionBuffers(file, prefix, c.block.retention());
-    w.layers.push_back(detail::readBlockWeights<Scalar>(file, prefix, c.block));
+    w.layers.push_back(detail::readBlockWeights<Scalar>(file, prefix, c.block, storage));
   }
   w.finalNorm = detail::readVectorWeight<Scalar>(file, "layer_norm.weight", D);
   if (!c.tiedEmbedding)
-    w.outputProjection = detail::readWeight<Scalar>(file, "output_projection.weight", c.vocab, D);
-  return RetNetModel<Scalar>(c, std::move(w));
+    w.outputProjection =
+        detail::readWeight<Scalar>(file, "output_projection.weight", c.vocab, D, storage);
+  return RetNetModel<Scalar>(c, std::move(w), storage);
 }
 
 }  // namespace retnet::io

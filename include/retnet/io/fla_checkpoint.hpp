@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "retnet/io/json_file.hpp"
+#include "retnet/io/linear_weight_file.hpp"
 #include "retnet/io/weight_files.hpp"
 #include "retnet/model.hpp"
 
@@ -198,13 +199,13 @@ inline void checkWeightDtype(const WeightFiles& files, const std::string& name,
   }
 }
 
-/// Reads weight `name` of shape (rows, cols) after its dtype check.
+/// Reads weight `name` of shape (rows, cols) after its dtype check, stored as `storage`.
 template <typename Scalar>
-RowMatrix<Scalar> readWeightMatrix(const WeightFiles& files, const std::string& name, Index rows,
-                                   Index cols, const std::optional<Dtype>& dtype,
-                                   const char* dtypeKey) {
+LinearWeight<Scalar> readWeightMatrix(const WeightFiles& files, const std::string& name, Index rows,
+                                      Index cols, const std::optional<Dtype>& dtype,
+                                      const char* dtypeKey, WeightType storage) {
   checkWeightDtype(files, name, dtype, dtypeKey);
-  return files.readMatrix<Scalar>(name, rows, cols);
+  return readLinearWeight<Scalar>(files.fileOf(name), name, rows, cols, storage);
 }
 template <typename Scalar>
 Vector<Scalar> readWeightVector(const WeightFiles& files, const std::string& name, Index size,
@@ -216,15 +217,17 @@ Vector<Scalar> readWeightVector(const WeightFiles& files, const std::string& nam
 }  // namespace detail
 
 /// The weights of an FLA RetNet under FLA's names (model.embeddings.weight,
-/// model.layers.{i}.attn.*, .mlp.*, model.norm.weight, lm_head.weight), shapes as `c` implies.
+/// model.layers.{i}.attn.*, .mlp.*, model.norm.weight, lm_head.weight), shapes as `c` implies;
+/// the dense ones stored as `storage` (BF16/F16 tensors kept as they are: used in place).
 template <typename Scalar>
 RetNetModelWeights<Scalar> readFlaWeights(const WeightFiles& files, const RetNetModelConfig& c,
-                                          const std::optional<Dtype>& dtype = std::nullopt) {
+                                          const std::optional<Dtype>& dtype = std::nullopt,
+                                          WeightType storage = WeightType::kFull) {
   const MultiScaleRetentionConfig r = c.block.retention();
   const Index d = c.block.embedDim, I = c.block.ffnDim, dk = r.keyDim(), dv = r.headValueDim();
   const Index H = r.heads, Hkv = r.keyValueHeads();
   const auto matrix = [&](const std::string& name, Index rows, Index cols) {
-    return detail::readWeightMatrix<Scalar>(files, name, rows, cols, dtype, "torch_dtype");
+    return detail::readWeightMatrix<Scalar>(files, name, rows, cols, dtype, "torch_dtype", storage);
   };
   const auto vector = [&](const std::string& name, Index size) {
     return detail::readWeightVector<Scalar>(files, name, size, dtype, "torch_dtype");
@@ -254,9 +257,9 @@ RetNetModelWeights<Scalar> readFlaWeights(const WeightFiles& files, const RetNet
       layer.fc1 = matrix(p + "mlp.gate_proj.weight", I, d);
       layer.gate = matrix(p + "mlp.up_proj.weight", I, d);
     } else {  // the fused layout of FLA before b48ca31d: rows [0, I) gate, [I, 2I) up
-      const RowMatrix<Scalar> both = matrix(p + "mlp.gate_proj.weight", 2 * I, d);
-      layer.fc1 = both.topRows(I);
-      layer.gate = both.bottomRows(I);
+      const LinearWeight<Scalar> both = matrix(p + "mlp.gate_proj.weight", 2 * I, d);
+      layer.fc1 = both.middleRows(0, I);
+      layer.gate = both.middleRows(I, I);
     }
     w.layers.push_back(std::move(layer));
   }

@@ -10,7 +10,9 @@
 // embed_tokens.* torchscale; emb.* / rwkv.embeddings.* RWKV-4) and the file's metadata. F32, F16
 // and BF16 weights are converted to Scalar tensor by tensor, in pieces, so a load holds the
 // converted weights and little else. LoadOptions::weights stores the dense weights as BF16, F16
-// or int8 instead (linear_weight.hpp), each layer's as soon as its block is built.
+// or int8 instead (linear_weight.hpp), each rounded as it is read; BF16 or F16 tensors kept in
+// their own type are not copied at all: the file is memory-mapped and the weights point into it
+// (linear_weight_file.hpp), so loading a BF16 model as BF16 costs the file's pages and no more.
 #pragma once
 
 #include <filesystem>
@@ -200,9 +202,10 @@ RetNetModel<Scalar> loadRetNet(const std::string& path, const WeightFiles& files
   if (described.family != ModelFamily::kRwkv4) validateLoaded(path, c);
   switch (described.family) {
     case ModelFamily::kFla:
-      return RetNetModel<Scalar>(c, readFlaWeights<Scalar>(files, c, described.dtype), storage);
+      return RetNetModel<Scalar>(c, readFlaWeights<Scalar>(files, c, described.dtype, storage),
+                                 storage);
     case ModelFamily::kSyncdoth:
-      return RetNetModel<Scalar>(c, readSyncdothWeights<Scalar>(files, c, described.dtype),
+      return RetNetModel<Scalar>(c, readSyncdothWeights<Scalar>(files, c, described.dtype, storage),
                                  storage);
     case ModelFamily::kRwkv4:
       throw FormatError(retnet::detail::concat(
@@ -212,9 +215,7 @@ RetNetModel<Scalar> loadRetNet(const std::string& path, const WeightFiles& files
     case ModelFamily::kTorchscale:
       break;
   }
-  RetNetModel<Scalar> model = loadRetNetModel<Scalar>(files.first(), c);
-  model.convertWeights(storage);
-  return model;
+  return loadRetNetModel<Scalar>(files.first(), c, storage);
 }
 
 template <typename Scalar>
@@ -227,9 +228,9 @@ Rwkv4Model<Scalar> loadRwkv4(const std::string& path, const WeightFiles& files,
         "io::loadModel<AnyModel<Scalar>>"));
   }
   validateLoaded(path, described.rwkv4);
-  return Rwkv4Model<Scalar>(described.rwkv4,
-                            readRwkv4Weights<Scalar>(files, described.rwkv4, described.rwkv4Names),
-                            storage);
+  return Rwkv4Model<Scalar>(
+      described.rwkv4,
+      readRwkv4Weights<Scalar>(files, described.rwkv4, described.rwkv4Names, storage), storage);
 }
 
 }  // namespace detail

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "retnet/io/json_file.hpp"
+#include "retnet/io/linear_weight_file.hpp"
 #include "retnet/io/weight_files.hpp"
 #include "retnet/rwkv4.hpp"
 
@@ -157,10 +158,11 @@ inline Rwkv4ModelConfig inferRwkv4Config(const WeightFiles& files, Rwkv4Names na
 }
 
 /// The weights of an RWKV-4 model of shape `c` under `names`; F32, F16, BF16 or F64 tensors,
-/// the (1, 1, C) time-mix tensors flattened.
+/// the (1, 1, C) time-mix tensors flattened; the dense ones stored as `storage`.
 template <typename Scalar>
 Rwkv4ModelWeights<Scalar> readRwkv4Weights(const WeightFiles& files, const Rwkv4ModelConfig& c,
-                                           Rwkv4Names names) {
+                                           Rwkv4Names names,
+                                           WeightType storage = WeightType::kFull) {
   const Index C = c.block.embedDim, A = c.block.attentionDim(), F = c.block.ffnDim;
   const auto checked = [&](const std::string& blink) {
     const std::string stored = detail::rwkv4Name(names, blink);
@@ -175,7 +177,8 @@ Rwkv4ModelWeights<Scalar> readRwkv4Weights(const WeightFiles& files, const Rwkv4
     return stored;
   };
   const auto matrix = [&](const std::string& blink, Index rows, Index cols) {
-    return files.readMatrix<Scalar>(checked(blink), rows, cols);
+    const std::string stored = checked(blink);
+    return readLinearWeight<Scalar>(files.fileOf(stored), stored, rows, cols, storage);
   };
   const auto vector = [&](const std::string& blink, Index size) {
     return files.readVector<Scalar>(checked(blink), size);

@@ -163,13 +163,14 @@ inline void checkRelPosBuffers(const WeightFiles& files, const RetNetModelConfig
 }  // namespace detail
 
 /// The weights of a syncdoth RetNetForCausalLM (names as torchscale's under "model.", the head
-/// as lm_head.weight), shapes as `c` implies.
+/// as lm_head.weight), shapes as `c` implies; the dense ones stored as `storage`.
 template <typename Scalar>
 RetNetModelWeights<Scalar> readSyncdothWeights(const WeightFiles& files, const RetNetModelConfig& c,
-                                               const std::optional<Dtype>& dtype = std::nullopt) {
+                                               const std::optional<Dtype>& dtype = std::nullopt,
+                                               WeightType storage = WeightType::kFull) {
   detail::checkRelPosBuffers(files, c);
   const auto matrix = [&](const std::string& name, Index rows, Index cols) {
-    return detail::readWeightMatrix<Scalar>(files, name, rows, cols, dtype, "torch_dtype");
+    return detail::readWeightMatrix<Scalar>(files, name, rows, cols, dtype, "torch_dtype", storage);
   };
   const auto vector = [&](const std::string& name, Index size) {
     return detail::readWeightVector<Scalar>(files, name, size, dtype, "torch_dtype");

@@ -32,6 +32,16 @@
 #include "retnet/errors.hpp"
 #include "retnet/io/dtype.hpp"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define RETNET_HAVE_MMAP 1
+#else
+#define RETNET_HAVE_MMAP 0
+#endif
+
 namespace retnet::io {
 
 /// One tensor of a file, as its index describes it.
@@ -53,6 +63,60 @@ struct TensorInfo {
 
 /// Tensors are read from disk in pieces of at most this many bytes, converted piece by piece.
 inline constexpr std::size_t kReadPieceBytes = std::size_t(1) << 20;
+
+/// A tensor's bytes as the file stores them (little-endian, row-major), at an address aligned to
+/// its element size, valid while `owner` lives: in the mapped file itself (`mapped`), or a copy.
+struct StoredTensor {
+  const void* data = nullptr;
+  std::shared_ptr<const void> owner;
+  bool mapped = false;
+};
+
+/// A whole file mapped read-only into memory (POSIX mmap), unmapped when the last owner goes.
+/// Its pages are the page cache's: mapping costs no memory until they are read, and they are
+/// counted once however many weights point into them.
+class FileMapping {
+ public:
+  FileMapping(const FileMapping&) = delete;
+  FileMapping& operator=(const FileMapping&) = delete;
+  ~FileMapping() {
+#if RETNET_HAVE_MMAP
+    if (address_ != nullptr) ::munmap(address_, size_);
+#endif
+  }
+
+  /// `path` mapped, or null where the system cannot map it (no mmap, an error, or a file whose
+  /// size is no longer `size`: it changed since its index was read).
+  static std::shared_ptr<const FileMapping> map(const std::string& path, std::size_t size) {
+#if RETNET_HAVE_MMAP
+    if (size == 0) return nullptr;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return nullptr;
+    struct stat status {};
+    void* address = nullptr;
+    if (::fstat(fd, &status) == 0 && S_ISREG(status.st_mode) &&
+        static_cast<std::uintmax_t>(status.st_size) == size) {
+      address = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (address == MAP_FAILED) address = nullptr;
+    }
+    ::close(fd);  // the mapping keeps the file
+    if (address == nullptr) return nullptr;
+    return std::shared_ptr<const FileMapping>(new FileMapping(address, size));
+#else
+    (void)path;
+    (void)size;
+    return nullptr;
+#endif
+  }
+
+  const unsigned char* data() const { return static_cast<const unsigned char*>(address_); }
+  std::size_t size() const { return size_; }
+
+ private:
+  FileMapping(void* address, std::size_t size) : address_(address), size_(size) {}
+  void* address_ = nullptr;
+  std::size_t size_ = 0;
+};
 
 namespace detail {
 
@@ -177,6 +241,34 @@ class TensorFile {
       const std::array<Eigen::Index, static_cast<std::size_t>(Rank)>& expected) const {
     requireShape(name, std::vector<Eigen::Index>(expected.begin(), expected.end()));
     return readTensor<Scalar, Rank>(name);
+  }
+
+  /// Tensor `name`'s bytes as stored (StoredTensor): in place in the file mapped read-only when
+  /// the system can map it, the host is little-endian and the tensor's offset is a multiple of its
+  /// element size; else a copy (an in-memory file's tensors are copied too). The file is mapped
+  /// once, on the first call, and stays mapped while any returned owner lives.
+  StoredTensor stored(const std::string& name) const {
+    const TensorInfo& tensor = info(name);
+    const std::size_t size = dtypeSize(tensor.dtype), offset = dataStart_ + tensor.begin;
+    const std::uint16_t probe = 1;
+    const bool littleEndian = *reinterpret_cast<const unsigned char*>(&probe) == 1;
+    if (stream_ && littleEndian && offset % size == 0) {
+      const std::lock_guard<std::mutex> lock(stream_->mutex);
+      if (!stream_->mapTried) {
+        stream_->mapTried = true;
+        stream_->mapping = FileMapping::map(displayName_, fileSize_);
+      }
+      if (stream_->mapping) {
+        // The mapping's lifetime, the tensor's address (the aliasing constructor).
+        const unsigned char* data = stream_->mapping->data() + offset;
+        return {data, std::shared_ptr<const void>(stream_->mapping, data), true};
+      }
+    }
+    // new[] aligns to alignof(max_align_t), enough for every dtype.
+    auto copy =
+        std::make_shared<std::vector<unsigned char>>(readRange(offset, tensor.end - tensor.begin));
+    const unsigned char* data = copy->data();
+    return {data, std::shared_ptr<const void>(std::move(copy), data), false};
   }
 
   /// The elements of an I64 tensor, row-major; FormatError for any other dtype.
@@ -372,6 +464,8 @@ class TensorFile {
   struct OpenStream {
     std::ifstream in;
     std::mutex mutex;
+    bool mapTried = false;                       // stored() mapped the file, or failed to
+    std::shared_ptr<const FileMapping> mapping;  // null: not mapped
   };
   std::shared_ptr<OpenStream> stream_;  ///< where tensors are read from; null: from bytes_
 };

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "retnet/detail/checks.hpp"
 #include "retnet/linear_weight.hpp"
@@ -27,8 +28,11 @@ void embed(const std::int64_t* tokens, detail::NoDeduce<ConstMatrixRef<Scalar>> 
 
 /// The same lookup in a table of any WeightType: the row decoded, then scaled.
 ///   tokens (rows); E (vocab x D); y (rows x D)
-template <typename Scalar>
-void embed(const std::int64_t* tokens, const LinearWeight<Scalar>& table, double scale,
+///   (Table is LinearWeight<Scalar>: a matrix argument, which converts to both, takes the
+///   overload above.)
+template <typename Scalar, typename Table,
+          typename = std::enable_if_t<std::is_same_v<Table, LinearWeight<Scalar>>>>
+void embed(const std::int64_t* tokens, const Table& table, double scale,
            detail::NoDeduce<MatrixRef<Scalar>> y) {
   if (table.type() == WeightType::kFull) {
     embed<Scalar>(tokens, table.matrix(), scale, y);

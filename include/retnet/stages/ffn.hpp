@@ -27,28 +27,26 @@ struct FeedForwardWeights {
   Index hiddenDim() const { return output.inputs(); }  ///< F
 
   /// torchscale's FeedForwardNetwork with a gate: fc2(act(fc1 x) ⊙ gate x).
-  static FeedForwardWeights glu(const RowMatrix<Scalar>& fc1, const RowMatrix<Scalar>& gate,
-                                const RowMatrix<Scalar>& fc2, Activation activation) {
+  static FeedForwardWeights glu(const LinearWeight<Scalar>& fc1, const LinearWeight<Scalar>& gate,
+                                const LinearWeight<Scalar>& fc2, Activation activation) {
     return make(fc1, gate, fc2, activation, "FeedForwardWeights::glu");
   }
   /// FLA's GatedMLP: down(silu(gate_proj x) ⊙ up_proj x).
-  static FeedForwardWeights swiglu(const RowMatrix<Scalar>& gateProj,
-                                   const RowMatrix<Scalar>& upProj,
-                                   const RowMatrix<Scalar>& downProj) {
+  static FeedForwardWeights swiglu(const LinearWeight<Scalar>& gateProj,
+                                   const LinearWeight<Scalar>& upProj,
+                                   const LinearWeight<Scalar>& downProj) {
     return make(gateProj, upProj, downProj, Activation::kSwish, "FeedForwardWeights::swiglu");
   }
 
  private:
-  static FeedForwardWeights make(const RowMatrix<Scalar>& a, const RowMatrix<Scalar>& b,
-                                 const RowMatrix<Scalar>& out, Activation activation,
+  static FeedForwardWeights make(const LinearWeight<Scalar>& a, const LinearWeight<Scalar>& b,
+                                 const LinearWeight<Scalar>& out, Activation activation,
                                  const char* where) {
-    const Index F = a.rows(), D = a.cols();
+    const Index F = a.outputs(), D = a.inputs();
     detail::require(F >= 1 && D >= 1, where, "the branch weights must be non-empty");
-    detail::require(b.rows() == F && b.cols() == D, where, "both branches must be (", F, ", ", D,
-                    "), got (", b.rows(), ", ", b.cols(), ")");
-    detail::require(out.rows() == D && out.cols() == F, where, "the output weight must be (", D,
-                    ", ", F, "), got (", out.rows(), ", ", out.cols(), ")");
-    return {LinearWeight<Scalar>::stacked({&a, &b}), LinearWeight<Scalar>(out), activation};
+    detail::requireShape(where, b, F, D, "both branches");
+    detail::requireShape(where, out, D, F, "the output weight");
+    return {LinearWeight<Scalar>::stacked({&a, &b}), out, activation};
   }
 };
 

@@ -58,28 +58,44 @@ void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scala
   detail::requireShape("stages::linear", x, rows, in, "x (rows x in)");
   detail::requireShape("stages::linear", y, rows, n, "y (rows x out)");
   const bool full = weight.type() == WeightType::kFull;
-  // The streaming kernels' view of W: the codes as stored, or a float matrix itself.
-  detail::LowpMatrix view = full ? detail::LowpMatrix{} : weight.stored();
   bool stream = !full && rows <= kLinearReducedStreamRows;
-  if constexpr (std::is_same_v<Scalar, float>) {
-    if (full && rows <= kLinearStreamRows) {
-      view = {detail::LowpCode::kF32, weight.matrix().data(), nullptr, in};
-      stream = true;
-    }
-  }
-  const Index blocks = (n + kLinearColumnBlock - 1) / kLinearColumnBlock;
+  if constexpr (std::is_same_v<Scalar, float>)
+    stream = stream || (full && rows <= kLinearStreamRows);
+  // Column blocks of kLinearColumnBlock rows of W, each inside one part of a stacked reduced
+  // weight (a full one is a single part). They do not depend on the thread count.
+  const auto& parts = weight.parts();
+  const auto blocksOf = [](Index count) {
+    return (count + kLinearColumnBlock - 1) / kLinearColumnBlock;
+  };
+  Index blocks = 0;
+  if (full) blocks = blocksOf(n);
+  for (const auto& part : parts) blocks += blocksOf(part.rows);
   detail::parallelFor(blocks, [&](Index block, int) {
-    const Index begin = block * kLinearColumnBlock, width = std::min(kLinearColumnBlock, n - begin);
-    if (stream) {
+    // The block's part (its first row `first`, its codes) and the block's rows inside it.
+    Index first = 0, count = n;
+    detail::LowpMatrix codes;
+    if (full) {
+      if constexpr (std::is_same_v<Scalar, float>)
+        codes = {detail::LowpCode::kF32, weight.matrix().data(), nullptr, in};
+    } else {
+      std::size_t p = 0;
+      for (; block >= blocksOf(parts[p].rows); ++p) block -= blocksOf(parts[p].rows);
+      first = parts[p].first;
+      count = parts[p].rows;
+      codes = parts[p].codes;
+    }
+    const Index begin = block * kLinearColumnBlock,
+                width = std::min(kLinearColumnBlock, count - begin);
+    if (stream) {  // y(:, first + j) for the part's rows j in [begin, begin + width)
       for (Index r = 0; r < rows; r += detail::kLowpPassRows) {
-        detail::lowpRows<Scalar>(view, begin, begin + width, x.data() + r * x.outerStride(),
+        detail::lowpRows<Scalar>(codes, begin, begin + width, x.data() + r * x.outerStride(),
                                  x.outerStride(), std::min(detail::kLowpPassRows, rows - r),
-                                 y.data() + r * y.outerStride(), y.outerStride());
+                                 y.data() + r * y.outerStride() + first, y.outerStride());
       }
     } else if (!full) {
       Eigen::Map<RowMatrix<Scalar>> panel(detail::linearPanel<Scalar>(width * in), width, in);
-      for (Index j = 0; j < width; ++j) weight.decodeRow(begin + j, panel.row(j).data());
-      y.middleCols(begin, width).noalias() = x * panel.transpose();
+      for (Index j = 0; j < width; ++j) codes.decode(begin + j, 0, in, panel.row(j).data());
+      y.middleCols(first + begin, width).noalias() = x * panel.transpose();
     } else if (rows == 1) {  // double: Eigen's matrix-vector kernel
       y.row(0).segment(begin, width).noalias() =
           x.row(0) * weight.matrix().middleRows(begin, width).transpose();
