@@ -65,6 +65,11 @@ void exercise(const SafetensorsFile& file, std::size_t dataSize) {
       const TensorInfo& info = file.info(names[t]);
       if (info.dtype == Dtype::I64) {
         writer.addIntegers(names[t], info.shape, integerTensors[t].data());
+      } else if (info.dtype == Dtype::I8) {  // codes: written as they are stored
+        std::vector<std::int8_t> codes(flats[t].size());
+        for (std::size_t i = 0; i < codes.size(); ++i)
+          codes[i] = static_cast<std::int8_t>(flats[t][i]);
+        writer.addEncoded(names[t], Dtype::I8, info.shape, codes.data());
       } else {
         writer.addTensor(names[t], info.dtype, info.shape, flats[t].data());
       }

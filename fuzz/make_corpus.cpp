@@ -110,6 +110,17 @@ Bytes everyDtype() {
   return writer.bytes();
 }
 
+/// An int8 weight as io/quantize.hpp saves it: I8 codes (extremes included) and F32 scales.
+Bytes int8Weight() {
+  const std::vector<std::int8_t> codes = {0, 1, -1, 127, -127, -128, 5, 9, 100, -100, 33, 0};
+  const std::vector<float> scales = {0.5f, 0.0f};
+  SafetensorsWriter writer;
+  writer.addMetadata("retnet.weights", "int8-g32");
+  writer.addEncoded("w.scales", Dtype::F32, {2, 1}, scales.data());
+  writer.addEncoded("w", Dtype::I8, {2, 6}, codes.data());
+  return writer.bytes();
+}
+
 Bytes everyRank() {
   const std::vector<double> values(32, 0.25);
   SafetensorsWriter writer;
@@ -150,6 +161,7 @@ void safetensorsCorpus(const std::filesystem::path& directory) {
   write(directory, "valid_integers", integersOnly());
   write(directory, "valid_metadata_only", metadataOnly());
   write(directory, "valid_empty", SafetensorsWriter().bytes());
+  write(directory, "valid_int8_weight", int8Weight());
 
   write(directory, "bad_truncated_data", Bytes(every.begin(), every.end() - 5));
   write(directory, "bad_truncated_header",

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <random>
 #include <retnet/io/load_model.hpp>
+#include <retnet/io/quantize.hpp>
 #include <retnet/io/safetensors_writer.hpp>
 #include <retnet/retnet.hpp>
 #include <string>
@@ -506,6 +507,108 @@ TEST(LowpModels, EveryGoldenModelInEveryWeightType) {
           full);
     }
   }
+}
+
+// ---- Saving: quantized checkpoints load to the same model without rounding again.
+
+TEST(LowpSaving, QuantizedCheckpointsLoadToTheSameModel) {
+  testing::TempDir dir("lowp-save");
+  for (const fs::path& path : modelPaths()) {
+    const auto full = io::loadModel<io::AnyModel<float>>(path.string());
+    for (WeightType type : kReduced) {
+      const fs::path target = dir.path() / (path.stem().string() + "_" + weightTypeName(type) +
+                                            (fs::is_directory(path) ? "" : ".safetensors"));
+      const io::QuantizeSummary summary = io::saveQuantized(path.string(), target.string(), type);
+      EXPECT_GE(summary.denseWeights, 4);
+      const auto direct = io::loadModel<io::AnyModel<float>>(path.string(), io::LoadOptions{type});
+      const auto saved = io::loadModel<io::AnyModel<float>>(target.string(), io::LoadOptions{type});
+      // Full precision from the saved file: the stored values themselves.
+      const auto widened = io::loadModel<io::AnyModel<float>>(target.string());
+      std::visit(
+          [&](const auto& f) {
+            using Model = std::decay_t<decltype(f)>;
+            const Model& a = std::get<Model>(direct);
+            const Model& b = std::get<Model>(saved);
+            const Model& c = std::get<Model>(widened);
+            const std::string what = path.filename().string() + " " + weightTypeName(type);
+            EXPECT_EQ(a.storedWeightBytes(), b.storedWeightBytes()) << what;
+            // The file's dense tensors: the model's weights, and a tied model's stored head.
+            EXPECT_GE(summary.quantizedBytes, b.storedWeightBytes()) << what;
+            const TokenMatrix tokens = randomTokens(f.config().vocab, 2, 24, 5);
+            // Same codes, same kernels: the same logits, bit for bit.
+            const Tensor3<float> la = a.forwardChunkwise(tokens, 8),
+                                 lb = b.forwardChunkwise(tokens, 8);
+            EXPECT_TRUE(std::equal(la.data(), la.data() + la.size(), lb.data())) << what;
+            std::vector<RowMatrix<float>> stored;
+            b.forEachWeight(
+                [&](const LinearWeight<float>& w) { stored.push_back(w.dequantized()); });
+            std::size_t i = 0;
+            c.forEachWeight([&](const LinearWeight<float>& w) {
+              EXPECT_EQ(w.type(), WeightType::kFull);
+              EXPECT_TRUE(w.matrix() == stored.at(i++)) << what;
+            });
+          },
+          full);
+      // The dense weights are used in place: mapped, not copied.
+      const io::WeightFiles files = io::WeightFiles::open(target.string());
+      EXPECT_EQ(files.metadataValue(io::kWeightsMetadataKey), io::weightsMetadataValue(type));
+      for (const std::string& name : files.names()) {
+        const io::TensorInfo& info = files.info(name);
+        EXPECT_EQ(info.begin % io::dtypeSize(info.dtype), 0u) << name;  // aligned layout
+        if (info.shape.size() == 2) EXPECT_TRUE(files.fileOf(name).stored(name).mapped) << name;
+      }
+    }
+  }
+}
+
+TEST(LowpSaving, ErrorsAreClear) {
+  testing::TempDir dir("lowp-save-errors");
+  const std::string source =
+      (fs::path(RETNET_TEST_DATA_DIR) / "decoder_small.safetensors").string();
+  const std::string target = (dir.path() / "q.safetensors").string();
+  RETNET_EXPECT_THROW_WITH(io::saveQuantized(source, target, WeightType::kFull), InvalidArgument,
+                           "bf16, f16 or int8", "full");
+  io::saveQuantized(source, target, WeightType::kInt8);
+  RETNET_EXPECT_THROW_WITH(io::saveQuantized(source, target, WeightType::kInt8), InvalidArgument,
+                           "exists already");
+  // An int8 weight without its scales, with scales of the wrong shape or dtype, or negative ones.
+  const io::SafetensorsFile good = io::SafetensorsFile::open(target);
+  const std::string name = "layers.0.ffn.fc1.weight", scales = io::int8ScalesName(name);
+  const io::TensorInfo& codes = good.info(name);
+  const Index rows = codes.shape[0], cols = codes.shape[1], groups = (cols + 31) / 32;
+  const io::StoredTensor q = good.stored(name), s = good.stored(scales);
+  std::vector<float> negative(static_cast<const float*>(s.data),
+                              static_cast<const float*>(s.data) + rows * groups);
+  negative[3] = -1;
+  const auto file = [&](bool withScales, io::Dtype dtype, Index scaleCols, const float* values) {
+    io::SafetensorsWriter writer;
+    if (withScales && dtype == io::Dtype::F32)
+      writer.addEncoded(scales, dtype, {rows, scaleCols}, values);
+    if (withScales && dtype != io::Dtype::F32) {
+      const RowMatrix<double> zeros = RowMatrix<double>::Zero(rows, scaleCols);
+      writer.addTensor(scales, dtype, {rows, scaleCols}, zeros.data());
+    }
+    writer.addEncoded(name, io::Dtype::I8, {rows, cols}, q.data);
+    return io::SafetensorsFile::fromBytes(writer.bytes(), "crafted");
+  };
+  const float* good_scales = static_cast<const float*>(s.data);
+  RETNET_EXPECT_THROW_WITH(
+      io::readLinearWeight<float>(file(false, io::Dtype::F32, groups, good_scales), name, rows,
+                                  cols, WeightType::kInt8),
+      FormatError, "is I8", scales);
+  RETNET_EXPECT_THROW_WITH(
+      io::readLinearWeight<float>(file(true, io::Dtype::F32, groups - 1, good_scales), name, rows,
+                                  cols, WeightType::kInt8),
+      FormatError, scales, "expected shape");
+  RETNET_EXPECT_THROW_WITH(io::readLinearWeight<float>(file(true, io::Dtype::BF16, groups, nullptr),
+                                                       name, rows, cols, WeightType::kInt8),
+                           FormatError, scales, "must be F32, got BF16");
+  RETNET_EXPECT_THROW_WITH(
+      io::readLinearWeight<float>(file(true, io::Dtype::F32, groups, negative.data()), name, rows,
+                                  cols, WeightType::kBf16),
+      FormatError, scales, "finite and >= 0");
+  EXPECT_NO_THROW(io::readLinearWeight<float>(file(true, io::Dtype::F32, groups, good_scales), name,
+                                              rows, cols, WeightType::kInt8));
 }
 
 // Double activations with reduced weights take the portable kernels: same stored weights, same

@@ -3,19 +3,12 @@
 # syncdoth model directories. Inputs: CLI, MODEL, DATA (tests/data), WORK_DIR.
 file(MAKE_DIRECTORY ${WORK_DIR})
 
+include(${CMAKE_CURRENT_LIST_DIR}/common.cmake)
+
 function(run_cli expected_code out_var err_var)
-  execute_process(COMMAND ${CLI} ${ARGN} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT code STREQUAL expected_code)
-    message(FATAL_ERROR "retnet_generate ${ARGN}: exit ${code}, expected ${expected_code}\n${out}\n${err}")
-  endif()
+  run_tool(${CLI} ${expected_code} out err ${ARGN})
   set(${out_var} "${out}" PARENT_SCOPE)
   set(${err_var} "${err}" PARENT_SCOPE)
-endfunction()
-
-function(expect_match text regex what)
-  if(NOT text MATCHES "${regex}")
-    message(FATAL_ERROR "${what}: output does not match '${regex}':\n${text}")
-  endif()
 endfunction()
 
 # Greedy generation: ids, speeds, state size.

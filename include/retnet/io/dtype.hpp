@@ -26,9 +26,9 @@ static_assert(std::numeric_limits<double>::is_iec559 && sizeof(double) == 8,
               "retnet::io needs IEEE-754 binary64 double");
 
 /// Element types retnet reads and writes (the safetensors spelling is dtypeName()).
-enum class Dtype { F64, F32, F16, BF16, I64 };
+enum class Dtype { F64, F32, F16, BF16, I64, I8 };
 
-/// The safetensors spelling: "F64", "F32", "F16", "BF16", "I64".
+/// The safetensors spelling: "F64", "F32", "F16", "BF16", "I64", "I8".
 inline const char* dtypeName(Dtype dtype) {
   switch (dtype) {
     case Dtype::F64:
@@ -41,6 +41,8 @@ inline const char* dtypeName(Dtype dtype) {
       return "BF16";
     case Dtype::I64:
       return "I64";
+    case Dtype::I8:
+      return "I8";
   }
   return "?";  // Only reachable through a cast of an out-of-range value.
 }
@@ -56,13 +58,15 @@ inline std::size_t dtypeSize(Dtype dtype) {
     case Dtype::F16:
     case Dtype::BF16:
       return 2;
+    case Dtype::I8:
+      return 1;
   }
   return 0;
 }
 
 /// The Dtype spelled `name`, or nothing for a dtype retnet does not support.
 inline std::optional<Dtype> dtypeFromName(const std::string& name) {
-  for (Dtype dtype : {Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::I64}) {
+  for (Dtype dtype : {Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::I64, Dtype::I8}) {
     if (name == dtypeName(dtype)) return dtype;
   }
   return std::nullopt;

@@ -183,10 +183,16 @@ inline FlaConfig readFlaConfig(const JsonFile& config) {
 
 namespace detail {
 
-/// Weights must be F32, F16 or BF16, and `dtype` when the config names one.
+/// Weights must be F32, F16 or BF16, and `dtype` when the config names one; a dense weight
+/// (`matrix`) may also be I8, an int8 weight of a quantized file (its scales checked on reading).
 inline void checkWeightDtype(const WeightFiles& files, const std::string& name,
-                             const std::optional<Dtype>& dtype, const char* dtypeKey) {
+                             const std::optional<Dtype>& dtype, const char* dtypeKey,
+                             bool matrix = false) {
   const Dtype stored = files.info(name).dtype;
+  if (matrix && stored == Dtype::I8) return;
+  // A quantized file's dense weights are in the type it was saved with (quantize.hpp).
+  if (matrix && files.metadataValue(kWeightsMetadataKey))
+    return checkWeightDtype(files, name, {}, dtypeKey);
   if (stored != Dtype::F32 && stored != Dtype::F16 && stored != Dtype::BF16) {
     throw FormatError(retnet::detail::concat(files.fileOf(name).displayName(), ": tensor '", name,
                                              "': weights must be F32, F16 or BF16, got ",
@@ -204,7 +210,7 @@ template <typename Scalar>
 LinearWeight<Scalar> readWeightMatrix(const WeightFiles& files, const std::string& name, Index rows,
                                       Index cols, const std::optional<Dtype>& dtype,
                                       const char* dtypeKey, WeightType storage) {
-  checkWeightDtype(files, name, dtype, dtypeKey);
+  checkWeightDtype(files, name, dtype, dtypeKey, true);
   return readLinearWeight<Scalar>(files.fileOf(name), name, rows, cols, storage);
 }
 template <typename Scalar>

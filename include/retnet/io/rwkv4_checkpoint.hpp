@@ -120,6 +120,10 @@ inline Rwkv4ModelConfig inferRwkv4Config(const WeightFiles& files, Rwkv4Names na
                                     name("head.weight")};
   for (Index i = 0; i < layers; ++i)
     for (const std::string& part : detail::rwkv4BlockNames(i)) known.push_back(name(part));
+  // An int8 weight's scales (quantize.hpp) belong to it.
+  for (std::size_t i = 0, n = known.size(); i < n; ++i)
+    if (files.contains(known[i]) && files.info(known[i]).dtype == Dtype::I8)
+      known.push_back(int8ScalesName(known[i]));
   for (const std::string& stored : files.names()) {
     const bool ours = names == Rwkv4Names::kBlinkDL
                           ? stored.rfind("emb.", 0) == 0 || stored.rfind("blocks.", 0) == 0 ||
@@ -164,11 +168,12 @@ Rwkv4ModelWeights<Scalar> readRwkv4Weights(const WeightFiles& files, const Rwkv4
                                            Rwkv4Names names,
                                            WeightType storage = WeightType::kFull) {
   const Index C = c.block.embedDim, A = c.block.attentionDim(), F = c.block.ffnDim;
-  const auto checked = [&](const std::string& blink) {
+  const auto checked = [&](const std::string& blink, bool matrix = false) {
     const std::string stored = detail::rwkv4Name(names, blink);
     if (!files.contains(stored))
       throw FormatError(retnet::detail::concat(files.name(), ": missing tensor '", stored, "'"));
     const Dtype dtype = files.info(stored).dtype;
+    if (matrix && dtype == Dtype::I8) return stored;  // int8 codes (quantize.hpp)
     if (dtype != Dtype::F32 && dtype != Dtype::F16 && dtype != Dtype::BF16 && dtype != Dtype::F64) {
       throw FormatError(retnet::detail::concat(
           files.fileOf(stored).displayName(), ": tensor '", stored,
@@ -177,7 +182,7 @@ Rwkv4ModelWeights<Scalar> readRwkv4Weights(const WeightFiles& files, const Rwkv4
     return stored;
   };
   const auto matrix = [&](const std::string& blink, Index rows, Index cols) {
-    const std::string stored = checked(blink);
+    const std::string stored = checked(blink, true);
     return readLinearWeight<Scalar>(files.fileOf(stored), stored, rows, cols, storage);
   };
   const auto vector = [&](const std::string& blink, Index size) {

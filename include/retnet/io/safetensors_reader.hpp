@@ -281,7 +281,7 @@ class SafetensorsFile : public TensorFile {
     const auto parsedDtype = dtypeFromName(dtype->get<std::string>());
     if (!parsedDtype) {
       failTensor(name, "unknown dtype '", dtype->get<std::string>(),
-                 "' (supported: F64, F32, F16, BF16, I64)");
+                 "' (supported: F64, F32, F16, BF16, I64, I8)");
     }
     tensor.dtype = *parsedDtype;
 

@@ -1,6 +1,6 @@
 // Writer for safetensors files: builds a file in memory (tensors from doubles or int64, converted
-// to F64/F32/F16/BF16/I64, plus string metadata) and writes it in the layout that
-// safetensors_reader.hpp describes, with the data section aligned to 8 bytes.
+// to F64/F32/F16/BF16/I64, or bytes already encoded in any dtype, plus string metadata) and writes
+// it in the layout that safetensors_reader.hpp describes, with the data section aligned to 8 bytes.
 //
 // What a caller can get wrong (duplicate or reserved names, names or metadata that are not UTF-8,
 // negative or overflowing shapes, null data) is an InvalidArgument when the tensor or metadata
@@ -43,8 +43,9 @@ class SafetensorsWriter {
   /// (F64, F32, F16 or BF16; narrower types round to nearest even). Use addIntegers for I64.
   void addTensor(std::string name, Dtype dtype, std::vector<Eigen::Index> shape,
                  const double* values) {
-    retnet::detail::require(dtype != Dtype::I64, "SafetensorsWriter::addTensor", "tensor '", name,
-                            "': use addIntegers for I64");
+    retnet::detail::require(dtype != Dtype::I64 && dtype != Dtype::I8,
+                            "SafetensorsWriter::addTensor", "tensor '", name,
+                            "': use addIntegers for I64, addEncoded for I8");
     const std::size_t count = checkEntry(name, shape, values, "SafetensorsWriter::addTensor");
     const std::size_t size = dtypeSize(dtype);
     std::vector<unsigned char> data(count * size);
@@ -65,6 +66,7 @@ class SafetensorsWriter {
           detail::storeLittleEndian(detail::doubleToBfloat16(values[i]), target);
           break;
         case Dtype::I64:
+        case Dtype::I8:
           break;  // Rejected above.
       }
     }
@@ -81,9 +83,76 @@ class SafetensorsWriter {
     entries_.push_back({std::move(name), Dtype::I64, std::move(shape), std::move(data)});
   }
 
+  /// Adds a tensor of `dtype` and `shape` from its numel elements already encoded as the file
+  /// stores them (little-endian), e.g. a reduced-precision weight's codes.
+  void addEncoded(std::string name, Dtype dtype, std::vector<Eigen::Index> shape,
+                  const void* bytes) {
+    const std::size_t count = checkEntry(name, shape, bytes, "SafetensorsWriter::addEncoded");
+    const auto* first = static_cast<const unsigned char*>(bytes);
+    std::vector<unsigned char> data(first, first + count * dtypeSize(dtype));
+    entries_.push_back({std::move(name), dtype, std::move(shape), std::move(data)});
+  }
+
+  /// Orders the tensors by element size, widest first (8, 4, 2, 1 bytes), keeping the order
+  /// they were added within each size: every tensor then starts at an offset aligned to its
+  /// element size, as readers that map the file in place need.
+  void sortByElementSize() {
+    std::stable_sort(entries_.begin(), entries_.end(), [](const Entry& a, const Entry& b) {
+      return dtypeSize(a.dtype) > dtypeSize(b.dtype);
+    });
+  }
+
   /// The file: length, JSON header padded with spaces so the data starts at a multiple of 8
   /// (keeps elements aligned for readers that map the file), then the data.
   std::vector<unsigned char> bytes() const {
+    const std::string text = header();
+    std::vector<unsigned char> file(8 + text.size() + dataBytes());
+    detail::storeLittleEndian(static_cast<std::uint64_t>(text.size()), file.data());
+    std::copy(text.begin(), text.end(), file.begin() + 8);
+    auto data = file.begin() + static_cast<std::ptrdiff_t>(8 + text.size());
+    for (const Entry& entry : entries_) {
+      data = std::copy(entry.data.begin(), entry.data.end(), data);
+    }
+    return file;
+  }
+
+  /// Writes bytes() to `path`, tensor by tensor (no second copy of the data in memory);
+  /// FormatError if the file cannot be written.
+  void write(const std::string& path) const {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) throw FormatError(retnet::detail::concat(path, ": cannot open file for writing"));
+    const std::string text = header();
+    unsigned char length[8];
+    detail::storeLittleEndian(static_cast<std::uint64_t>(text.size()), length);
+    out.write(reinterpret_cast<const char*>(length), 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const Entry& entry : entries_) {
+      out.write(reinterpret_cast<const char*>(entry.data.data()),
+                static_cast<std::streamsize>(entry.data.size()));
+    }
+    out.close();
+    if (!out) {
+      throw FormatError(
+          retnet::detail::concat(path, ": cannot write ", 8 + text.size() + dataBytes(), " bytes"));
+    }
+  }
+
+ private:
+  struct Entry {
+    std::string name;
+    Dtype dtype;
+    std::vector<Eigen::Index> shape;
+    std::vector<unsigned char> data;
+  };
+
+  std::size_t dataBytes() const {
+    std::size_t total = 0;
+    for (const Entry& entry : entries_) total += entry.data.size();
+    return total;
+  }
+
+  /// The JSON header, padded with spaces so the data starts at a multiple of 8.
+  std::string header() const {
     nlohmann::json header = nlohmann::json::object();
     std::size_t offset = 0;
     for (const Entry& entry : entries_) {
@@ -95,37 +164,8 @@ class SafetensorsWriter {
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::string text = header.dump();
     text.append((8 - (8 + text.size()) % 8) % 8, ' ');
-
-    std::vector<unsigned char> file(8 + text.size() + offset);
-    detail::storeLittleEndian(static_cast<std::uint64_t>(text.size()), file.data());
-    std::copy(text.begin(), text.end(), file.begin() + 8);
-    auto data = file.begin() + static_cast<std::ptrdiff_t>(8 + text.size());
-    for (const Entry& entry : entries_) {
-      data = std::copy(entry.data.begin(), entry.data.end(), data);
-    }
-    return file;
+    return text;
   }
-
-  /// Writes bytes() to `path`; FormatError if the file cannot be written.
-  void write(const std::string& path) const {
-    const std::vector<unsigned char> file = bytes();
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) throw FormatError(retnet::detail::concat(path, ": cannot open file for writing"));
-    out.write(reinterpret_cast<const char*>(file.data()),
-              static_cast<std::streamsize>(file.size()));
-    out.close();
-    if (!out) {
-      throw FormatError(retnet::detail::concat(path, ": cannot write ", file.size(), " bytes"));
-    }
-  }
-
- private:
-  struct Entry {
-    std::string name;
-    Dtype dtype;
-    std::vector<Eigen::Index> shape;
-    std::vector<unsigned char> data;
-  };
 
   /// Validates name, shape and values of a new tensor; returns its element count.
   template <typename T>

@@ -96,6 +96,11 @@ class WeightFiles {
     }
     return *firstSafetensors_;
   }
+  /// The metadata of first(); none for a .pth file.
+  const std::map<std::string, std::string>& metadata() const {
+    static const std::map<std::string, std::string> none;
+    return firstSafetensors_ ? firstSafetensors_->metadata() : none;
+  }
   /// The value of `key` in the metadata of first(); nothing when there is no such key or the
   /// file is a .pth file.
   std::optional<std::string> metadataValue(const std::string& key) const {
