@@ -25,6 +25,7 @@
 
 #include "fuzz_tensor_file.hpp"
 #include "retnet/errors.hpp"
+#include "retnet/io/linear_weight_file.hpp"
 #include "retnet/io/safetensors.hpp"
 
 namespace {
@@ -53,6 +54,22 @@ void exercise(const SafetensorsFile& file, std::size_t dataSize) {
     previousBegin = file.info(name).begin;
   }
   const retnet_fuzz::ReadBack read = retnet_fuzz::exerciseTensors(file, dataSize);
+  // Every rank-2 tensor as a dense weight in every storage (I8 ones with their scales): refused
+  // with a FormatError or read, and a weight read has the tensor's shape.
+  for (const std::string& name : names) {
+    const TensorInfo& info = file.info(name);
+    if (info.shape.size() != 2) continue;
+    for (const retnet::WeightType type : {retnet::WeightType::kFull, retnet::WeightType::kBf16,
+                                          retnet::WeightType::kF16, retnet::WeightType::kInt8}) {
+      try {
+        const auto w =
+            retnet::io::readLinearWeight<float>(file, name, info.shape[0], info.shape[1], type);
+        check(w.outputs() == info.shape[0] && w.inputs() == info.shape[1] && w.type() == type,
+              "readLinearWeight: shape or type", name);
+      } catch (const retnet::FormatError&) {
+      }
+    }
+  }
   const std::vector<std::vector<double>>& flats = read.flats;
   const std::vector<std::vector<std::int64_t>>& integerTensors = read.integers;
 

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <retnet/io/load_model.hpp>
 #include <retnet/io/quantize.hpp>
@@ -606,10 +607,105 @@ TEST(LowpSaving, ErrorsAreClear) {
   RETNET_EXPECT_THROW_WITH(
       io::readLinearWeight<float>(file(true, io::Dtype::F32, groups, negative.data()), name, rows,
                                   cols, WeightType::kBf16),
-      FormatError, scales, "finite and >= 0");
+      FormatError, scales, "must lie in");
   EXPECT_NO_THROW(io::readLinearWeight<float>(file(true, io::Dtype::F32, groups, good_scales), name,
                                               rows, cols, WeightType::kInt8));
 }
+
+TEST(LowpSaving, HostileSourcesAreRefused) {
+  testing::TempDir dir("lowp-save-hostile");
+  const RowMatrix<double> w = spreadWeight(3, 40, 7);
+  const auto source = [&](const std::string& name,
+                          const std::function<void(io::SafetensorsWriter&)>& add) {
+    io::SafetensorsWriter writer;
+    add(writer);
+    const fs::path path = dir.path() / (name + ".safetensors");
+    writer.write(path.string());
+    return path.string();
+  };
+  const auto target = [&](const std::string& name) {
+    return (dir.path() / (name + "_out.safetensors")).string();
+  };
+  // A float weight whose scales' name is taken already.
+  const std::string taken = source("taken", [&](io::SafetensorsWriter& writer) {
+    writer.addTensor("w", io::Dtype::F32, {3, 40}, w.data());
+    writer.addTensor("w.scales", io::Dtype::F32, {3, 2}, w.data());
+  });
+  RETNET_EXPECT_THROW_WITH(io::saveQuantized(taken, target("taken"), WeightType::kInt8),
+                           FormatError, "'w'", "w.scales", "already");
+  EXPECT_FALSE(fs::exists(target("taken")));
+  EXPECT_NO_THROW(io::saveQuantized(taken, target("taken"), WeightType::kBf16));  // no scales
+  // An I8 tensor that is not an int8 weight.
+  const std::int8_t codes[4] = {1, 2, 3, 4};
+  const std::string rank1 = source("rank1", [&](io::SafetensorsWriter& writer) {
+    writer.addEncoded("q", io::Dtype::I8, {4}, codes);
+  });
+  RETNET_EXPECT_THROW_WITH(io::saveQuantized(rank1, target("rank1"), WeightType::kInt8),
+                           FormatError, "'q'", "rank 2");
+  // Scales so large that s·q overflows float: refused for every storage.
+  std::vector<std::int8_t> q(3 * 40, -128);
+  std::vector<float> scales(3 * 2, 1e38f);
+  const std::string huge = source("huge", [&](io::SafetensorsWriter& writer) {
+    writer.addEncoded("w.scales", io::Dtype::F32, {3, 2}, scales.data());
+    writer.addEncoded("w", io::Dtype::I8, {3, 40}, q.data());
+  });
+  const io::SafetensorsFile hugeFile = io::SafetensorsFile::open(huge);
+  for (WeightType type : {WeightType::kFull, WeightType::kBf16, WeightType::kInt8}) {
+    RETNET_EXPECT_THROW_WITH(io::readLinearWeight<float>(hugeFile, "w", 3, 40, type), FormatError,
+                             "w.scales", "must lie in");
+  }
+  // Empty rank-2 tensors have nothing to quantize: copied as they are (no work per claimed row).
+  const std::string empty = source("empty", [&](io::SafetensorsWriter& writer) {
+    writer.addTensor("e", io::Dtype::F32, {std::int64_t(1) << 40, 0}, nullptr);
+    writer.addTensor("w", io::Dtype::F32, {3, 40}, w.data());
+  });
+  const io::QuantizeSummary summary = io::saveQuantized(empty, target("empty"), WeightType::kInt8);
+  EXPECT_EQ(summary.denseWeights, 1);
+  EXPECT_EQ(summary.otherTensors, 1);
+  const io::SafetensorsFile out = io::SafetensorsFile::open(target("empty"));
+  EXPECT_EQ(out.info("e").dtype, io::Dtype::F32);
+  EXPECT_EQ(out.info("w").dtype, io::Dtype::I8);
+  EXPECT_EQ(out.info("w.scales").dtype, io::Dtype::F32);
+}
+
+#ifdef __linux__
+/// The address ranges at which `path` is mapped in this process (/proc/self/maps).
+std::vector<std::pair<std::uintptr_t, std::uintptr_t>> mappedRanges(const fs::path& path) {
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+  std::ifstream maps("/proc/self/maps");
+  const std::string file = fs::canonical(path).string();
+  for (std::string line; std::getline(maps, line);) {
+    if (line.size() < file.size() || line.compare(line.size() - file.size(), file.size(), file))
+      continue;
+    const std::size_t dash = line.find('-'), space = line.find(' ');
+    ranges.emplace_back(std::stoull(line.substr(0, dash), nullptr, 16),
+                        std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16));
+  }
+  return ranges;
+}
+
+// The model's dense weights point into the mapped file: loading kept no copy of them.
+TEST(LowpLoading, ModelWeightsPointIntoTheMappedFile) {
+  const fs::path dir = fs::path(RETNET_TEST_DATA_DIR) / "fla" / "fla_small";
+  const auto model = io::loadModel<float>(dir.string(), {WeightType::kBf16});
+  const auto ranges = mappedRanges(dir / "model.safetensors");
+  ASSERT_FALSE(ranges.empty());
+  Index parts = 0;
+  model.forEachWeight([&](const LinearWeight<float>& w) {
+    if (w.empty()) return;  // the head of a tied model
+    ASSERT_EQ(w.type(), WeightType::kBf16);
+    for (const auto& part : w.parts()) {
+      const auto first = reinterpret_cast<std::uintptr_t>(part.codes.data);
+      const std::uintptr_t last = first + std::uintptr_t(2 * part.rows * w.inputs());
+      bool inside = false;
+      for (const auto& [begin, end] : ranges) inside |= first >= begin && last <= end;
+      EXPECT_TRUE(inside) << "a part of " << part.rows << " rows lies outside the mapped file";
+      ++parts;
+    }
+  });
+  EXPECT_GE(parts, 4 * model.config().layers + 1);  // q, k, v, g as parts, o, the FFN, the table
+}
+#endif
 
 // Double activations with reduced weights take the portable kernels: same stored weights, same
 // answers as a full-precision double model built from the dequantized weights.

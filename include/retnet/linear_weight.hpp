@@ -205,15 +205,10 @@ class LinearWeight {
     return w;
   }
 
-  /// The part holding row j (reduced types).
-  const Part& partOf(Index j) const {
-    std::size_t p = 0;
-    while (p + 1 < parts_.size() && j >= parts_[p].first + parts_[p].rows) ++p;
-    return parts_[p];
-  }
-
   /// Row j of W as Scalar values (exact: every stored value is a float).   out (in)
   void decodeRow(Index j, Scalar* out) const {
+    detail::require(j >= 0 && j < outputs_, "LinearWeight::decodeRow", "row ", j,
+                    " must lie in [0, ", outputs_, ")");
     if (type_ == WeightType::kFull) {
       Eigen::Map<RowMatrix<Scalar>>(out, 1, inputs_) = matrix_.row(j);
     } else {
@@ -226,6 +221,7 @@ class LinearWeight {
   RowMatrix<Scalar> dequantized() const {
     if (type_ == WeightType::kFull) return matrix_;
     RowMatrix<Scalar> w(outputs_, inputs_);
+    if (empty()) return w;  // (a shape like (2^62, 0) has no rows worth visiting)
     for (Index j = 0; j < outputs_; ++j) decodeRow(j, w.row(j).data());
     return w;
   }
@@ -236,6 +232,9 @@ class LinearWeight {
   LinearWeight converted(WeightType type) const {
     if (type == type_) return *this;
     if (type == WeightType::kFull) return LinearWeight(dequantized());
+    if (empty()) {  // nothing to round: no codes, no scales
+      return fromCodes(type, outputs_, inputs_, nullptr, nullptr, nullptr);
+    }
     RowMatrix<Scalar> decoded;  // only for a reduced source: a full one is read in place
     if (type_ != WeightType::kFull) decoded = dequantized();
     const RowMatrix<Scalar>& values = type_ == WeightType::kFull ? matrix_ : decoded;
@@ -305,6 +304,13 @@ class LinearWeight {
     part.owner = std::move(owner);
     w.parts_.push_back(std::move(part));
     return w;
+  }
+
+  /// The part holding row j (reduced types; 0 <= j < outputs_).
+  const Part& partOf(Index j) const {
+    std::size_t p = 0;
+    while (p + 1 < parts_.size() && j >= parts_[p].first + parts_[p].rows) ++p;
+    return parts_[p];
   }
 
   void requireFull(const char* where) const {

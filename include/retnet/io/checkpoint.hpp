@@ -128,6 +128,9 @@ LinearWeight<Scalar> readWeight(const SafetensorsFile& file, const std::string& 
 template <typename Scalar>
 Vector<Scalar> readVectorWeight(const SafetensorsFile& file, const std::string& name, Index size) {
   if (!file.contains(name)) failFile(file, "missing tensor '", name, "'");
+  const Dtype dtype = file.info(name).dtype;
+  if (dtype == Dtype::I64 || dtype == Dtype::I8)
+    failFile(file, "tensor '", name, "': must be F64, F32, F16 or BF16, got ", dtypeName(dtype));
   return file.readVector<Scalar>(name, size);
 }
 

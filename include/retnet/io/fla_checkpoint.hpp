@@ -191,8 +191,14 @@ inline void checkWeightDtype(const WeightFiles& files, const std::string& name,
   const Dtype stored = files.info(name).dtype;
   if (matrix && stored == Dtype::I8) return;
   // A quantized file's dense weights are in the type it was saved with (quantize.hpp).
-  if (matrix && files.metadataValue(kWeightsMetadataKey))
+  if (const auto saved = files.metadataValue(kWeightsMetadataKey); matrix && saved) {
+    if (!weightsFromMetadata(*saved)) {
+      throw FormatError(retnet::detail::concat(files.name(), ": metadata '", kWeightsMetadataKey,
+                                               "' must be bf16, f16 or int8-g32, got \"", *saved,
+                                               "\""));
+    }
     return checkWeightDtype(files, name, {}, dtypeKey);
+  }
   if (stored != Dtype::F32 && stored != Dtype::F16 && stored != Dtype::BF16) {
     throw FormatError(retnet::detail::concat(files.fileOf(name).displayName(), ": tensor '", name,
                                              "': weights must be F32, F16 or BF16, got ",

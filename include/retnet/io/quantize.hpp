@@ -5,8 +5,9 @@
 //   auto model = io::loadModel<float>("retnet-1.3B-int8", {WeightType::kInt8});
 //
 // The convention (any family; the names stay the family's own):
-//   - every dense weight — each floating-point tensor of rank 2: projections, FFN, embedding,
-//     head; no family keeps anything else in a rank-2 tensor — is stored as the type asks:
+//   - every dense weight — each non-empty floating-point (or int8) tensor of rank 2:
+//     projections, FFN, embedding, head; none of the four families keeps anything else in a
+//     rank-2 tensor — is stored as the type asks:
 //       bf16 / f16: a BF16 / F16 tensor of the same name and shape;
 //       int8:       an I8 tensor of the same name and shape (the codes q, row-major) and an F32
 //                   tensor `<name>.scales` of shape (rows, ⌈cols/32⌉): w = s·q, s of row j and
@@ -26,6 +27,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -38,13 +40,6 @@
 #include "retnet/linear_weight.hpp"
 
 namespace retnet::io {
-
-/// "bf16", "f16", "int8-g32": the value of kWeightsMetadataKey for `type`.
-inline std::string weightsMetadataValue(WeightType type) {
-  if (type == WeightType::kInt8)
-    return std::string("int8-g") + std::to_string(retnet::detail::kInt8Group);
-  return weightTypeName(type);
-}
 
 /// What saveQuantized wrote.
 struct QuantizeSummary {
@@ -59,7 +54,9 @@ struct QuantizeSummary {
 /// (a directory for a directory, else a file), every dense weight stored as `type` (kBf16, kF16
 /// or kInt8), by the convention above. InvalidArgument for kFull or an existing target;
 /// FormatError for what the source's reading finds wrong (its tensors are checked as loading
-/// checks them: shapes, finite values).
+/// checks them: shapes, finite values; an I8 tensor must be an int8 weight; a tensor named as the
+/// scales of a weight being quantized is refused) or a target that cannot be written (nothing
+/// is left of it then).
 inline QuantizeSummary saveQuantized(const std::string& source, const std::string& target,
                                      WeightType type) {
   namespace fs = std::filesystem;
@@ -71,30 +68,45 @@ inline QuantizeSummary saveQuantized(const std::string& source, const std::strin
                           " exists already; it is not overwritten");
   const WeightFiles files = WeightFiles::open(source);
   const bool directory = fs::is_directory(source, error);
+  const auto fail = [&](const std::string& name, const std::string& what) {
+    throw FormatError(retnet::detail::concat(files.name(), ": tensor '", name, "': ", what));
+  };
 
   SafetensorsWriter writer;
   QuantizeSummary summary;
   for (const std::string& name : files.names()) {
     const TensorFile& file = files.fileOf(name);
     const TensorInfo& info = file.info(name);
+    const bool rank2 = info.shape.size() == 2;
     // The scales of an int8 source weight travel with it.
-    if (name.size() > 7 && name.compare(name.size() - 7, 7, ".scales") == 0) {
-      const std::string base = name.substr(0, name.size() - 7);
-      if (files.contains(base) && files.info(base).dtype == Dtype::I8) continue;
+    const std::string suffix = ".scales";
+    if (name.size() > suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      const std::string base = name.substr(0, name.size() - suffix.size());
+      if (files.contains(base) && files.info(base).dtype == Dtype::I8 &&
+          files.info(base).shape.size() == 2)
+        continue;
     }
-    const bool dense = info.shape.size() == 2 && info.dtype != Dtype::I64;
-    if (!dense) {
-      const StoredTensor bytes = file.stored(name);
+    if (info.dtype == Dtype::I8 && !rank2)
+      fail(name, "an I8 tensor must be an int8 weight (rank 2, with its scales)");
+    const bool dense = rank2 && info.dtype != Dtype::I64 && info.numel() > 0;
+    if (!dense) {  // copied as stored (a copy: the source is not mapped for these)
+      const StoredTensor bytes = file.stored(name, /*mapping=*/false);
       writer.addEncoded(name, info.dtype, info.shape, bytes.data);
       ++summary.otherTensors;
       continue;
+    }
+    if (type == WeightType::kInt8 && files.contains(int8ScalesName(name)) &&
+        info.dtype != Dtype::I8) {
+      fail(name, "its int8 scales would be '" + int8ScalesName(name) +
+                     "', a tensor the source holds already");
     }
     const Index rows = info.shape[0], cols = info.shape[1];
     const LinearWeight<float> w = readLinearWeight<float>(file, name, rows, cols, type);
     summary.sourceBytes += info.end - info.begin;
     if (info.dtype == Dtype::I8) {
-      summary.sourceBytes +=
-          file.info(int8ScalesName(name)).end - file.info(int8ScalesName(name)).begin;
+      const TensorInfo& scales = file.info(int8ScalesName(name));
+      summary.sourceBytes += scales.end - scales.begin;
     }
     summary.quantizedBytes += w.storedBytes();
     ++summary.denseWeights;
@@ -112,21 +124,28 @@ inline QuantizeSummary saveQuantized(const std::string& source, const std::strin
   writer.addMetadata(kWeightsMetadataKey, weightsMetadataValue(type));
   writer.sortByElementSize();
 
-  if (directory) {
-    fs::create_directories(target);
-    for (const auto& entry : fs::directory_iterator(source)) {
-      const std::string file = entry.path().filename().string();
-      const std::string extension = entry.path().extension().string();
-      if (!entry.is_regular_file() || extension == ".safetensors" || extension == ".pth" ||
-          extension == ".pt" || extension == ".bin" || file == "model.safetensors.index.json")
-        continue;
-      fs::copy_file(entry.path(), fs::path(target) / file);
+  // The target: written whole, or removed again.
+  try {
+    if (directory) {
+      fs::create_directories(target);
+      for (const auto& entry : fs::directory_iterator(source)) {
+        const std::string file = entry.path().filename().string();
+        const std::string extension = entry.path().extension().string();
+        if (!entry.is_regular_file() || extension == ".safetensors" || extension == ".pth" ||
+            extension == ".pt" || extension == ".bin" || file == "model.safetensors.index.json")
+          continue;
+        fs::copy_file(entry.path(), fs::path(target) / file);
+      }
+      summary.weightsFile = (fs::path(target) / "model.safetensors").string();
+    } else {
+      summary.weightsFile = target;
     }
-    summary.weightsFile = (fs::path(target) / "model.safetensors").string();
-  } else {
-    summary.weightsFile = target;
+    writer.write(summary.weightsFile);
+  } catch (const std::exception& e) {
+    fs::remove_all(target, error);
+    if (dynamic_cast<const FormatError*>(&e) != nullptr) throw;
+    throw FormatError(retnet::detail::concat(target, ": cannot be written: ", e.what()));
   }
-  writer.write(summary.weightsFile);
   return summary;
 }
 

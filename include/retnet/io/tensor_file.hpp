@@ -5,8 +5,10 @@
 // A reader fills the index (every tensor's dtype, shape and byte span, checked to lie inside the
 // file) when it opens the file; TensorFile then reads a tensor on demand, from memory (a file
 // given as bytes) or from the open stream in pieces of at most kReadPieceBytes, each converted to
-// the caller's Scalar before the next is read, so the raw file is never held in memory. Errors are
-// retnet::FormatError "<file>: tensor '<name>': <what was expected>, got <what was found>".
+// the caller's Scalar before the next is read, so the raw file is never held in memory. stored()
+// gives a tensor's bytes as they are, in the file memory-mapped (weights used in place, see
+// linear_weight_file.hpp). Errors are retnet::FormatError "<file>: tensor '<name>': <what was
+// expected>, got <what was found>".
 #pragma once
 
 #include <Eigen/Core>
@@ -85,17 +87,40 @@ class FileMapping {
 #endif
   }
 
-  /// `path` mapped, or null where the system cannot map it (no mmap, an error, or a file whose
-  /// size is no longer `size`: it changed since its index was read).
-  static std::shared_ptr<const FileMapping> map(const std::string& path, std::size_t size) {
+  /// Which file a path named when it was opened (device and inode), to map that one only.
+  struct Identity {
+    bool known = false;
+    std::uintmax_t device = 0, inode = 0;
+  };
+  static Identity identify(const std::string& path) {
+    Identity identity;
 #if RETNET_HAVE_MMAP
-    if (size == 0) return nullptr;
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat status {};
+    if (::stat(path.c_str(), &status) == 0) {
+      identity = {true, static_cast<std::uintmax_t>(status.st_dev),
+                  static_cast<std::uintmax_t>(status.st_ino)};
+    }
+#else
+    (void)path;
+#endif
+    return identity;
+  }
+
+  /// `path` mapped, or null where the system cannot map it (no mmap, an error, or not the file
+  /// `identity` and `size` describe: it was replaced or changed since its index was read).
+  static std::shared_ptr<const FileMapping> map(const std::string& path, std::size_t size,
+                                                const Identity& identity) {
+#if RETNET_HAVE_MMAP
+    if (size == 0 || !identity.known) return nullptr;
+    // O_NONBLOCK: a path replaced by a FIFO fails the checks below instead of blocking here.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return nullptr;
     struct stat status {};
     void* address = nullptr;
     if (::fstat(fd, &status) == 0 && S_ISREG(status.st_mode) &&
-        static_cast<std::uintmax_t>(status.st_size) == size) {
+        static_cast<std::uintmax_t>(status.st_size) == size &&
+        static_cast<std::uintmax_t>(status.st_dev) == identity.device &&
+        static_cast<std::uintmax_t>(status.st_ino) == identity.inode) {
       // Linux: the pages are mapped in one pass (a BF16 1.3B model: 0.5 s, against 4.6 s of
       // page faults one 4 KiB page at a time as the weights are first read).
 #ifdef MAP_POPULATE
@@ -112,6 +137,7 @@ class FileMapping {
 #else
     (void)path;
     (void)size;
+    (void)identity;
     return nullptr;
 #endif
   }
@@ -251,19 +277,21 @@ class TensorFile {
   }
 
   /// Tensor `name`'s bytes as stored (StoredTensor): in place in the file mapped read-only when
-  /// the system can map it, the host is little-endian and the tensor's offset is a multiple of its
-  /// element size; else a copy (an in-memory file's tensors are copied too). The file is mapped
-  /// once, on the first call, and stays mapped while any returned owner lives.
-  StoredTensor stored(const std::string& name) const {
+  /// `mapping` allows, the system can map it, the host is little-endian and the tensor's offset is
+  /// a multiple of its element size; else a copy (an in-memory file's tensors are copied too).
+  /// The file is mapped once, on the first call, and stays mapped while this file or any returned
+  /// owner lives. A mapped file must not be changed or truncated while mapped (reading a page
+  /// past a truncation is a SIGBUS); a file replaced at its path since it was opened is not mapped.
+  StoredTensor stored(const std::string& name, bool mapping = true) const {
     const TensorInfo& tensor = info(name);
     const std::size_t size = dtypeSize(tensor.dtype), offset = dataStart_ + tensor.begin;
     const std::uint16_t probe = 1;
     const bool littleEndian = *reinterpret_cast<const unsigned char*>(&probe) == 1;
-    if (stream_ && littleEndian && offset % size == 0) {
+    if (mapping && stream_ && littleEndian && offset % size == 0) {
       const std::lock_guard<std::mutex> lock(stream_->mutex);
       if (!stream_->mapTried) {
         stream_->mapTried = true;
-        stream_->mapping = FileMapping::map(displayName_, fileSize_);
+        stream_->mapping = FileMapping::map(displayName_, fileSize_, stream_->identity);
       }
       if (stream_->mapping) {
         // The mapping's lifetime, the tensor's address (the aliasing constructor).
@@ -338,6 +366,7 @@ class TensorFile {
   void openStream(std::ifstream in, std::size_t size) {
     stream_ = std::make_shared<OpenStream>();
     stream_->in = std::move(in);
+    stream_->identity = FileMapping::identify(displayName_);
     fileSize_ = size;
   }
 
@@ -475,6 +504,7 @@ class TensorFile {
   struct OpenStream {
     std::ifstream in;
     std::mutex mutex;
+    FileMapping::Identity identity;              // the file opened, as its path named it then
     bool mapTried = false;                       // stored() mapped the file, or failed to
     std::shared_ptr<const FileMapping> mapping;  // null: not mapped
   };

@@ -110,5 +110,11 @@ void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scala
   });
 }
 
+/// A matrix is not passed as the weight: it would convert to a LinearWeight, a copy of W, at
+/// every call. Build the LinearWeight once.
+template <typename Scalar, typename Derived>
+void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const Eigen::MatrixBase<Derived>& weight,
+            detail::NoDeduce<MatrixRef<Scalar>> y) = delete;
+
 }  // namespace stages
 }  // namespace retnet
