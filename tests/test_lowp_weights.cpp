@@ -556,7 +556,9 @@ TEST(LowpSaving, QuantizedCheckpointsLoadToTheSameModel) {
       for (const std::string& name : files.names()) {
         const io::TensorInfo& info = files.info(name);
         EXPECT_EQ(info.begin % io::dtypeSize(info.dtype), 0u) << name;  // aligned layout
-        if (info.shape.size() == 2) EXPECT_TRUE(files.fileOf(name).stored(name).mapped) << name;
+        if (info.shape.size() == 2) {
+          EXPECT_TRUE(files.fileOf(name).stored(name).mapped) << name;
+        }
       }
     }
   }
