@@ -143,6 +143,13 @@ void addDense(SafetensorsWriter& writer, const std::string& name, Dtype dtype,
   }
 }
 
+/// Adds a dense weight's values (any WeightType) to `writer`, converted to `dtype`.
+template <typename Scalar>
+void addDense(SafetensorsWriter& writer, const std::string& name, Dtype dtype,
+              const retnet::LinearWeight<Scalar>& weight, bool vector) {
+  addDense(writer, name, dtype, weight.dequantized(), vector);
+}
+
 /// How fuzz_model_config lays out an FLA checkpoint: FLA's two MLP layouts and two head-norm
 /// names.
 struct FlaLayout {
@@ -169,8 +176,8 @@ void addFlaWeights(SafetensorsWriter& writer, const retnet::RetNetModelWeights<S
              dtype, b.retention.headNorm, true);
     addDense(writer, p + "mlp_norm.weight", dtype, b.finalNorm, true);
     if (layout.fusedGate) {
-      RowMatrix<Scalar> both(2 * b.fc1.rows(), b.fc1.cols());
-      both << b.fc1, b.gate;
+      RowMatrix<Scalar> both(2 * b.fc1.outputs(), b.fc1.inputs());
+      both << b.fc1.dequantized(), b.gate.dequantized();
       addDense(writer, p + "mlp.gate_proj.weight", dtype, both, false);
     } else {
       addDense(writer, p + "mlp.gate_proj.weight", dtype, b.fc1, false);
@@ -179,7 +186,7 @@ void addFlaWeights(SafetensorsWriter& writer, const retnet::RetNetModelWeights<S
     addDense(writer, p + "mlp.down_proj.weight", dtype, b.fc2, false);
   }
   addDense(writer, "model.norm.weight", dtype, w.finalNorm, true);
-  if (w.outputProjection.size() != 0)
+  if (!w.outputProjection.empty())
     addDense(writer, "lm_head.weight", dtype, w.outputProjection, false);
 }
 
@@ -206,7 +213,7 @@ void addSyncdothWeights(SafetensorsWriter& writer, const RetNetModelConfig& c,
     addDense(writer, p + "final_layer_norm.weight", dtype, b.finalNorm, true);
   }
   addDense(writer, "model.layer_norm.weight", dtype, w.finalNorm, true);
-  if (w.outputProjection.size() != 0)
+  if (!w.outputProjection.empty())
     addDense(writer, "lm_head.weight", dtype, w.outputProjection, false);
   if (relPos) {
     const auto r = c.block.retention();
