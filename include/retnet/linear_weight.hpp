@@ -150,15 +150,14 @@ class LinearWeight {
   Index outputs() const { return outputs_; }  ///< out
   Index inputs() const { return inputs_; }    ///< in
   bool empty() const { return outputs_ * inputs_ == 0; }
-  Index scaleGroups() const { return (inputs_ + detail::kInt8Group - 1) / detail::kInt8Group; }
+  Index scaleGroups() const { return detail::int8Groups(inputs_); }
 
   /// Bytes of W as stored (codes and scales): what a decoding step reads.
   std::size_t storedBytes() const { return storedBytes(type_, outputs_, inputs_); }
   /// Bytes of an (out x in) weight stored as `type`.
   static std::size_t storedBytes(WeightType type, Index out, Index in) {
     const auto n = static_cast<std::size_t>(out * in);
-    const auto groups =
-        static_cast<std::size_t>((in + detail::kInt8Group - 1) / detail::kInt8Group);
+    const auto groups = static_cast<std::size_t>(detail::int8Groups(in));
     switch (type) {
       case WeightType::kBf16:
       case WeightType::kF16:

@@ -16,6 +16,11 @@ namespace retnet::detail {
 /// block length). The last group of a row may be shorter.
 inline constexpr std::int64_t kInt8Group = 32;
 
+/// Scale groups of an int8 row of `columns` weights: ⌈columns / kInt8Group⌉.
+inline std::int64_t int8Groups(std::int64_t columns) {
+  return (columns + kInt8Group - 1) / kInt8Group;
+}
+
 inline float bf16ToFloat(std::uint16_t bits) { return io::detail::bfloat16ToFloat(bits); }
 inline float f16ToFloat(std::uint16_t bits) { return io::detail::halfToFloat(bits); }
 

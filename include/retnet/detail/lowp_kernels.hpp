@@ -111,7 +111,7 @@ struct LowpMatrix {
   const float* scales = nullptr;  // int8: (out x groups)
   Index inputs = 0;               // columns of W
 
-  Index groups() const { return (inputs + kInt8Group - 1) / kInt8Group; }
+  Index groups() const { return int8Groups(inputs); }
 
   /// The same matrix from row j on.
   LowpMatrix rowsFrom(Index j) const {

@@ -74,6 +74,14 @@ inline std::optional<Dtype> dtypeFromName(const std::string& name) {
 
 namespace detail {
 
+/// Whether this machine stores integers little-endian, as tensor files do.
+inline bool hostIsLittleEndian() {
+  const std::uint16_t probe = 1;
+  unsigned char first = 0;
+  std::memcpy(&first, &probe, 1);
+  return first == 1;
+}
+
 template <typename To, typename From>
 To bitCast(const From& from) {
   static_assert(sizeof(To) == sizeof(From), "bitCast needs equal sizes");

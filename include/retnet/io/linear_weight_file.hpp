@@ -53,13 +53,6 @@ inline std::string int8ScalesName(const std::string& name) { return name + ".sca
 
 namespace detail {
 
-/// Whether this machine stores integers little-endian, as the files do (codes are used in place
-/// only then).
-inline bool hostIsLittleEndian() {
-  const std::uint16_t probe = 1;
-  return *reinterpret_cast<const unsigned char*>(&probe) == 1;
-}
-
 /// What keeps two stored tensors alive (an int8 weight's codes and scales).
 inline std::shared_ptr<const void> bothOwners(std::shared_ptr<const void> a,
                                               std::shared_ptr<const void> b) {
@@ -80,7 +73,7 @@ LinearWeight<Scalar> readInt8Weight(const TensorFile& file, const std::string& n
                                              "' is I8: an int8 weight needs its float32 scales '",
                                              scalesName, "' in the same file"));
   }
-  const Index groups = (cols + retnet::detail::kInt8Group - 1) / retnet::detail::kInt8Group;
+  const Index groups = retnet::detail::int8Groups(cols);
   file.requireShape(scalesName, {rows, groups});
   if (file.info(scalesName).dtype != Dtype::F32) {
     throw FormatError(retnet::detail::concat(file.displayName(), ": tensor '", scalesName,

@@ -285,9 +285,7 @@ class TensorFile {
   StoredTensor stored(const std::string& name, bool mapping = true) const {
     const TensorInfo& tensor = info(name);
     const std::size_t size = dtypeSize(tensor.dtype), offset = dataStart_ + tensor.begin;
-    const std::uint16_t probe = 1;
-    const bool littleEndian = *reinterpret_cast<const unsigned char*>(&probe) == 1;
-    if (mapping && stream_ && littleEndian && offset % size == 0) {
+    if (mapping && stream_ && detail::hostIsLittleEndian() && offset % size == 0) {
       const std::lock_guard<std::mutex> lock(stream_->mutex);
       if (!stream_->mapTried) {
         stream_->mapTried = true;
