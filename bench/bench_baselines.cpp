@@ -1,9 +1,11 @@
 // The machine's limits as this build sees them: Eigen SGEMM (the kernel behind every retnet
 // projection, C = A·Bᵀ with row-major operands), Eigen SGEMV (the kernel behind every decode
 // projection), and streaming bandwidth over 256 MiB arrays (a sum, which only reads, and the
-// STREAM triad a = b + s·c). Arguments: n (matrix size), thr (threads; 2 only with OpenMP, and
-// Eigen parallelises GEMM but not GEMV).
+// STREAM triad a = b + s·c), and the products of the forms at their real shapes
+// (baseline/product/*, one thread). Arguments: n (matrix size), thr (threads; 2 only with OpenMP,
+// and Eigen parallelises GEMM but not GEMV). With RETNET_BLAS the products are the BLAS's.
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -12,6 +14,11 @@ namespace retnet_bench {
 namespace {
 
 using Values = std::vector<std::int64_t>;
+
+void setGemmCounters(benchmark::State& state, double flopsPerIteration) {
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flopsPerIteration * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
 
 void benchSgemm(benchmark::State& state) {
   const Index n = state.range(0);
@@ -28,9 +35,52 @@ void benchSgemm(benchmark::State& state) {
   }
   const double flops =
       2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n);
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  setGemmCounters(state, flops);
   setThreads(1);
+}
+
+/// The products the forms run, one thread each (retnet calls every product inside one task of its
+/// own split): config A's and B's projections over a 1024-row slab and the chunkwise form's
+/// per-chunk products at C = 128. Row-major operands as retnet holds them; op = "abt" is A·Bᵀ
+/// (x·Wᵀ, q·kᵀ), "ab" is A·B, "atb" is Aᵀ·B (the state update kᵀ·v). With RETNET_BLAS these run
+/// in the BLAS, so two builds compare Eigen and the BLAS on the same shapes.
+struct ProductShape {
+  const char* name;
+  Index m, n, k;
+  const char* op;
+};
+constexpr ProductShape kProductShapes[] = {
+    {"A_qkvg_proj", 1024, 6144, 1024, "abt"}, {"A_out_proj", 1024, 1024, 2048, "abt"},
+    {"A_chunk_qk", 128, 128, 256, "abt"},     {"A_chunk_sv", 128, 512, 128, "ab"},
+    {"A_chunk_qS", 128, 512, 256, "ab"},      {"A_chunk_kv", 256, 512, 128, "atb"},
+    {"B_qkvg_proj", 1024, 3072, 512, "abt"},  {"B_out_proj", 1024, 512, 1024, "abt"},
+    {"B_chunk_qk", 128, 128, 64, "abt"},      {"B_chunk_sv", 128, 128, 128, "ab"},
+    {"B_chunk_qS", 128, 128, 64, "ab"},       {"B_chunk_kv", 64, 128, 128, "atb"},
+};
+
+void benchProductShape(benchmark::State& state, ProductShape shape) {
+  setThreads(1);
+  const std::string op = shape.op;
+  Random rng(4);
+  Matrix a = op == "atb" ? Matrix(shape.k, shape.m) : Matrix(shape.m, shape.k);
+  Matrix b = op == "abt" ? Matrix(shape.n, shape.k) : Matrix(shape.k, shape.n);
+  Matrix c(shape.m, shape.n);
+  rng.fill(a.data(), a.size(), 1.0f);
+  rng.fill(b.data(), b.size(), 1.0f);
+  for (auto _ : state) {
+    if (op == "abt") {
+      c.noalias() = a * b.transpose();
+    } else if (op == "ab") {
+      c.noalias() = a * b;
+    } else {
+      c.noalias() = a.transpose() * b;
+    }
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  const double flops = 2.0 * static_cast<double>(shape.m) * static_cast<double>(shape.n) *
+                       static_cast<double>(shape.k);
+  setGemmCounters(state, flops);
 }
 
 /// y = W x with a row-major (n, n) W: a decode projection; n = 4096 is 64 MiB of weights.
@@ -85,6 +135,12 @@ void registerBaselines() {
       ->ArgsProduct({sizes, threads})
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
+  for (const ProductShape& shape : kProductShapes) {
+    benchmark::RegisterBenchmark((std::string("baseline/product/") + shape.name).c_str(),
+                                 benchProductShape, shape)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
   benchmark::RegisterBenchmark("baseline/sgemv", benchSgemv)
       ->ArgNames({"n"})
       ->ArgsProduct({{1024, 4096}})
@@ -110,7 +166,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   registerBaselines();
-  benchmark::AddCustomContext("retnet_openmp", haveOpenMP() ? "on" : "off");
+  addBuildContext();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

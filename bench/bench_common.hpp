@@ -286,6 +286,17 @@ BestTimes bestTimes(Run&& run, double seconds) {
 
 /// C = A Bᵀ with row-major n x n float matrices, the shape of every retnet projection
 /// (x · Wᵀ): best GFLOP/s over `seconds`, by wall time and by CPU time.
+/// What the build runs on: OpenMP, and whose kernels Eigen's matrix products use (retnet's own
+/// with Eigen's; a BLAS library's with -DRETNET_BLAS=ON, i.e. EIGEN_USE_BLAS).
+inline void addBuildContext() {
+  benchmark::AddCustomContext("retnet_openmp", haveOpenMP() ? "on" : "off");
+#ifdef EIGEN_USE_BLAS
+  benchmark::AddCustomContext("retnet_products", "BLAS (EIGEN_USE_BLAS)");
+#else
+  benchmark::AddCustomContext("retnet_products", "Eigen");
+#endif
+}
+
 inline BestTimes measureSgemmGflops(Index n, int threads, double seconds) {
   setThreads(threads);
   Random rng(3);
@@ -408,7 +419,7 @@ inline void measureLimits(bool sgemm, bool bandwidth) {
       record("read bandwidth (256 MiB sum)", "read_bandwidth_gbs" + suffix, r, t, "GB/s");
     }
   }
-  benchmark::AddCustomContext("retnet_openmp", haveOpenMP() ? "on" : "off");
+  addBuildContext();
 }
 
 /// The main() of a suite: registers its benchmarks, measures the limits its counters divide by

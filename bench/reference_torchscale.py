@@ -25,6 +25,15 @@ With --compare, the reference and retnet's bench binaries (built by bench/run.sh
 build directory) run the same cases one after the other, round after round, and the speed-ups
 retnet / reference are reported per round and as their median: on a noisy machine only
 measurements taken side by side compare.
+The peer runs at full strength: PyTorch's float products go to the BLAS that libblas.so.3 names
+(Debian: OpenBLAS), and Debian's OpenBLAS can misdetect a new CPU and pick a slow kernel (21
+instead of 110 GFLOP/s). --blas-core auto (the default) times PyTorch's 1024³ SGEMM on one thread
+under each OPENBLAS_CORETYPE candidate (and unset) in a fresh interpreter, then runs the whole
+script under the fastest; --blas-core NAME takes one, --blas-core keep leaves the environment as
+it is. The BLAS runs as many threads as PyTorch (openblas_set_num_threads, when OpenBLAS is
+loaded), and PyTorch's own SGEMM rate at each thread count is recorded in the JSON beside the
+cases, as is retnet's (bench_forms' same-run SGEMM, with --compare), so that every speed-up is
+read against a peer whose GEMM rate is on record.
 Each case runs once to warm up, then repeats until --min-time seconds have passed (at least
 --min-reps times); the JSON holds the median and the minimum wall time of one call.
 """
@@ -88,6 +97,84 @@ def time_call(function, min_time, min_reps):
         function()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), min(times), len(times)
+
+
+# OpenBLAS core types worth trying on x86-64 (newest first); "" leaves the variable unset, which
+# lets OpenBLAS detect the CPU itself.
+BLAS_CORE_CANDIDATES = ["", "SAPPHIRERAPIDS", "COOPERLAKE", "SKYLAKEX", "ZEN", "HASWELL"]
+SGEMM_PROBE = ("import time, torch\n"
+               "torch.set_num_threads(1)\n"
+               "a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)\n"
+               "torch.mm(a, b)\n"
+               "best = min(__import__('timeit').repeat(lambda: torch.mm(a, b), number=3, repeat=5))\n"
+               "print(2 * 1024**3 * 3 / best / 1e9)\n")
+
+
+def probe_sgemm(core):
+    """PyTorch's one-thread SGEMM rate (GFLOP/s) in a fresh interpreter with OPENBLAS_CORETYPE =
+    core (unset if empty); None if the interpreter fails."""
+    import subprocess
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    if core:
+        env["OPENBLAS_CORETYPE"] = core
+    done = subprocess.run([sys.executable, "-c", SGEMM_PROBE], env=env, capture_output=True,
+                          text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def pin_blas_core(choice):
+    """Re-runs this script under the OPENBLAS_CORETYPE that gives PyTorch its fastest SGEMM (auto)
+    or the one named; returns the trials when already pinned. The variable must be set before the
+    BLAS is loaded, hence the re-execution."""
+    if choice == "keep" or os.environ.get("RETNET_BENCH_BLAS_PINNED"):
+        return json.loads(os.environ.get("RETNET_BENCH_BLAS_TRIALS", "{}"))
+    trials = {}
+    if choice == "auto":
+        for core in BLAS_CORE_CANDIDATES:
+            # OpenBLAS falls back to another kernel for a core type it does not know (and says so
+            # on stderr): only the rate counts.
+            trials[core or "(detected)"] = probe_sgemm(core)
+            print("blas core %-14s PyTorch SGEMM 1 thread: %s GFLOP/s"
+                  % (core or "(detected)", trials[core or "(detected)"]), flush=True)
+        best = max((rate or 0, core) for core, rate in trials.items())[1]
+        choice = "" if best == "(detected)" else best
+    env = dict(os.environ, RETNET_BENCH_BLAS_PINNED="1",
+               RETNET_BENCH_BLAS_TRIALS=json.dumps(trials))
+    env.pop("OPENBLAS_CORETYPE", None)
+    if choice:
+        env["OPENBLAS_CORETYPE"] = choice
+    print("running with OPENBLAS_CORETYPE=%s" % (choice or "(unset)"), flush=True)
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def set_blas_threads(threads):
+    """Makes a loaded OpenBLAS run `threads` threads, as PyTorch does (its set_num_threads does
+    not reach OpenBLAS's own pool); returns the library's path or None."""
+    import ctypes
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps
+                        if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+    for path in paths:
+        try:
+            ctypes.CDLL(path).openblas_set_num_threads(threads)
+            return path
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def torch_sgemm(torch, threads, min_time):
+    """PyTorch's 1024³ SGEMM rate at `threads` threads (GFLOP/s), median of the repetitions."""
+    torch.set_num_threads(threads)
+    set_blas_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    seconds = time_call(lambda: torch.mm(a, b), min_time, 5)[0]
+    return 2 * 1024**3 / seconds / 1e9
 
 
 class Reference:
@@ -169,12 +256,19 @@ def retnet_seconds(build_dir, binary, name, min_time):
     path = os.path.join(build_dir, "bench", binary)
     output = subprocess.run([path, "--benchmark_filter=^" + re.escape(name) + "/real_time$",
                              "--benchmark_min_time=%g" % min_time, "--benchmark_format=json"],
-                            check=True, capture_output=True, text=True).stdout
-    rows = json.loads(output)["benchmarks"]
+                            check=True, capture_output=True, text=True,
+                            env=dict(os.environ, OPENBLAS_NUM_THREADS="1",
+                                     BLIS_NUM_THREADS="1")).stdout
+    report = json.loads(output)
+    rows = report["benchmarks"]
     if len(rows) != 1:
         raise SystemExit("expected one benchmark named %s in %s, got %d" % (name, binary, len(rows)))
     scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[rows[0]["time_unit"]]
-    return rows[0]["real_time"] * scale
+    # bench_forms measures its own 1024³ SGEMM first (context sgemm1024_gflops_<n>t)
+    context = report.get("context", {})
+    sgemm = {key: float(value) for key, value in context.items()
+             if key.startswith("sgemm1024_gflops_") and not key.endswith("_cpu")}
+    return rows[0]["real_time"] * scale, sgemm
 
 
 def compare(reference, options):
@@ -183,7 +277,9 @@ def compare(reference, options):
     torch = reference.torch
     rows = []
     for threads in options.threads:
-        torch.set_num_threads(threads)
+        peer_sgemm = torch_sgemm(torch, threads, options.min_time)
+        print("PyTorch SGEMM 1024^3, %d thread(s): %.1f GFLOP/s" % (threads, peer_sgemm),
+              flush=True)
         speedups = {label: [] for label, *_ in COMPARISONS}
         for round_index in range(options.rounds):
             for label, module, length, chunks, binary, name in COMPARISONS:
@@ -195,12 +291,13 @@ def compare(reference, options):
                         seconds = time_call(call, 0.0, 20 if chunk == "decode" else 2)[0]
                         if best is None or seconds < best[0]:
                             best = (seconds, chunk)
-                ours = retnet_seconds(options.compare, binary, name.format(thr=threads),
-                                      options.min_time)
+                ours, ours_sgemm = retnet_seconds(options.compare, binary,
+                                                  name.format(thr=threads), options.min_time)
                 speedups[label].append(best[0] / ours)
                 row = dict(label=label, threads=threads, round=round_index,
                            reference_s=best[0], reference_chunk=best[1], retnet_s=ours,
-                           speedup=best[0] / ours)
+                           speedup=best[0] / ours, reference_sgemm_gflops=peer_sgemm,
+                           retnet_sgemm_gflops=ours_sgemm.get("sgemm1024_gflops_%dt" % threads))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         for label, values in speedups.items():
@@ -222,7 +319,11 @@ def main():
                         help="alternate with retnet's bench binaries from BUILD_DIR (config A)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     parser.add_argument("--out", default=None, help="JSON output file (default: stdout only)")
+    parser.add_argument("--blas-core", default="auto",
+                        help="OPENBLAS_CORETYPE for PyTorch's BLAS: auto (the fastest SGEMM of "
+                             "the candidates), keep (the environment's), or a name")
     options = parser.parse_args()
+    blas_trials = pin_blas_core(options.blas_core)
 
     dims = CONFIGS[options.config]
     reference = Reference(options.torchscale, dims)
@@ -231,7 +332,10 @@ def main():
                    machine=platform.machine(), processor=platform.processor(),
                    config=options.config, dims=dims, date=time.strftime("%Y-%m-%d"),
                    loadavg=open("/proc/loadavg").read().split()[:3],
-                   torch_config=torch.__config__.show())
+                   torch_config=torch.__config__.show(),
+                   openblas_coretype=os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+                   blas_core_trials_sgemm_1t_gflops=blas_trials,
+                   blas_library=set_blas_threads(1))
     if options.compare:
         if options.config != "A":
             raise SystemExit("--compare runs config A (the shapes of bench_forms' comparisons)")
@@ -258,6 +362,7 @@ def main():
 
     for threads in options.threads:
         torch.set_num_threads(threads)
+        set_blas_threads(threads)
         with torch.no_grad():
             a = torch.randn(1024, 1024)
             b = torch.randn(1024, 1024)

@@ -78,10 +78,10 @@ inline constexpr Index kRowBlock = 128;
 /// of the current shape, so steady-state chunks allocate nothing.
 template <typename Scalar>
 struct ChunkScratch {
-  Vector<Scalar> scores;        // (rowBlock x c) decayed q·k
-  Vector<Scalar> crossTerm;     // (rowBlock x dv) q S
-  Vector<Scalar> weightedKeys;  // (c x dk) γ^(c-1-j) k_j
-  Vector<Scalar> rowAbsSum;     // (rowBlock) Σ_j |scores(i, j)|
+  Vector<Scalar> scores;         // (rowBlock x c) decayed q·k
+  Vector<Scalar> scaledQueries;  // (rowBlock x dk) γ^(i+1) q_i: the rows that read S
+  Vector<Scalar> weightedKeys;   // (c x dk) γ^(c-1-j) k_j
+  Vector<Scalar> rowAbsSum;      // (rowBlock) Σ_j |scores(i, j)|
 
   static Eigen::Map<RowMatrix<Scalar>> view(Vector<Scalar>& buffer, Index rows, Index cols) {
     if (buffer.size() < rows * cols) buffer.resize(rows * cols);
@@ -172,10 +172,12 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     // q_i S from those that are.
     outBlock.noalias() = scores.rightCols(r1 - stateRow) * middleRows(v, stateRow, r1 - stateRow);
     if (!(stateIsZero && stateRow == 0)) {
-      auto crossTerm = ChunkScratch<Scalar>::view(scratch.crossTerm, rb, state.cols());
-      crossTerm.noalias() = qBlock * state;
-      outBlock.noalias() +=
-          plan.crossPowers.segment(r0 - stateRow + 1, rb).asDiagonal() * crossTerm;
+      // The decay goes on the queries (rb x dk) rather than on q S (rb x dv), and the product
+      // accumulates into the output: no (rb x dv) temporary and no pass over it.
+      auto scaledQueries = ChunkScratch<Scalar>::view(scratch.scaledQueries, rb, keyDim);
+      scaledQueries.noalias() =
+          plan.crossPowers.segment(r0 - stateRow + 1, rb).asDiagonal() * qBlock;
+      outBlock.noalias() += scaledQueries * state;
     }
 
     if (scaling != RowScaling::kNone) {
