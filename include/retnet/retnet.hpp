@@ -26,6 +26,7 @@
 #include "retnet/stages/ffn.hpp"            // IWYU pragma: export
 #include "retnet/stages/group_norm.hpp"     // IWYU pragma: export
 #include "retnet/stages/linear.hpp"         // IWYU pragma: export
+#include "retnet/stages/loss.hpp"           // IWYU pragma: export
 #include "retnet/stages/norms.hpp"          // IWYU pragma: export
 #include "retnet/stages/retention.hpp"      // IWYU pragma: export
 #include "retnet/stages/token_shift.hpp"    // IWYU pragma: export

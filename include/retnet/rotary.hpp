@@ -87,6 +87,20 @@ class RotaryEmbedding {
 
   /// Rotates `heads` consecutive dk-vectors starting at `values` by one table row.
   void rotate(Scalar* values, Index heads, const Scalar* cosines, const Scalar* sines) const {
+    turn<false>(values, heads, cosines, sines);
+  }
+
+  /// The backward of rotate(): the rotation is orthogonal, so its transpose is the rotation by
+  /// the opposite angles, (a, b) -> (a cos pθ_i + b sin pθ_i,  b cos pθ_i − a sin pθ_i).
+  void rotateBackward(Scalar* values, Index heads, const Scalar* cosines,
+                      const Scalar* sines) const {
+    turn<true>(values, heads, cosines, sines);
+  }
+
+ private:
+  /// Each pair turned by the table's angles, or (kBack) by their opposites.
+  template <bool kBack>
+  void turn(Scalar* values, Index heads, const Scalar* cosines, const Scalar* sines) const {
     const Index n = pairs();
     // Element `first` of pair i and its partner `second` (the next one, or n further).
     const Index step = layout_ == RotaryLayout::kInterleaved ? 2 : 1;
@@ -97,13 +111,17 @@ class RotaryEmbedding {
         Scalar& a = x[step * i];
         Scalar& b = x[step * i + partner];
         const Scalar first = a, second = b;
-        a = first * cosines[i] - second * sines[i];
-        b = second * cosines[i] + first * sines[i];
+        if constexpr (kBack) {
+          a = first * cosines[i] + second * sines[i];
+          b = second * cosines[i] - first * sines[i];
+        } else {
+          a = first * cosines[i] - second * sines[i];
+          b = second * cosines[i] + first * sines[i];
+        }
       }
     }
   }
 
- private:
   Index keyDim_;
   RotaryLayout layout_;
   std::vector<double> frequencies_;
@@ -126,6 +144,25 @@ void rotate(const RotaryEmbedding<Scalar>& rope, const RotaryTable<Scalar>& tabl
   detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
     for (Index t = begin; t < begin + count; ++t)
       rope.rotate(&x(t, 0), heads, &table.cosines(t, 0), &table.sines(t, 0));
+  });
+}
+
+/// The backward of rotate(): dx <- Rᵀ dx, the rotation of every pair by the opposite angle
+/// −(start + t)θ_i (the rotation is orthogonal, Rᵀ = R⁻¹), in the rope's layout.
+///   dx (rows x heads·dk) in place; table (>= rows x dk/2), the one the forward used
+template <typename Scalar>
+void rotateBackward(const RotaryEmbedding<Scalar>& rope, const RotaryTable<Scalar>& table,
+                    detail::NoDeduce<MatrixRef<Scalar>> dx) {
+  const char* where = "stages::rotateBackward";
+  detail::require(dx.cols() % rope.keyDim() == 0, where, "dx's width (", dx.cols(),
+                  ") must be a multiple of the key dim (", rope.keyDim(), ")");
+  detail::require(table.cosines.rows() >= dx.rows() && table.cosines.cols() == rope.pairs(), where,
+                  "the table must hold ", dx.rows(), " rows of ", rope.pairs(), " pairs, got (",
+                  table.cosines.rows(), ", ", table.cosines.cols(), ")");
+  const Index heads = dx.cols() / rope.keyDim();
+  detail::forRowBlocks(dx.rows(), [&](Index begin, Index count) {
+    for (Index t = begin; t < begin + count; ++t)
+      rope.rotateBackward(&dx(t, 0), heads, &table.cosines(t, 0), &table.sines(t, 0));
   });
 }
 

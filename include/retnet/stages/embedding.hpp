@@ -49,4 +49,23 @@ void embed(const std::int64_t* tokens, const Table& table, double scale,
   }
 }
 
+/// The backward of embed(): a scatter-add of the rows' gradients into the table's gradient,
+///   dE[token_r] += scale · dy_r   for r = 0, 1, … in order (repeated tokens accumulate).
+/// Token ids must be in [0, vocab); all are checked before dE is written. A tied output head
+/// (logits = h · Eᵀ) adds its part with stages::linearBackward(h, E, dlogits, dh, dE).
+///   tokens (rows); dy (rows x D); dE (vocab x D), accumulated, not overlapping dy
+template <typename Scalar>
+void embedBackward(const std::int64_t* tokens, detail::NoDeduce<ConstMatrixRef<Scalar>> dy,
+                   double scale, detail::NoDeduce<MatrixRef<Scalar>> dTable) {
+  const char* where = "stages::embedBackward";
+  detail::requireShape(where, dy, dy.rows(), dTable.cols(), "dy (rows x D)");
+  detail::require(tokens != nullptr || dy.rows() == 0, where, "the tokens pointer is null");
+  for (Index r = 0; r < dy.rows(); ++r) {
+    detail::require(tokens[r] >= 0 && tokens[r] < dTable.rows(), where, "token ids must be in [0, ",
+                    dTable.rows(), "), got ", tokens[r]);
+  }
+  const auto s = static_cast<Scalar>(scale);
+  for (Index r = 0; r < dy.rows(); ++r) dTable.row(static_cast<Index>(tokens[r])) += dy.row(r) * s;
+}
+
 }  // namespace retnet::stages

@@ -116,5 +116,90 @@ template <typename Scalar, typename Derived>
 void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const Eigen::MatrixBase<Derived>& weight,
             detail::NoDeduce<MatrixRef<Scalar>> y) = delete;
 
+// ---------------------------------------------------------------------------------------------
+// Backward (training). Only a full-precision weight has a gradient: reduced types throw.
+// Both products are split like the forward into fixed blocks of kLinearColumnBlock columns of dx
+// or rows of dW, each one single-threaded Eigen GEMM, so no bit depends on the thread count.
+
+/// The input gradient of y = x · Wᵀ:  dx = dy · W,  dx_ri = Σ_j dy_rj W_ji; with `accumulate`,
+/// dx += dy · W instead (e.g. a residual's or a stacked branch's gradient already in dx).
+///   dy (rows x out); W (out x in), WeightType::kFull; dx (rows x in), not overlapping dy
+template <typename Scalar>
+void linearBackwardInput(detail::NoDeduce<ConstMatrixRef<Scalar>> dy,
+                         const LinearWeight<Scalar>& weight, detail::NoDeduce<MatrixRef<Scalar>> dx,
+                         bool accumulate = false) {
+  const char* where = "stages::linearBackwardInput";
+  detail::require(weight.type() == WeightType::kFull, where,
+                  "the weight must be full precision to be trained, got ",
+                  weightTypeName(weight.type()));
+  const Index out = weight.outputs(), in = weight.inputs(), rows = dy.rows();
+  detail::requireShape(where, dy, rows, out, "dy (rows x out)");
+  detail::requireShape(where, dx, rows, in, "dx (rows x in)");
+  const RowMatrix<Scalar>& w = weight.matrix();
+  detail::parallelFor((in + kLinearColumnBlock - 1) / kLinearColumnBlock, [&](Index block, int) {
+    const Index begin = block * kLinearColumnBlock,
+                width = std::min(kLinearColumnBlock, in - begin);
+    if (accumulate) {
+      dx.middleCols(begin, width).noalias() += dy * w.middleCols(begin, width);
+    } else {
+      dx.middleCols(begin, width).noalias() = dy * w.middleCols(begin, width);
+    }
+  });
+}
+
+/// The weight gradient of y = x · Wᵀ, accumulated (over batches, steps, tied uses):
+///   dW += dyᵀ · x,  dW_ji += Σ_r dy_rj x_ri.
+///   x (rows x in); dy (rows x out); dW (out x in), not overlapping x or dy
+template <typename Scalar>
+void linearBackwardWeight(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
+                          detail::NoDeduce<ConstMatrixRef<Scalar>> dy,
+                          detail::NoDeduce<MatrixRef<Scalar>> dW) {
+  const char* where = "stages::linearBackwardWeight";
+  const Index rows = x.rows(), in = x.cols(), out = dy.cols();
+  detail::requireShape(where, dy, rows, out, "dy (rows x out)");
+  detail::requireShape(where, dW, out, in, "dW (out x in)");
+  detail::parallelFor((out + kLinearColumnBlock - 1) / kLinearColumnBlock, [&](Index block, int) {
+    const Index begin = block * kLinearColumnBlock,
+                width = std::min(kLinearColumnBlock, out - begin);
+    dW.middleRows(begin, width).noalias() += dy.middleCols(begin, width).transpose() * x;
+  });
+}
+
+/// Both gradients of y = x · Wᵀ:
+///   dx = dy · W (dx += dy · W with `accumulate`),  dW += dyᵀ · x (always accumulated).
+///   x (rows x in); W (out x in), WeightType::kFull; dy (rows x out); dx (rows x in);
+///   dW (out x in); dW overlaps none of x, dy, dx; dx does not overlap dy but may be x itself
+///   (dW is computed first).
+/// A tied output head (logits = h · Eᵀ with the embedding table E) is this call with dW = dE.
+template <typename Scalar>
+void linearBackward(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scalar>& weight,
+                    detail::NoDeduce<ConstMatrixRef<Scalar>> dy,
+                    detail::NoDeduce<MatrixRef<Scalar>> dx, detail::NoDeduce<MatrixRef<Scalar>> dW,
+                    bool accumulate = false) {
+  // Every check here, before the first write.
+  const char* where = "stages::linearBackward";
+  detail::requireShape(where, x, x.rows(), weight.inputs(), "x (rows x in)");
+  detail::requireShape(where, dW, weight.outputs(), weight.inputs(), "dW (out x in)");
+  detail::require(weight.type() == WeightType::kFull, where,
+                  "the weight must be full precision to be trained, got ",
+                  weightTypeName(weight.type()));
+  detail::requireShape(where, dy, x.rows(), weight.outputs(), "dy (rows x out)");
+  detail::requireShape(where, dx, x.rows(), weight.inputs(), "dx (rows x in)");
+  linearBackwardWeight<Scalar>(x, dy, dW);
+  linearBackwardInput<Scalar>(dy, weight, dx, accumulate);
+}
+
+/// As for the forward, a matrix is not passed as the weight (it would be copied at every call).
+template <typename Scalar, typename Derived>
+void linearBackwardInput(detail::NoDeduce<ConstMatrixRef<Scalar>> dy,
+                         const Eigen::MatrixBase<Derived>& weight,
+                         detail::NoDeduce<MatrixRef<Scalar>> dx, bool accumulate = false) = delete;
+template <typename Scalar, typename Derived>
+void linearBackward(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
+                    const Eigen::MatrixBase<Derived>& weight,
+                    detail::NoDeduce<ConstMatrixRef<Scalar>> dy,
+                    detail::NoDeduce<MatrixRef<Scalar>> dx, detail::NoDeduce<MatrixRef<Scalar>> dW,
+                    bool accumulate = false) = delete;
+
 }  // namespace stages
 }  // namespace retnet
