@@ -22,6 +22,7 @@
 
 #include "retnet/detail/checks.hpp"
 #include "retnet/detail/decay.hpp"
+#include "retnet/detail/retention_backward.hpp"
 #include "retnet/detail/retention_kernel.hpp"
 #include "retnet/form.hpp"
 #include "retnet/tensor.hpp"
@@ -145,6 +146,82 @@ void retention(const RetentionPlan<Scalar>& plan, detail::NoDeduce<ConstMatrixRe
   const detail::ConstRowsMap<Scalar> vm(v.data(), time, dv, Eigen::OuterStride<>(v.outerStride()));
   detail::RowsMap<Scalar> om(out.data(), time, dv, Eigen::OuterStride<>(out.outerStride()));
   detail::retentionChunks(qm, km, vm, plan.chunks(), scaling, state, stateIsZero, om, scratch);
+}
+
+}  // namespace stages
+
+/// Per-thread scratch of the retention backward: buffers that only grow.
+template <typename Scalar>
+using RetentionBackwardScratch = detail::RetentionBackwardScratch<Scalar>;
+
+namespace stages {
+
+/// The backward of `retention` for one (batch item, head), parallel and chunkwise forms
+/// (training runs these; the recurrent form throws InvalidArgument).
+///   plan, q, k (time x dk), v (time x dv), start, stateIsZero: as given to the forward
+///   S0 (dk x dv, dense): the state *entering* the forward call (the forward overwrites its S,
+///     so the caller keeps a copy); not read when stateIsZero
+///   dOut (time x dv): dL/dout
+///   dS: dL/dS for the state the forward leaves, a dense row-major (dk x dv) block, or nullptr
+///     when the loss does not read it
+///   dq, dk (time x dk), dv (time x dv): dL/dq, dL/dk, dL/dv, written (not accumulated); they
+///     must not overlap the inputs
+///   dS0: dL/dS0 written to a dense row-major (dk x dv) block, or nullptr when not wanted
+///
+/// torchscale's normalisation factors are constants of the backward, as its detach() makes them
+/// (shared/golden/grad/README.md §3.1): do_i / f_i is what flows into U_i, with f_i recomputed
+/// exactly as the forward computes it. The chunkwise form recomputes the states entering its
+/// chunks in one forward sweep and keeps them: (⌈time / chunk⌉ − 1)·dk·dv scalars in the
+/// scratch, plus O(min(chunk, kRowBlock)·chunk + chunk·(dk + dv)) for one chunk's scores and
+/// their gradients; the parallel form is one chunk, its rows in blocks of kRowBlock, so
+/// O(kRowBlock·time) and never time x time. Kernel: detail/retention_backward.hpp.
+template <typename Scalar>
+void retentionBackward(const RetentionPlan<Scalar>& plan,
+                       detail::NoDeduce<ConstMatrixRef<Scalar>> q,
+                       detail::NoDeduce<ConstMatrixRef<Scalar>> k,
+                       detail::NoDeduce<ConstMatrixRef<Scalar>> v,
+                       detail::NoDeduce<ConstMatrixRef<Scalar>> S0, Index start, bool stateIsZero,
+                       detail::NoDeduce<ConstMatrixRef<Scalar>> dOut, const Scalar* dS,
+                       detail::NoDeduce<MatrixRef<Scalar>> dq,
+                       detail::NoDeduce<MatrixRef<Scalar>> dk,
+                       detail::NoDeduce<MatrixRef<Scalar>> dv, Scalar* dS0,
+                       RetentionBackwardScratch<Scalar>& scratch) {
+  const Index time = q.rows(), dkWidth = q.cols(), dvWidth = v.cols();
+  const char* where = "stages::retentionBackward";
+  detail::require(plan.form() != Form::kRecurrent, where,
+                  "the recurrent form has no backward; train with the parallel or chunkwise form");
+  detail::requireShape(where, k, time, dkWidth, "k (q's shape)");
+  detail::requireEqual(where, "v's rows (q's)", time, v.rows());
+  detail::requireShape(where, S0, dkWidth, dvWidth, "S0 (dk x dv)");
+  detail::require(S0.outerStride() == dvWidth, where, "S0 must be a dense (dk x dv) block");
+  detail::requireShape(where, dOut, time, dvWidth, "dOut (time x dv)");
+  detail::requireShape(where, dq, time, dkWidth, "dq (q's shape)");
+  detail::requireShape(where, dk, time, dkWidth, "dk (k's shape)");
+  detail::requireShape(where, dv, time, dvWidth, "dv (v's shape)");
+  detail::require(start >= 0 && start <= kMaxPosition - time, where, "start (", start, ") + time (",
+                  time, ") must lie in [0, 2^53]");
+  detail::require(plan.form() == Form::kParallel ? time == plan.time() : time <= plan.time(), where,
+                  "the plan was made for ", plan.time(), " rows of the ", formName(plan.form()),
+                  " form, got ", time);
+  const bool torchscale = plan.head().normalization == RetentionNormalization::kTorchscale;
+  const detail::RowScaling scaling = !torchscale ? detail::RowScaling::kNone
+                                     : plan.form() == Form::kParallel
+                                         ? detail::RowScaling::kParallel
+                                         : detail::RowScaling::kChunkwise;
+  const detail::ConstRowsMap<Scalar> qm(q.data(), time, dkWidth,
+                                        Eigen::OuterStride<>(q.outerStride()));
+  const detail::ConstRowsMap<Scalar> km(k.data(), time, dkWidth,
+                                        Eigen::OuterStride<>(k.outerStride()));
+  const detail::ConstRowsMap<Scalar> vm(v.data(), time, dvWidth,
+                                        Eigen::OuterStride<>(v.outerStride()));
+  const detail::ConstRowsMap<Scalar> dom(dOut.data(), time, dvWidth,
+                                         Eigen::OuterStride<>(dOut.outerStride()));
+  detail::RowsMap<Scalar> dqm(dq.data(), time, dkWidth, Eigen::OuterStride<>(dq.outerStride()));
+  detail::RowsMap<Scalar> dkm(dk.data(), time, dkWidth, Eigen::OuterStride<>(dk.outerStride()));
+  detail::RowsMap<Scalar> dvm(dv.data(), time, dvWidth, Eigen::OuterStride<>(dv.outerStride()));
+  const detail::ConstStateMap<Scalar> initial(S0.data(), dkWidth, dvWidth);
+  detail::retentionChunksBackward(qm, km, vm, plan.chunks(), scaling, initial, stateIsZero, dom, dS,
+                                  dqm, dkm, dvm, dS0, scratch);
 }
 
 }  // namespace stages
