@@ -43,6 +43,16 @@ namespace stages {
 /// Output columns per task: 256 rows of W (1 MiB of float32 weights at D = 1024).
 inline constexpr Index kLinearColumnBlock = 256;
 
+/// Output columns per task of a full-precision GEMM (prefill): about an eighth of the outputs,
+/// in multiples of 64, at least kLinearColumnBlock. Every task packs all of x again, so wide
+/// layers want few blocks (q|k|v|g of config A: 8 blocks of 768 instead of 24 of 256, which
+/// repacked x 24 times: 7% of an MSR prefill); eight still balance two or four threads. It
+/// depends on the shape only, never on the thread count.
+inline Index linearGemmColumnBlock(Index outputs) {
+  const Index eighth = (outputs + 7) / 8;
+  return std::max(kLinearColumnBlock, (eighth + 63) / 64 * 64);
+}
+
 /// Up to this many input rows, float products stream W (decoding, small batches) in passes of
 /// detail::kLowpPassRows rows, each pass reading W once; more rows are GEMMs. Reduced-precision
 /// weights stream up to kLinearReducedStreamRows rows (their GEMM path pays a decode of W).
@@ -61,12 +71,12 @@ void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scala
   bool stream = !full && rows <= kLinearReducedStreamRows;
   if constexpr (std::is_same_v<Scalar, float>)
     stream = stream || (full && rows <= kLinearStreamRows);
-  // Column blocks of kLinearColumnBlock rows of W, each inside one part of a stacked reduced
-  // weight (a full one is a single part). They do not depend on the thread count.
+  // Column blocks of blockWidth rows of W (kLinearColumnBlock, or linearGemmColumnBlock for a
+  // full-precision GEMM), each inside one part of a stacked reduced weight (a full one is a
+  // single part). They do not depend on the thread count.
   const auto& parts = weight.parts();
-  const auto blocksOf = [](Index count) {
-    return (count + kLinearColumnBlock - 1) / kLinearColumnBlock;
-  };
+  const Index blockWidth = full && !stream ? linearGemmColumnBlock(n) : kLinearColumnBlock;
+  const auto blocksOf = [blockWidth](Index count) { return (count + blockWidth - 1) / blockWidth; };
   Index blocks = 0;
   if (full) blocks = blocksOf(n);
   for (const auto& part : parts) blocks += blocksOf(part.rows);
@@ -84,8 +94,7 @@ void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scala
       count = parts[p].rows;
       codes = parts[p].codes;
     }
-    const Index begin = block * kLinearColumnBlock,
-                width = std::min(kLinearColumnBlock, count - begin);
+    const Index begin = block * blockWidth, width = std::min(blockWidth, count - begin);
     if (stream) {  // y(:, first + j) for the part's rows j in [begin, begin + width)
       for (Index r = 0; r < rows; r += detail::kLowpPassRows) {
         detail::lowpRows<Scalar>(codes, begin, begin + width, x.data() + r * x.outerStride(),
