@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 build="${1:-build-blas}"
 scripts/install-deps.sh
 tests=(test_retention test_stages test_layers test_layers_golden test_layers_variants test_model
-       test_reference_golden test_family_oracles test_lowp_weights test_decode_allocation)
+       test_reference_golden test_family_oracles test_lowp_weights test_decode_allocation
+       test_layer_backward)
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DRETNET_WERROR=ON \
   -DRETNET_OPENMP=ON -DRETNET_BLAS=ON -DBLA_VENDOR=OpenBLAS -DRETNET_BUILD_BENCHMARKS=OFF \
   -DRETNET_BUILD_EXAMPLES=OFF

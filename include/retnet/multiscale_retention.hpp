@@ -98,6 +98,68 @@ struct MultiScaleRetentionWeights {
                               ///< g_norm_swish_gate); empty: no weight (torchscale)
 };
 
+/// Gradients of a loss with respect to the weights of MultiScaleRetentionWeights, in the same
+/// layout (PyTorch's (out, in)), as plain matrices: what MultiScaleRetention::backward
+/// accumulates into. forEach names each field by its checkpoint name (torchscale's state_dict
+/// names; FLA's for the head-norm weight, which torchscale does not have).
+template <typename Scalar>
+struct MultiScaleRetentionGradients {
+  RowMatrix<Scalar> q;        ///< d q_proj.weight   (H·dk, D)
+  RowMatrix<Scalar> k;        ///< d k_proj.weight   (H_kv·dk, D)
+  RowMatrix<Scalar> v;        ///< d v_proj.weight   (H_kv·dv, D)
+  RowMatrix<Scalar> g;        ///< d g_proj.weight   (V, D)
+  RowMatrix<Scalar> out;      ///< d out_proj.weight (D, V)
+  Vector<Scalar> headNorm{};  ///< d of the group norm's weight (dv); empty when the layer has none
+
+  /// Zero gradients of a layer of `config`, with a head-norm weight's when `headNormWeight`.
+  static MultiScaleRetentionGradients zeros(const MultiScaleRetentionConfig& config,
+                                            bool headNormWeight) {
+    MultiScaleRetentionGradients grads;
+    grads.resize(config, headNormWeight);
+    return grads;
+  }
+
+  /// Sizes every field for `config` and zeros it.
+  void resize(const MultiScaleRetentionConfig& config, bool headNormWeight) {
+    const Index D = config.embedDim, dk = config.keyDim();
+    const Index kvWidth = config.keyValueHeads() * config.headValueDim();
+    q.setZero(config.heads * dk, D);
+    k.setZero(config.keyValueHeads() * dk, D);
+    v.setZero(kvWidth, D);
+    g.setZero(config.valueDim, D);
+    out.setZero(D, config.valueDim);
+    headNorm.setZero(headNormWeight ? config.headValueDim() : 0);
+  }
+
+  /// Zeros every field, keeping the shapes (between optimiser steps).
+  void setZero() {
+    forEach([](const char*, auto& gradient) { gradient.setZero(); });
+  }
+
+  /// visit(name, gradient) for each field (const or not): "q_proj.weight", "k_proj.weight",
+  /// "v_proj.weight", "g_proj.weight", "out_proj.weight", then "g_norm_swish_gate.weight" (the
+  /// head-norm weight's, a Vector) if it is not empty.
+  template <typename Visit>
+  void forEach(Visit&& visit) {
+    forEachOf(*this, visit);
+  }
+  template <typename Visit>
+  void forEach(Visit&& visit) const {
+    forEachOf(*this, visit);
+  }
+
+ private:
+  template <typename Self, typename Visit>
+  static void forEachOf(Self& self, Visit& visit) {
+    visit("q_proj.weight", self.q);
+    visit("k_proj.weight", self.k);
+    visit("v_proj.weight", self.v);
+    visit("g_proj.weight", self.g);
+    visit("out_proj.weight", self.out);
+    if (self.headNorm.size() != 0) visit("g_norm_swish_gate.weight", self.headNorm);
+  }
+};
+
 /// Buffers of one multi-scale retention call (not part of any state's value).
 template <typename Scalar>
 struct MultiScaleRetentionScratch {
@@ -123,6 +185,11 @@ struct MultiScaleRetentionScratch {
 /// state and leaves it after its input, so a sequence can be split anywhere between forms. With a
 /// non-empty incoming state the parallel form computes the chunkwise formula with one chunk
 /// spanning its input. Inputs and outputs are row-major (B, T, D).
+///
+/// Training (parallel and chunkwise forms, full-precision weights): forwardTraining is
+/// forwardSlab keeping a TrainingCache, backward runs the stages' backwards in reverse order and
+/// accumulates MultiScaleRetentionGradients (torchscale's autograd gradients to rounding:
+/// tests/test_layer_backward.cpp).
 template <typename Scalar>
 class MultiScaleRetention
     : public SequenceLayer<MultiScaleRetention<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
@@ -211,10 +278,132 @@ class MultiScaleRetention
     detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
   }
 
+  /// What backward() needs from forwardTraining(), kept by the caller between the two (x is
+  /// copied in, so the caller may reuse its input buffer): the forward's scratch (its
+  /// `projections` hold q, k after the scale and the rotation, v, and act(g)), the gate's
+  /// pre-activation g, the retention output o before the group norm, the group norm's gated
+  /// output, the states and positions entering the call, the form and the chunk. The
+  /// `workspace` is the backward's. Buffers only grow: a training loop that reuses one cache
+  /// allocates little after its first step. One cache serves one backward at a time.
+  struct TrainingCache {
+    Form form = Form::kParallel;
+    Index batch = 0, time = 0, chunkSize = 0;  // time 0: nothing cached yet
+    Vector<Scalar> input;                      // (rows x D) x
+    Scratch scratch;                           // the forward's buffers (projections as above)
+    Vector<Scalar> gate;                       // (rows x V) g before the activation
+    Vector<Scalar> retained;                   // (rows x V) o before the group norm
+    Vector<Scalar> gated;                      // (rows x V) the group norm's output (step 5's x)
+    Vector<Scalar> states;                     // (batch·H·dk·dv) S entering the call
+    std::vector<Index> positions;              // (batch) positions entering the call
+
+    struct Workspace {
+      Vector<Scalar> dGated;                                     // (rows x V)
+      Vector<Scalar> dRetained;                                  // (rows x V)
+      Vector<Scalar> dProjections;                               // (rows x width) d[q|k|v|g]
+      RotaryTable<Scalar> rotary;                                // (time x dk/2)
+      std::vector<RetentionPlan<Scalar>> plans;                  // one per head
+      std::vector<RetentionBackwardScratch<Scalar>> perThread;   // the retention backward's
+      std::vector<Vector<Scalar>> keyGradients, valueGradients;  // per thread: grouped heads
+    };
+    mutable Workspace workspace;
+  };
+  using Gradients = MultiScaleRetentionGradients<Scalar>;
+
+  /// Zero gradients shaped for this layer's weights.
+  Gradients zeroGradients() const { return Gradients::zeros(config_, headNorm_.size() != 0); }
+
   /// The data path of one slab: x (batch·time x D) -> y (batch·time x D), every batch item
   /// `time` positions long and at its own position in `state` (sized by prepare()).
   void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
                    State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
+    forwardPath(form, x, batch, time, chunkSize, state, y, scratch, nullptr);
+  }
+
+  /// forwardSlab for training: the same data path (the same bits of y and of the state), which
+  /// also fills `cache` for backward(). Parallel and chunkwise forms only (the recurrent form has
+  /// no backward) and full-precision weights only (WeightType::kFull); an empty state is sized
+  /// (zeros, position 0). The whole input is one slab: x (batch·time x D), y (batch·time x D).
+  void forwardTraining(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time,
+                       Index chunkSize, State& state, MatrixRef<Scalar> y,
+                       TrainingCache& cache) const {
+    const char* where = "MultiScaleRetention::forwardTraining";
+    requireTrainable(where, form);
+    detail::require(batch >= 1 && time >= 1, where, "batch and time must be >= 1, got (", batch,
+                    ", ", time, ")");
+    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
+    if (state.empty()) sizeOrCheckState(where, "batch size (the state's)", batch, state);
+    cache.time = 0;  // invalid until the forward has run
+    forwardPath(form, x, batch, time, chunkSize, state, y, cache.scratch, &cache);
+    cache.form = form;
+    cache.batch = batch;
+    cache.time = time;
+    cache.chunkSize = chunkSize;
+  }
+
+  /// The backward of forwardTraining() for the loss L whose gradient with respect to y is dY
+  /// (batch·time x D): writes dX = dL/dx (batch·time x D; it may be dY's buffer) and adds dL/dW
+  /// to `grads` (an empty one is sized and zeroed first; else its shapes must be this layer's).
+  /// The state leaving the forward is not differentiated (L does not read it), nor is the state
+  /// entering it (a constant). torchscale's normalisers are constants, as its detach() makes
+  /// them (stages::retentionBackward). The stages of forwardPath in reverse order:
+  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
+                Gradients& grads) const {
+    const char* where = "MultiScaleRetention::backward";
+    requireTrainable(where, cache.form);
+    checkBackward(where, cache, dY, dX, grads);
+    const Index D = config_.embedDim, V = config_.valueDim, H = config_.heads;
+    const Index rows = cache.batch * cache.time, time = cache.time, width = inputWeights_.outputs();
+    const Index dk = config_.keyDim(), qWidth = H * dk, rotated = qkWidth();
+    const Index kvWidth = rotated - qWidth, vWidth = width - rotated - V;
+    typename TrainingCache::Workspace& work = cache.workspace;
+    const ConstMap x(cache.input.data(), rows, D);
+    const ConstMap qkvg(cache.scratch.projections.data(), rows, width);
+    const ConstMap gate(cache.gate.data(), rows, V), o(cache.retained.data(), rows, V);
+    const ConstMap gated(cache.gated.data(), rows, V);
+    const Scalar* w = headNorm_.size() ? headNorm_.data() : nullptr;
+
+    // 5ᵀ. y = o' Woutᵀ:  do' = dY Wout,  dWout += dYᵀ o'
+    auto dGated = detail::bufferView(work.dGated, rows, V);
+    stages::linearBackward<Scalar>(gated, outputWeights_, dY, dGated, grads.out);
+
+    // 4ᵀ. o' = GroupNorm(o) [⊙ w] ⊙ act(g):  do, dg (into g's columns of d[q|k|v|g]) [, dw]
+    auto dQkvg = detail::bufferView(work.dProjections, rows, width);
+    auto dO = detail::bufferView(work.dRetained, rows, V);
+    stages::groupNormGateBackward<Scalar>(o, H, w, config_.eps, gate, config_.gate, dGated, dO,
+                                          dQkvg.rightCols(V),
+                                          w != nullptr ? grads.headNorm.data() : nullptr);
+
+    // 3ᵀ. dq, dk, dv of every (batch item, head)
+    retainHeadsBackward(cache, qkvg, dO, dQkvg);
+
+    // 2ᵀ. rotated back, each batch item's rows by its own positions
+    for (Index b = 0; b < cache.batch; ++b) {
+      const Index position = cache.positions[static_cast<std::size_t>(b)];
+      if (b == 0 || position != cache.positions[static_cast<std::size_t>(b - 1)])
+        rotary_.fillTable(position, time, work.rotary);
+      stages::rotateBackward(rotary_, work.rotary, dQkvg.block(b * time, 0, time, rotated));
+    }
+
+    // 1bᵀ. the dk^(−1/2) on k or q
+    const bool scaleKeys = config_.scaleSide == ScaleSide::kKey;
+    dQkvg.middleCols(scaleKeys ? qWidth : 0, scaleKeys ? kvWidth : qWidth) *=
+        static_cast<Scalar>(1.0 / std::sqrt(double(dk)));
+
+    // 1ᵀ. [q|k|v|g] = x [Wq; Wk; Wv; Wg]ᵀ:  dWpart += dpartᵀ x,  dx = d[q|k|v|g] [Wq; Wk; Wv; Wg]
+    stages::linearBackwardWeight<Scalar>(x, dQkvg.leftCols(qWidth), grads.q);
+    stages::linearBackwardWeight<Scalar>(x, dQkvg.middleCols(qWidth, kvWidth), grads.k);
+    stages::linearBackwardWeight<Scalar>(x, dQkvg.middleCols(rotated, vWidth), grads.v);
+    stages::linearBackwardWeight<Scalar>(x, dQkvg.rightCols(V), grads.g);
+    stages::linearBackwardInput<Scalar>(dQkvg, inputWeights_, dX);
+  }
+
+ private:
+  using ConstMap = Eigen::Map<const RowMatrix<Scalar>>;
+
+  /// The data path (forwardSlab); with a cache, also what backward() needs.
+  void forwardPath(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
+                   State& state, MatrixRef<Scalar> y, Scratch& scratch,
+                   TrainingCache* cache) const {
     const Index D = config_.embedDim, V = config_.valueDim, rows = batch * time;
     const Index rotated = qkWidth(), width = inputWeights_.outputs();
     const char* where = "MultiScaleRetention::forwardSlab";
@@ -246,19 +435,24 @@ class MultiScaleRetention
     }
 
     // 3. o = retention of every (batch item, query head), with the form's factor if any (rows x V)
+    if (cache != nullptr) keepInputs(x, state, *cache);
     auto o = detail::bufferView(scratch.retained, rows, V);
     retainHeads(form, qkvg, batch, time, chunkSize, state, o, scratch);
 
     // 4. o = GroupNorm(o) [⊙ w] ⊙ act(g)   (eq. 8)
+    if (cache != nullptr) {
+      detail::bufferView(cache->retained, rows, V) = o;
+      detail::bufferView(cache->gate, rows, V) = qkvg.rightCols(V);
+    }
     stages::groupNormGate<Scalar>(o, config_.heads, headNorm_.size() ? headNorm_.data() : nullptr,
                                   config_.eps, qkvg.rightCols(V), config_.gate);
+    if (cache != nullptr) detail::bufferView(cache->gated, rows, V) = o;
 
     // 5. y = o Woutᵀ
     stages::linear(o, outputWeights_, y);
     for (Index b = 0; b < batch; ++b) state.setPosition(b, state.position(b) + time);
   }
 
- private:
   static Config checkedConfig(const Config& config) {
     config.validate("MultiScaleRetention");
     return config;
@@ -289,6 +483,103 @@ class MultiScaleRetention
           qkvg.block(first, kBegin + j * dk, time, dk),
           qkvg.block(first, vBegin + j * dv, time, dv), state.matrix(b, h), start, start == 0,
           o.block(first, h * dv, time, dv), scratch.perThread[static_cast<std::size_t>(thread)]);
+    });
+  }
+
+  /// Training: the parallel or chunkwise form, and full-precision weights.
+  void requireTrainable(const char* where, Form form) const {
+    detail::require(form != Form::kRecurrent, where,
+                    "the recurrent form has no backward; train with the parallel or chunkwise "
+                    "form");
+    detail::require(
+        inputWeights_.type() == WeightType::kFull && outputWeights_.type() == WeightType::kFull,
+        where, "the weights must be full precision to be trained, got ",
+        weightTypeName(inputWeights_.type()), " and ", weightTypeName(outputWeights_.type()));
+  }
+
+  /// forwardTraining's copies before step 3: x, and the states and positions entering the call.
+  void keepInputs(ConstMatrixRef<Scalar> x, const State& state, TrainingCache& cache) const {
+    detail::bufferView(cache.input, x.rows(), x.cols()) = x;
+    detail::bufferView(cache.states, state.size(), 1) =
+        Eigen::Map<const Vector<Scalar>>(state.data(), state.size());
+    cache.positions.assign(state.positions().begin(), state.positions().end());
+  }
+
+  /// backward()'s checks, before its first write; sizes empty gradients.
+  void checkBackward(const char* where, const TrainingCache& cache,
+                     const ConstMatrixRef<Scalar>& dY, const MatrixRef<Scalar>& dX,
+                     Gradients& grads) const {
+    const Index D = config_.embedDim, V = config_.valueDim, rows = cache.batch * cache.time;
+    const Index stateSize = cache.batch * config_.heads * config_.keyDim() * config_.headValueDim();
+    detail::require(cache.time >= 1 && cache.batch >= 1, where,
+                    "the cache holds no forwardTraining call");
+    detail::require(static_cast<Index>(cache.positions.size()) == cache.batch &&
+                        cache.input.size() >= rows * D && cache.states.size() >= stateSize &&
+                        cache.scratch.projections.size() >= rows * inputWeights_.outputs() &&
+                        cache.gate.size() >= rows * V && cache.retained.size() >= rows * V &&
+                        cache.gated.size() >= rows * V,
+                    where, "the cache was not filled by this layer's forwardTraining");
+    detail::requireShape(where, dY, rows, D, "dY (batch·time x embedDim)");
+    detail::requireShape(where, dX, rows, D, "dX (batch·time x embedDim)");
+    bool empty = true;
+    grads.forEach(
+        [&](const char*, const auto& gradient) { empty = empty && gradient.size() == 0; });
+    if (empty) grads.resize(config_, headNorm_.size() != 0);
+    const Index dk = config_.keyDim(), dv = config_.headValueDim(), kv = config_.keyValueHeads();
+    detail::requireShape(where, grads.q, config_.heads * dk, D, "grads.q (q_proj's shape)");
+    detail::requireShape(where, grads.k, kv * dk, D, "grads.k (k_proj's shape)");
+    detail::requireShape(where, grads.v, kv * dv, D, "grads.v (v_proj's shape)");
+    detail::requireShape(where, grads.g, V, D, "grads.g (g_proj's shape)");
+    detail::requireShape(where, grads.out, D, V, "grads.out (out_proj's shape)");
+    detail::requireLength(where, grads.headNorm, headNorm_.size(),
+                          "grads.headNorm (the head-norm weight's length)");
+  }
+
+  /// Step 3ᵀ: the retention backward of every (batch item, head), in parallel over batch items
+  /// and key/value heads; the query heads sharing a key/value head add their dk, dv in order.
+  void retainHeadsBackward(const TrainingCache& cache, const ConstMap& qkvg,
+                           const Eigen::Map<RowMatrix<Scalar>>& dO,
+                           Eigen::Map<RowMatrix<Scalar>>& dQkvg) const {
+    const Index H = config_.heads, kvHeads = config_.keyValueHeads(), group = H / kvHeads;
+    const Index dk = config_.keyDim(), dv = config_.headValueDim(), time = cache.time;
+    const Index kBegin = H * dk, vBegin = qkWidth();
+    typename TrainingCache::Workspace& work = cache.workspace;
+    work.plans.clear();
+    for (const RetentionHead& head : heads_)
+      work.plans.emplace_back(head, cache.form, cache.chunkSize, time);
+    const auto slots = static_cast<std::size_t>(detail::maxThreadSlots());
+    if (work.perThread.size() < slots) work.perThread.resize(slots);
+    if (group > 1 && work.keyGradients.size() < slots) {
+      work.keyGradients.resize(slots);
+      work.valueGradients.resize(slots);
+    }
+
+    detail::parallelFor(cache.batch * kvHeads, [&](Index task, int thread) {
+      const auto slot = static_cast<std::size_t>(thread);
+      const Index b = task / kvHeads, j = task % kvHeads, first = b * time;
+      const Index start = cache.positions[static_cast<std::size_t>(b)];
+      auto dKeys = dQkvg.block(first, kBegin + j * dk, time, dk);
+      auto dValues = dQkvg.block(first, vBegin + j * dv, time, dv);
+      for (Index h = j * group; h < (j + 1) * group; ++h) {
+        const ConstMap S0(cache.states.data() + (b * H + h) * dk * dv, dk, dv);
+        const auto run = [&](auto&& keyGradient, auto&& valueGradient) {
+          stages::retentionBackward<Scalar>(
+              work.plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
+              qkvg.block(first, kBegin + j * dk, time, dk),
+              qkvg.block(first, vBegin + j * dv, time, dv), S0, start, start == 0,
+              dO.block(first, h * dv, time, dv), nullptr, dQkvg.block(first, h * dk, time, dk),
+              keyGradient, valueGradient, nullptr, work.perThread[slot]);
+        };
+        if (h == j * group) {  // the first query head writes, the others add
+          run(dKeys, dValues);
+        } else {
+          auto keyGradient = detail::bufferView(work.keyGradients[slot], time, dk);
+          auto valueGradient = detail::bufferView(work.valueGradients[slot], time, dv);
+          run(keyGradient, valueGradient);
+          dKeys += keyGradient;
+          dValues += valueGradient;
+        }
+      }
     });
   }
 

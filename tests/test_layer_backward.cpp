@@ -1,0 +1,557 @@
+// The backward of MultiScaleRetention (forwardTraining + backward, parallel and chunkwise forms)
+// against torchscale's autograd gradients (tests/data/grad, shared/golden/grad's format), against
+// central finite differences of the real forward, and across forms and chunk sizes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "retnet/io/checkpoint.hpp"
+#include "retnet/multiscale_retention.hpp"
+#include "test_util.hpp"
+
+namespace retnet {
+namespace {
+
+template <typename Scalar>
+using Msr = MultiScaleRetention<Scalar>;
+
+std::string gradDataDir() { return std::string(RETNET_TEST_DATA_DIR) + "/grad"; }
+
+/// max|a − ref| / max|ref| (the golden README's normwise error, §4).
+template <typename A>
+double maxNormwise(const A& a, const RowMatrix<double>& ref) {
+  const double diff = (a.template cast<double>() - ref).cwiseAbs().maxCoeff();
+  const double scale = ref.cwiseAbs().maxCoeff();
+  return std::isnan(diff) ? INFINITY : scale > 0 ? diff / scale : diff;
+}
+
+/// ‖a − b‖ / max(‖a‖, ‖b‖) in the Frobenius norm.
+template <typename A>
+double frobeniusError(const A& a, const RowMatrix<double>& b) {
+  const RowMatrix<double> ad = a.template cast<double>();
+  const double scale = std::max(ad.norm(), b.norm());
+  const double diff = (ad - b).norm();
+  return std::isnan(diff) ? INFINITY : scale > 0 ? diff / scale : diff;
+}
+
+template <typename Scalar>
+RowMatrix<Scalar> randomMatrix(Index rows, Index cols, std::uint64_t seed, double scale) {
+  const auto values = testing::randomValues(static_cast<std::size_t>(rows * cols), seed, scale);
+  RowMatrix<Scalar> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(values[std::size_t(i)]);
+  return m;
+}
+
+/// One training step's results.
+template <typename Scalar>
+struct Step {
+  RowMatrix<Scalar> y, dx;
+  MultiScaleRetentionGradients<Scalar> grads;
+  MultiScaleRetentionState<Scalar> state;  // the state after the forward
+};
+
+template <typename Scalar>
+Step<Scalar> trainStep(const Msr<Scalar>& layer, Form form, const RowMatrix<Scalar>& x, Index batch,
+                       Index time, Index chunk, const RowMatrix<Scalar>& dy,
+                       const MultiScaleRetentionState<Scalar>& initial = {}) {
+  const Index D = layer.config().embedDim;
+  Step<Scalar> step;
+  step.state = initial;
+  step.y.resize(batch * time, D);
+  step.dx.resize(batch * time, D);
+  typename Msr<Scalar>::TrainingCache cache;
+  layer.forwardTraining(form, x, batch, time, chunk, step.state, step.y, cache);
+  layer.backward(cache, dy, step.dx, step.grads);
+  return step;
+}
+
+/// A named gradient of a step as doubles: "x" or a weight's checkpoint name.
+template <typename Scalar>
+std::map<std::string, RowMatrix<double>> namedGradients(const Step<Scalar>& step) {
+  std::map<std::string, RowMatrix<double>> named;
+  named["x"] = step.dx.template cast<double>();
+  step.grads.forEach([&](const char* name, const auto& g) {
+    named[name] = Eigen::Map<const RowMatrix<Scalar>>(g.data(), g.rows(),
+                                                      g.size() / std::max<Index>(g.rows(), 1))
+                      .template cast<double>();
+  });
+  return named;
+}
+
+std::vector<std::string> splitForms(const std::string& list) {
+  std::vector<std::string> forms;
+  std::stringstream in(list);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) forms.push_back(item);
+  }
+  return forms;
+}
+
+bool parseTrainedForm(const std::string& name, Form& form) {
+  if (name == "parallel") {
+    form = Form::kParallel;
+  } else if (name == "chunkwise") {
+    form = Form::kChunkwise;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+/// Every msr gradient golden file in tests/data/grad.
+std::vector<std::string> msrGradFiles() {
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(gradDataDir())) {
+    const std::string name = entry.path().filename().string();
+    if (entry.path().extension() != ".safetensors" || name.find("_grad") == std::string::npos)
+      continue;
+    const auto file = io::SafetensorsFile::open(entry.path().string());
+    if (file.metadataValue("kind").value_or("") == "msr") files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+/// A tensor of any rank as a (rows x cols) matrix of its row-major values.
+RowMatrix<double> readAs(const io::SafetensorsFile& file, const std::string& name, Index rows,
+                         Index cols) {
+  const auto values = file.readFlat<double>(name);
+  EXPECT_EQ(static_cast<Index>(values.size()), rows * cols) << name;
+  return Eigen::Map<const RowMatrix<double>>(values.data(), rows, cols);
+}
+
+/// A golden file's x and dy as (B·T, D) matrices, with B, T, D from x's shape.
+template <typename Scalar>
+struct GoldenInputs {
+  Index batch = 0, time = 0, width = 0, chunk = 0;
+  RowMatrix<Scalar> x, dy;
+};
+template <typename Scalar>
+GoldenInputs<Scalar> readInputs(const io::SafetensorsFile& file) {
+  GoldenInputs<Scalar> in;
+  const auto& shape = file.info("x").shape;
+  EXPECT_EQ(shape.size(), 3u);
+  in.batch = shape.at(0);
+  in.time = shape.at(1);
+  in.width = shape.at(2);
+  in.chunk = std::stol(file.metadataValue("chunk_size").value_or("0"));
+  in.x = readAs(file, "x", in.batch * in.time, in.width).template cast<Scalar>();
+  in.dy = readAs(file, "dy", in.batch * in.time, in.width).template cast<Scalar>();
+  return in;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against torchscale's autograd (tests/data/grad): every file, every stored trained form.
+
+template <typename Scalar>
+void checkGoldenFile(const std::string& path) {
+  constexpr bool isDouble = std::is_same_v<Scalar, double>;
+  const auto file = io::SafetensorsFile::open(path);
+  const auto layer = io::loadMultiScaleRetention<Scalar>(file);
+  const auto in = readInputs<Scalar>(file);
+  ASSERT_EQ(in.width, layer.config().embedDim);
+  const std::string formsList = file.metadataValue("grad_forms").value_or("");
+  int trained = 0;
+  for (const std::string& formName : splitForms(formsList)) {
+    Form form;
+    if (!parseTrainedForm(formName, form)) continue;
+    ++trained;
+    const std::string label =
+        file.displayName() + " " + formName + (isDouble ? " double" : " float");
+    const Step<Scalar> step = trainStep(layer, form, in.x, in.batch, in.time, in.chunk, in.dy);
+
+    // the forward and the loss
+    const RowMatrix<double> out = readAs(file, "out_" + formName, in.batch * in.time, in.width);
+    const double outError = maxNormwise(step.y, out);
+    const double tolerance = isDouble ? 1e-9 : 1e-4;  // the forward goldens' (golden_check.hpp)
+    EXPECT_LE(outError, tolerance) << label;
+    const double loss =
+        (step.y.template cast<double>().array() * in.dy.template cast<double>().array()).sum();
+    const double lossRef = file.readFlat<double>("loss_" + formName).at(0);
+    // float: relative to the size of the summed terms (the sum of N(0,1)-weighted outputs cancels)
+    const double lossScale =
+        isDouble ? std::abs(lossRef)
+                 : (in.dy.template cast<double>().array() * out.array()).abs().sum();
+    EXPECT_LE(std::abs(loss - lossRef) / lossScale, tolerance) << label;
+
+    // every stored gradient of the form, each compared
+    const std::string prefix = "grad_" + formName + ".";
+    std::map<std::string, RowMatrix<double>> refs;
+    double largest = 0;
+    for (const std::string& name : file.names()) {
+      if (name.rfind(prefix, 0) != 0) continue;
+      const auto& shape = file.info(name).shape;
+      const Index rows = shape.size() == 3 ? shape[0] * shape[1] : shape.at(0);
+      const Index cols = shape.size() == 1 ? 1 : shape.back();
+      refs[name.substr(prefix.size())] = readAs(file, name, rows, cols);
+      largest = std::max(largest, refs[name.substr(prefix.size())].cwiseAbs().maxCoeff());
+    }
+    const auto ours = namedGradients(step);
+    EXPECT_EQ(ours.size(), refs.size()) << label;
+    double worst = 0;
+    std::string worstName;
+    for (const auto& [name, ref] : refs) {
+      const auto it = ours.find(name);
+      if (it == ours.end()) {
+        ADD_FAILURE() << label << ": no gradient for " << name;
+        continue;
+      }
+      ASSERT_EQ(it->second.rows(), ref.rows()) << label << " " << name;
+      ASSERT_EQ(it->second.cols(), ref.cols()) << label << " " << name;
+      double error;
+      if (isDouble) {
+        error = std::max(maxNormwise(it->second, ref), frobeniusError(it->second, ref));
+        EXPECT_LE(error, 1e-9) << label << " " << name;
+      } else {  // §4: the denominator floored at 1e-2 of the form's largest reference gradient
+        const double diff = (it->second - ref).cwiseAbs().maxCoeff();
+        error = diff / std::max(ref.cwiseAbs().maxCoeff(), 1e-2 * largest);
+        EXPECT_LE(error, 1e-3) << label << " " << name;
+      }
+      if (error >= worst) {
+        worst = error;
+        worstName = name;
+      }
+    }
+    std::printf("%s: out %.2e, worst gradient %.2e (%s)\n", label.c_str(), outError, worst,
+                worstName.c_str());
+  }
+  EXPECT_GE(trained, 1) << file.displayName() << ": no parallel or chunkwise gradients stored";
+}
+
+TEST(LayerBackwardGolden, EveryMsrGradFileInDouble) {
+  const auto files = msrGradFiles();
+  EXPECT_GE(files.size(), 2u);
+  for (const auto& path : files) checkGoldenFile<double>(path);
+}
+
+TEST(LayerBackwardGolden, EveryMsrGradFileInFloat) {
+  const auto files = msrGradFiles();
+  EXPECT_GE(files.size(), 2u);
+  for (const auto& path : files) checkGoldenFile<float>(path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parallel against chunkwise where torchscale's forms agree (group-norm eps ≈ 0: the _eps0
+// files), over chunk sizes: one row, ragged, the file's, T, beyond T.
+
+void expectSameGradients(const Step<double>& a, const Step<double>& b, double tolerance,
+                         const std::string& label, bool skipQueryKey = false) {
+  const auto ga = namedGradients(a), gb = namedGradients(b);
+  for (const auto& [name, ref] : ga) {
+    if (skipQueryKey && (name == "q_proj.weight" || name == "k_proj.weight")) continue;
+    const double error = std::max(maxNormwise(gb.at(name), ref), frobeniusError(gb.at(name), ref));
+    EXPECT_LE(error, tolerance) << label << " " << name;
+  }
+}
+
+TEST(LayerBackwardForms, ParallelAndChunkwiseAgreeOnTheEpsZeroFiles) {
+  int checked = 0;
+  for (const auto& path : msrGradFiles()) {
+    const auto file = io::SafetensorsFile::open(path);
+    if (std::stod(file.metadataValue("layernorm_eps").value_or("1")) > 1e-20) continue;
+    const auto layer = io::loadMultiScaleRetention<double>(file);
+    const auto in = readInputs<double>(file);
+    const Step<double> parallel =
+        trainStep(layer, Form::kParallel, in.x, in.batch, in.time, 0, in.dy);
+    std::set<Index> chunks = {1, 3, 5, in.chunk, in.time, in.time + 7};
+    if (in.time > 1) chunks.insert(in.time - 1);
+    for (const Index chunk : chunks) {
+      if (chunk < 1) continue;
+      const Step<double> chunkwise =
+          trainStep(layer, Form::kChunkwise, in.x, in.batch, in.time, chunk, in.dy);
+      EXPECT_LE(maxNormwise(chunkwise.y, parallel.y), 1e-10) << path << " chunk " << chunk;
+      // At T = 1 with eps ≈ 0 the q/k gradients are rounding noise (grad README §3.5).
+      expectSameGradients(parallel, chunkwise, 1e-10,
+                          file.displayName() + " chunk " + std::to_string(chunk), in.time == 1);
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 1);
+}
+
+/// A random small layer: torchscale's semantics, or FLA's (grouped key/value heads, a head-norm
+/// weight) with `fla`.
+Msr<double> randomLayer(bool fla, double eps, std::uint64_t seed,
+                        MultiScaleRetentionWeights<double>* weightsOut = nullptr) {
+  MultiScaleRetentionConfig config;
+  if (fla) {
+    config = MultiScaleRetentionConfig::fla(8, 2, 1, 4, 4, eps);
+  } else {
+    config.embedDim = 8;
+    config.valueDim = 12;
+    config.heads = 2;
+    config.eps = eps;
+  }
+  const Index D = config.embedDim, V = config.valueDim, dk = config.keyDim();
+  const Index kv = config.keyValueHeads(), dv = config.headValueDim();
+  MultiScaleRetentionWeights<double> w;
+  const double scale = 1.0 / std::sqrt(double(D));
+  w.q = randomMatrix<double>(config.heads * dk, D, seed + 1, scale);
+  w.k = randomMatrix<double>(kv * dk, D, seed + 2, scale);
+  w.v = randomMatrix<double>(kv * dv, D, seed + 3, scale);
+  w.g = randomMatrix<double>(V, D, seed + 4, scale);
+  w.out = randomMatrix<double>(D, V, seed + 5, 1.0 / std::sqrt(double(V)));
+  if (fla) w.headNorm = Vector<double>::Ones(dv) + randomMatrix<double>(dv, 1, seed + 6, 0.3);
+  if (weightsOut != nullptr) *weightsOut = w;
+  return Msr<double>(config, w);
+}
+
+TEST(LayerBackwardForms, ParallelAndChunkwiseAgreeAtOnePosition) {
+  for (const bool fla : {false, true}) {
+    const auto layer = randomLayer(fla, 1e-6, 70);
+    const Index batch = 3, time = 1, D = layer.config().embedDim;
+    const auto x = randomMatrix<double>(batch * time, D, 71, 1.0);
+    const auto dy = randomMatrix<double>(batch * time, D, 72, 1.0);
+    const auto parallel = trainStep(layer, Form::kParallel, x, batch, time, 0, dy);
+    for (const Index chunk : {1, 4}) {
+      const auto chunkwise = trainStep(layer, Form::kChunkwise, x, batch, time, chunk, dy);
+      expectSameGradients(
+          parallel, chunkwise, 1e-10,
+          std::string(fla ? "fla" : "torchscale") + " T=1 chunk " + std::to_string(chunk));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Central finite differences of L = Σ dy·y through the real forward (forwardSlab), on an
+// FLA-configured layer (no normalisers, so nothing is frozen), grouped key/value heads and a
+// head-norm weight, from a zero state and from a state a prefix left (positions > 0).
+
+double loss(const Msr<double>& layer, Form form, const RowMatrix<double>& x, Index batch,
+            Index time, Index chunk, const MultiScaleRetentionState<double>& initial,
+            const RowMatrix<double>& dy) {
+  MultiScaleRetentionState<double> state = initial;
+  if (state.empty()) layer.prepareState("test", batch, state);
+  RowMatrix<double> y(batch * time, layer.config().embedDim);
+  MultiScaleRetentionScratch<double> scratch;
+  layer.forwardSlab(form, x, batch, time, chunk, state, y, scratch);
+  return (y.array() * dy.array()).sum();
+}
+
+TEST(LayerBackwardFiniteDifferences, EveryWeightAndTheInput) {
+  MultiScaleRetentionWeights<double> w;
+  const auto base = randomLayer(true, 1e-6, 90, &w);
+  const auto config = base.config();
+  const Index batch = 2, time = 5, D = config.embedDim;
+  const auto x = randomMatrix<double>(batch * time, D, 91, 1.0);
+  const auto dy = randomMatrix<double>(batch * time, D, 92, 1.0);
+  // a state left by a 3-position prefix (a constant of the loss)
+  MultiScaleRetentionState<double> prefixState;
+  {
+    const auto prefix =
+        testing::toTensor<double>(testing::randomValues(batch * 3 * D, 93), batch, 3, D);
+    base.forwardParallel(prefix, prefixState);
+  }
+  const double h = 1e-5;
+  for (const bool fromPrefix : {false, true}) {
+    const MultiScaleRetentionState<double> initial =
+        fromPrefix ? prefixState : MultiScaleRetentionState<double>();
+    for (const auto& formChunk :
+         {std::pair{Form::kParallel, Index(0)}, std::pair{Form::kChunkwise, Index(2)}}) {
+      const Form form = formChunk.first;
+      const Index chunk = formChunk.second;
+      const std::string label = std::string(formName(form)) + (fromPrefix ? " after a prefix" : "");
+      const auto step = trainStep(base, form, x, batch, time, chunk, dy, initial);
+      // each weight: perturb an entry, rebuild the layer, difference the loss
+      const auto fd = [&](auto&& entries, Index count, auto&& rebuild) {
+        RowMatrix<double> grad(count, 1);
+        for (Index i = 0; i < count; ++i) {
+          double& e = entries(i);
+          const double saved = e;
+          e = saved + h;
+          const double plus = loss(rebuild(), form, x, batch, time, chunk, initial, dy);
+          e = saved - h;
+          const double minus = loss(rebuild(), form, x, batch, time, chunk, initial, dy);
+          e = saved;
+          grad(i) = (plus - minus) / (2 * h);
+        }
+        return grad;
+      };
+      RowMatrix<double> q = w.q.matrix(), k = w.k.matrix(), v = w.v.matrix(), g = w.g.matrix(),
+                        out = w.out.matrix();
+      Vector<double> norm = w.headNorm;
+      const auto rebuild = [&]() {
+        MultiScaleRetentionWeights<double> p;
+        p.q = q;
+        p.k = k;
+        p.v = v;
+        p.g = g;
+        p.out = out;
+        p.headNorm = norm;
+        return Msr<double>(config, p);
+      };
+      const auto check = [&](const char* name, RowMatrix<double>& m,
+                             const RowMatrix<double>& ours) {
+        const RowMatrix<double> numeric =
+            fd([&](Index i) -> double& { return m.data()[i]; }, m.size(), rebuild);
+        const RowMatrix<double> flat =
+            Eigen::Map<const RowMatrix<double>>(ours.data(), ours.size(), 1);
+        const double error = frobeniusError(flat, numeric);
+        EXPECT_LE(error, 1e-6) << label << " " << name;
+        std::printf("FD %s %s: %.2e\n", label.c_str(), name, error);
+      };
+      check("q_proj.weight", q, step.grads.q);
+      check("k_proj.weight", k, step.grads.k);
+      check("v_proj.weight", v, step.grads.v);
+      check("g_proj.weight", g, step.grads.g);
+      check("out_proj.weight", out, step.grads.out);
+      {
+        const RowMatrix<double> numeric =
+            fd([&](Index i) -> double& { return norm(i); }, norm.size(), rebuild);
+        const RowMatrix<double> ours = step.grads.headNorm;
+        EXPECT_LE(frobeniusError(ours, numeric), 1e-6) << label << " headNorm";
+      }
+      {
+        RowMatrix<double> xs = x;
+        RowMatrix<double> numeric(xs.size(), 1);
+        for (Index i = 0; i < xs.size(); ++i) {
+          const double saved = xs.data()[i];
+          xs.data()[i] = saved + h;
+          const double plus = loss(base, form, xs, batch, time, chunk, initial, dy);
+          xs.data()[i] = saved - h;
+          const double minus = loss(base, form, xs, batch, time, chunk, initial, dy);
+          xs.data()[i] = saved;
+          numeric(i) = (plus - minus) / (2 * h);
+        }
+        const RowMatrix<double> ours =
+            Eigen::Map<const RowMatrix<double>>(step.dx.data(), step.dx.size(), 1);
+        const double error = frobeniusError(ours, numeric);
+        EXPECT_LE(error, 1e-6) << label << " x";
+        std::printf("FD %s x: %.2e\n", label.c_str(), error);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The training forward is the forward; gradients accumulate.
+
+TEST(LayerBackward, TrainingForwardIsTheForwardBitForBit) {
+  for (const bool fla : {false, true}) {
+    const auto layer = randomLayer(fla, 1e-6, 110);
+    const Index batch = 2, time = 7, D = layer.config().embedDim;
+    const auto x = randomMatrix<double>(batch * time, D, 111, 1.0);
+    for (const auto& [form, chunk] :
+         {std::pair{Form::kParallel, Index(0)}, std::pair{Form::kChunkwise, Index(3)}}) {
+      MultiScaleRetentionState<double> a, b;
+      layer.prepareState("test", batch, a);
+      layer.prepareState("test", batch, b);
+      RowMatrix<double> ya(batch * time, D), yb(batch * time, D);
+      MultiScaleRetentionScratch<double> scratch;
+      layer.forwardSlab(form, x, batch, time, chunk, a, ya, scratch);
+      Msr<double>::TrainingCache cache;
+      layer.forwardTraining(form, x, batch, time, chunk, b, yb, cache);
+      EXPECT_TRUE(ya == yb) << formName(form);
+      for (Index i = 0; i < a.size(); ++i) {
+        if (a.data()[i] != b.data()[i]) {
+          ADD_FAILURE() << "state differs at " << i;
+          break;
+        }
+      }
+      EXPECT_EQ(a.positions(), b.positions());
+    }
+  }
+}
+
+TEST(LayerBackward, GradientsAccumulateAndTheCacheIsReused) {
+  const auto layer = randomLayer(true, 1e-6, 120);
+  const Index batch = 2, time = 6, D = layer.config().embedDim;
+  const auto x = randomMatrix<double>(batch * time, D, 121, 1.0);
+  const auto dy = randomMatrix<double>(batch * time, D, 122, 1.0);
+  const auto once = trainStep(layer, Form::kChunkwise, x, batch, time, 4, dy);
+  Msr<double>::TrainingCache cache;
+  auto grads = layer.zeroGradients();
+  RowMatrix<double> y(batch * time, D), dx(batch * time, D);
+  for (int pass = 0; pass < 2; ++pass) {
+    MultiScaleRetentionState<double> state;
+    layer.forwardTraining(Form::kChunkwise, x, batch, time, 4, state, y, cache);
+    layer.backward(cache, dy, dx, grads);
+  }
+  EXPECT_TRUE(dx == once.dx);
+  const auto a = namedGradients(once);
+  Step<double> twice;
+  twice.dx = dx;
+  twice.grads = grads;
+  for (const auto& [name, g] : namedGradients(twice)) {
+    if (name == "x") continue;
+    EXPECT_LE(maxNormwise(g, 2 * a.at(name)), 1e-15) << name;
+  }
+  grads.setZero();
+  EXPECT_EQ(grads.q.cwiseAbs().maxCoeff(), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals.
+
+TEST(LayerBackward, RefusesWhatItCannotTrain) {
+  MultiScaleRetentionWeights<double> w;
+  const auto layer = randomLayer(false, 1e-6, 130, &w);
+  const Index batch = 2, time = 4, D = layer.config().embedDim;
+  const auto x = randomMatrix<double>(batch * time, D, 131, 1.0);
+  RowMatrix<double> y(batch * time, D), dx(batch * time, D);
+  Msr<double>::TrainingCache cache;
+  {
+    MultiScaleRetentionState<double> state;
+    EXPECT_THROW(layer.forwardTraining(Form::kRecurrent, x, batch, time, 0, state, y, cache),
+                 InvalidArgument);
+  }
+  {
+    auto reduced = w;
+    for (auto* weight : {&reduced.q, &reduced.k, &reduced.v, &reduced.g})
+      *weight = weight->converted(WeightType::kBf16);
+    const Msr<double> bf16(layer.config(), reduced);
+    MultiScaleRetentionState<double> state;
+    EXPECT_THROW(bf16.forwardTraining(Form::kParallel, x, batch, time, 0, state, y, cache),
+                 InvalidArgument);
+    auto outOnly = w;
+    outOnly.out = outOnly.out.converted(WeightType::kInt8);
+    const Msr<double> int8(layer.config(), outOnly);
+    EXPECT_THROW(int8.forwardTraining(Form::kParallel, x, batch, time, 0, state, y, cache),
+                 InvalidArgument);
+  }
+  {
+    MultiScaleRetentionState<double> state;
+    RowMatrix<double> badX(batch * time + 1, D), badY(batch * time, D + 1);
+    EXPECT_THROW(layer.forwardTraining(Form::kParallel, badX, batch, time, 0, state, y, cache),
+                 InvalidArgument);
+    EXPECT_THROW(layer.forwardTraining(Form::kParallel, x, batch, time, 0, state, badY, cache),
+                 InvalidArgument);
+    EXPECT_THROW(layer.forwardTraining(Form::kChunkwise, x, batch, time, 0, state, y, cache),
+                 InvalidArgument);
+    MultiScaleRetentionState<double> wrongBatch;
+    layer.prepareState("test", batch + 1, wrongBatch);
+    EXPECT_THROW(layer.forwardTraining(Form::kParallel, x, batch, time, 0, wrongBatch, y, cache),
+                 InvalidArgument);
+  }
+  {
+    auto grads = layer.zeroGradients();
+    Msr<double>::TrainingCache empty;
+    EXPECT_THROW(layer.backward(empty, y, dx, grads), InvalidArgument);
+    MultiScaleRetentionState<double> state;
+    layer.forwardTraining(Form::kParallel, x, batch, time, 0, state, y, cache);
+    RowMatrix<double> badDy(batch * time, D + 1), badDx(batch * time - 1, D);
+    EXPECT_THROW(layer.backward(cache, badDy, dx, grads), InvalidArgument);
+    EXPECT_THROW(layer.backward(cache, y, badDx, grads), InvalidArgument);
+    auto badGrads = grads;
+    badGrads.q.resize(3, 3);
+    EXPECT_THROW(layer.backward(cache, y, dx, badGrads), InvalidArgument);
+    auto withNorm = grads;
+    withNorm.headNorm.setZero(layer.config().headValueDim());
+    EXPECT_THROW(layer.backward(cache, y, dx, withNorm), InvalidArgument);
+    // a cache of another layer's shape
+    const auto other = randomLayer(true, 1e-6, 140);
+    EXPECT_THROW(other.backward(cache, y, dx, grads), InvalidArgument);
+    EXPECT_NO_THROW(layer.backward(cache, y, dx, grads));
+  }
+}
+
+}  // namespace
+}  // namespace retnet
