@@ -1,6 +1,7 @@
-// The backward of MultiScaleRetention (forwardTraining + backward, parallel and chunkwise forms)
-// against torchscale's autograd gradients (tests/data/grad, shared/golden/grad's format), against
-// central finite differences of the real forward, and across forms and chunk sizes.
+// The backward of MultiScaleRetention and of RetNetBlock (forwardTraining + backward, parallel and
+// chunkwise forms) against torchscale's autograd gradients (tests/data/grad, shared/golden/grad's
+// format: the msr and the layer files), against central finite differences of the real forward,
+// and across forms and chunk sizes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "retnet/block.hpp"
 #include "retnet/io/checkpoint.hpp"
 #include "retnet/multiscale_retention.hpp"
 #include "test_util.hpp"
@@ -22,6 +24,8 @@ namespace {
 
 template <typename Scalar>
 using Msr = MultiScaleRetention<Scalar>;
+template <typename Scalar>
+using Block = RetNetBlock<Scalar>;
 
 std::string gradDataDir() { return std::string(RETNET_TEST_DATA_DIR) + "/grad"; }
 
@@ -50,32 +54,32 @@ RowMatrix<Scalar> randomMatrix(Index rows, Index cols, std::uint64_t seed, doubl
   return m;
 }
 
-/// One training step's results.
-template <typename Scalar>
+/// One training step's results, of a MultiScaleRetention (Layer = Msr) or a RetNetBlock.
+template <typename Scalar, typename Layer = Msr<Scalar>>
 struct Step {
   RowMatrix<Scalar> y, dx;
-  MultiScaleRetentionGradients<Scalar> grads;
+  typename Layer::Gradients grads;
   MultiScaleRetentionState<Scalar> state;  // the state after the forward
 };
 
-template <typename Scalar>
-Step<Scalar> trainStep(const Msr<Scalar>& layer, Form form, const RowMatrix<Scalar>& x, Index batch,
-                       Index time, Index chunk, const RowMatrix<Scalar>& dy,
-                       const MultiScaleRetentionState<Scalar>& initial = {}) {
+template <typename Scalar, typename Layer>
+Step<Scalar, Layer> trainStep(const Layer& layer, Form form, const RowMatrix<Scalar>& x,
+                              Index batch, Index time, Index chunk, const RowMatrix<Scalar>& dy,
+                              const MultiScaleRetentionState<Scalar>& initial = {}) {
   const Index D = layer.config().embedDim;
-  Step<Scalar> step;
+  Step<Scalar, Layer> step;
   step.state = initial;
   step.y.resize(batch * time, D);
   step.dx.resize(batch * time, D);
-  typename Msr<Scalar>::TrainingCache cache;
+  typename Layer::TrainingCache cache;
   layer.forwardTraining(form, x, batch, time, chunk, step.state, step.y, cache);
   layer.backward(cache, dy, step.dx, step.grads);
   return step;
 }
 
 /// A named gradient of a step as doubles: "x" or a weight's checkpoint name.
-template <typename Scalar>
-std::map<std::string, RowMatrix<double>> namedGradients(const Step<Scalar>& step) {
+template <typename Scalar, typename Layer>
+std::map<std::string, RowMatrix<double>> namedGradients(const Step<Scalar, Layer>& step) {
   std::map<std::string, RowMatrix<double>> named;
   named["x"] = step.dx.template cast<double>();
   step.grads.forEach([&](const char* name, const auto& g) {
@@ -106,18 +110,30 @@ bool parseTrainedForm(const std::string& name, Form& form) {
   return true;
 }
 
-/// Every msr gradient golden file in tests/data/grad.
-std::vector<std::string> msrGradFiles() {
+/// Every gradient golden file of `kind` (msr, layer) in tests/data/grad.
+std::vector<std::string> gradFiles(const std::string& kind) {
   std::vector<std::string> files;
   for (const auto& entry : std::filesystem::directory_iterator(gradDataDir())) {
     const std::string name = entry.path().filename().string();
     if (entry.path().extension() != ".safetensors" || name.find("_grad") == std::string::npos)
       continue;
     const auto file = io::SafetensorsFile::open(entry.path().string());
-    if (file.metadataValue("kind").value_or("") == "msr") files.push_back(entry.path().string());
+    if (file.metadataValue("kind").value_or("") == kind) files.push_back(entry.path().string());
   }
   std::sort(files.begin(), files.end());
   return files;
+}
+std::vector<std::string> msrGradFiles() { return gradFiles("msr"); }
+std::vector<std::string> layerGradFiles() { return gradFiles("layer"); }
+
+/// The layer of a golden file, built from its weights and metadata (test_layers_golden's way).
+template <typename Scalar, template <typename> class Layer>
+Layer<Scalar> loadLayer(const io::SafetensorsFile& file) {
+  if constexpr (std::is_same_v<Layer<Scalar>, RetNetBlock<Scalar>>) {
+    return io::loadRetNetBlock<Scalar>(file);
+  } else {
+    return io::loadMultiScaleRetention<Scalar>(file);
+  }
 }
 
 /// A tensor of any rank as a (rows x cols) matrix of its row-major values.
@@ -151,11 +167,11 @@ GoldenInputs<Scalar> readInputs(const io::SafetensorsFile& file) {
 // ---------------------------------------------------------------------------------------------
 // Against torchscale's autograd (tests/data/grad): every file, every stored trained form.
 
-template <typename Scalar>
+template <typename Scalar, template <typename> class Layer = Msr>
 void checkGoldenFile(const std::string& path) {
   constexpr bool isDouble = std::is_same_v<Scalar, double>;
   const auto file = io::SafetensorsFile::open(path);
-  const auto layer = io::loadMultiScaleRetention<Scalar>(file);
+  const auto layer = loadLayer<Scalar, Layer>(file);
   const auto in = readInputs<Scalar>(file);
   ASSERT_EQ(in.width, layer.config().embedDim);
   const std::string formsList = file.metadataValue("grad_forms").value_or("");
@@ -166,7 +182,8 @@ void checkGoldenFile(const std::string& path) {
     ++trained;
     const std::string label =
         file.displayName() + " " + formName + (isDouble ? " double" : " float");
-    const Step<Scalar> step = trainStep(layer, form, in.x, in.batch, in.time, in.chunk, in.dy);
+    const Step<Scalar, Layer<Scalar>> step =
+        trainStep(layer, form, in.x, in.batch, in.time, in.chunk, in.dy);
 
     // the forward and the loss
     const RowMatrix<double> out = readAs(file, "out_" + formName, in.batch * in.time, in.width);
@@ -196,6 +213,11 @@ void checkGoldenFile(const std::string& path) {
     }
     const auto ours = namedGradients(step);
     EXPECT_EQ(ours.size(), refs.size()) << label;
+    for (const auto& [name, gradient] : ours) {
+      if (refs.count(name) == 0) {
+        ADD_FAILURE() << label << ": " << name << " has no stored gradient";
+      }
+    }
     double worst = 0;
     std::string worstName;
     for (const auto& [name, ref] : refs) {
@@ -238,34 +260,53 @@ TEST(LayerBackwardGolden, EveryMsrGradFileInFloat) {
   for (const auto& path : files) checkGoldenFile<float>(path);
 }
 
+TEST(BlockBackwardGolden, EveryLayerGradFileInDouble) {
+  const auto files = layerGradFiles();
+  EXPECT_GE(files.size(), 2u);
+  for (const auto& path : files) checkGoldenFile<double, Block>(path);
+}
+
+TEST(BlockBackwardGolden, EveryLayerGradFileInFloat) {
+  const auto files = layerGradFiles();
+  EXPECT_GE(files.size(), 2u);
+  for (const auto& path : files) checkGoldenFile<float, Block>(path);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Parallel against chunkwise where torchscale's forms agree (group-norm eps ≈ 0: the _eps0
 // files), over chunk sizes: one row, ragged, the file's, T, beyond T.
 
-void expectSameGradients(const Step<double>& a, const Step<double>& b, double tolerance,
-                         const std::string& label, bool skipQueryKey = false) {
+template <typename Layer>
+void expectSameGradients(const Step<double, Layer>& a, const Step<double, Layer>& b,
+                         double tolerance, const std::string& label, bool skipQueryKey = false) {
   const auto ga = namedGradients(a), gb = namedGradients(b);
-  for (const auto& [name, ref] : ga) {
-    if (skipQueryKey && (name == "q_proj.weight" || name == "k_proj.weight")) continue;
+  for (const auto& [key, ref] : ga) {
+    const std::string& name = key;
+    const auto endsWith = [&](const std::string& tail) {
+      return name.size() >= tail.size() &&
+             name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    if (skipQueryKey && (endsWith("q_proj.weight") || endsWith("k_proj.weight"))) continue;
     const double error = std::max(maxNormwise(gb.at(name), ref), frobeniusError(gb.at(name), ref));
     EXPECT_LE(error, tolerance) << label << " " << name;
   }
 }
 
-TEST(LayerBackwardForms, ParallelAndChunkwiseAgreeOnTheEpsZeroFiles) {
+template <template <typename> class Layer>
+int checkFormsAgreeOnEpsZeroFiles(const std::vector<std::string>& files) {
   int checked = 0;
-  for (const auto& path : msrGradFiles()) {
+  for (const auto& path : files) {
     const auto file = io::SafetensorsFile::open(path);
     if (std::stod(file.metadataValue("layernorm_eps").value_or("1")) > 1e-20) continue;
-    const auto layer = io::loadMultiScaleRetention<double>(file);
+    const auto layer = loadLayer<double, Layer>(file);
     const auto in = readInputs<double>(file);
-    const Step<double> parallel =
+    const Step<double, Layer<double>> parallel =
         trainStep(layer, Form::kParallel, in.x, in.batch, in.time, 0, in.dy);
     std::set<Index> chunks = {1, 3, 5, in.chunk, in.time, in.time + 7};
     if (in.time > 1) chunks.insert(in.time - 1);
     for (const Index chunk : chunks) {
       if (chunk < 1) continue;
-      const Step<double> chunkwise =
+      const Step<double, Layer<double>> chunkwise =
           trainStep(layer, Form::kChunkwise, in.x, in.batch, in.time, chunk, in.dy);
       EXPECT_LE(maxNormwise(chunkwise.y, parallel.y), 1e-10) << path << " chunk " << chunk;
       // At T = 1 with eps ≈ 0 the q/k gradients are rounding noise (grad README §3.5).
@@ -274,7 +315,15 @@ TEST(LayerBackwardForms, ParallelAndChunkwiseAgreeOnTheEpsZeroFiles) {
     }
     ++checked;
   }
-  EXPECT_GE(checked, 1);
+  return checked;
+}
+
+TEST(LayerBackwardForms, ParallelAndChunkwiseAgreeOnTheEpsZeroFiles) {
+  EXPECT_GE(checkFormsAgreeOnEpsZeroFiles<Msr>(msrGradFiles()), 1);
+}
+
+TEST(BlockBackwardForms, ParallelAndChunkwiseAgreeOnTheEpsZeroFiles) {
+  EXPECT_GE(checkFormsAgreeOnEpsZeroFiles<Block>(layerGradFiles()), 1);
 }
 
 /// A random small layer: torchscale's semantics, or FLA's (grouped key/value heads, a head-norm
@@ -550,6 +599,314 @@ TEST(LayerBackward, RefusesWhatItCannotTrain) {
     const auto other = randomLayer(true, 1e-6, 140);
     EXPECT_THROW(other.backward(cache, y, dx, grads), InvalidArgument);
     EXPECT_NO_THROW(layer.backward(cache, y, dx, grads));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RetNetBlock: finite differences, the training forward, accumulation, refusals.
+
+/// A random small block of FLA's configuration: no torchscale normalisers, grouped key/value
+/// heads, a head-norm weight, the SwiGLU MLP (fc1 = gate_proj, gate = up_proj, fc2 = down_proj).
+RetNetBlockConfig flaBlockConfig(double eps) {
+  const MultiScaleRetentionConfig r = MultiScaleRetentionConfig::fla(8, 2, 1, 4, 4, eps);
+  RetNetBlockConfig c;
+  c.embedDim = r.embedDim;
+  c.valueDim = r.valueDim;
+  c.heads = r.heads;
+  c.ffnDim = 12;
+  c.eps = eps;
+  c.activation = Activation::kSwish;
+  c.headKeyDim = r.headKeyDim;
+  c.kvHeads = r.kvHeads;
+  c.rotary = r.rotary;
+  c.normalization = r.normalization;
+  c.scaleSide = r.scaleSide;
+  return c;
+}
+
+/// A block's weights as plain matrices, to perturb entry by entry (by checkpoint name).
+struct PlainBlockWeights {
+  std::map<std::string, RowMatrix<double>> m;
+
+  RetNetBlockWeights<double> weights() const {
+    RetNetBlockWeights<double> w;
+    w.retention.q = m.at("retention.q_proj.weight");
+    w.retention.k = m.at("retention.k_proj.weight");
+    w.retention.v = m.at("retention.v_proj.weight");
+    w.retention.g = m.at("retention.g_proj.weight");
+    w.retention.out = m.at("retention.out_proj.weight");
+    w.retention.headNorm = m.at("retention.g_norm_swish_gate.weight");
+    w.retentionNorm = m.at("retention_layer_norm.weight");
+    w.fc1 = m.at("ffn.fc1.weight");
+    w.gate = m.at("ffn.gate.weight");
+    w.fc2 = m.at("ffn.fc2.weight");
+    w.finalNorm = m.at("final_layer_norm.weight");
+    return w;
+  }
+};
+
+PlainBlockWeights randomBlockWeights(const RetNetBlockConfig& c, std::uint64_t seed) {
+  const MultiScaleRetentionConfig r = c.retention();
+  const Index D = c.embedDim, V = c.valueDim, F = c.ffnDim, dk = r.keyDim(), dv = r.headValueDim();
+  const Index kv = r.keyValueHeads();
+  const double sd = 1.0 / std::sqrt(double(D));
+  PlainBlockWeights p;
+  p.m["retention.q_proj.weight"] = randomMatrix<double>(c.heads * dk, D, seed + 1, sd);
+  p.m["retention.k_proj.weight"] = randomMatrix<double>(kv * dk, D, seed + 2, sd);
+  p.m["retention.v_proj.weight"] = randomMatrix<double>(kv * dv, D, seed + 3, sd);
+  p.m["retention.g_proj.weight"] = randomMatrix<double>(V, D, seed + 4, sd);
+  p.m["retention.out_proj.weight"] =
+      randomMatrix<double>(D, V, seed + 5, 1.0 / std::sqrt(double(V)));
+  p.m["retention.g_norm_swish_gate.weight"] =
+      RowMatrix<double>::Ones(dv, 1) + randomMatrix<double>(dv, 1, seed + 6, 0.3);
+  p.m["retention_layer_norm.weight"] =
+      RowMatrix<double>::Ones(D, 1) + randomMatrix<double>(D, 1, seed + 7, 0.3);
+  p.m["ffn.fc1.weight"] = randomMatrix<double>(F, D, seed + 8, sd);
+  p.m["ffn.gate.weight"] = randomMatrix<double>(F, D, seed + 9, sd);
+  p.m["ffn.fc2.weight"] = randomMatrix<double>(D, F, seed + 10, 1.0 / std::sqrt(double(F)));
+  p.m["final_layer_norm.weight"] =
+      RowMatrix<double>::Ones(D, 1) + randomMatrix<double>(D, 1, seed + 11, 0.3);
+  return p;
+}
+
+double blockLoss(const Block<double>& block, Form form, const RowMatrix<double>& x, Index batch,
+                 Index time, Index chunk, const MultiScaleRetentionState<double>& initial,
+                 const RowMatrix<double>& dy) {
+  MultiScaleRetentionState<double> state = initial;
+  if (state.empty()) block.prepareState("test", batch, state);
+  RowMatrix<double> y(batch * time, block.config().embedDim);
+  RetNetBlockScratch<double> scratch;
+  block.forwardSlab(form, x, batch, time, chunk, state, y, scratch);
+  return (y.array() * dy.array()).sum();
+}
+
+TEST(BlockBackwardFiniteDifferences, EveryWeightAndTheInput) {
+  const RetNetBlockConfig config = flaBlockConfig(1e-6);
+  PlainBlockWeights plain = randomBlockWeights(config, 200);
+  const Block<double> base(config, plain.weights());
+  const Index batch = 2, time = 5, D = config.embedDim;
+  const auto x = randomMatrix<double>(batch * time, D, 201, 1.0);
+  const auto dy = randomMatrix<double>(batch * time, D, 202, 1.0);
+  MultiScaleRetentionState<double> prefixState;
+  {
+    const auto prefix =
+        testing::toTensor<double>(testing::randomValues(batch * 3 * D, 203), batch, 3, D);
+    base.forwardParallel(prefix, prefixState);
+  }
+  const double h = 1e-5;
+  for (const bool fromPrefix : {false, true}) {
+    const MultiScaleRetentionState<double> initial =
+        fromPrefix ? prefixState : MultiScaleRetentionState<double>();
+    for (const auto& [form, chunk] :
+         {std::pair{Form::kParallel, Index(0)}, std::pair{Form::kChunkwise, Index(2)}}) {
+      const std::string label = std::string(formName(form)) + (fromPrefix ? " after a prefix" : "");
+      const auto step = trainStep(base, form, x, batch, time, chunk, dy, initial);
+      const auto ours = namedGradients(step);
+      EXPECT_EQ(ours.size(), plain.m.size() + 1) << label;
+      for (auto& [name, matrix] : plain.m) {
+        RowMatrix<double> numeric(matrix.size(), 1);
+        for (Index i = 0; i < matrix.size(); ++i) {
+          const double saved = matrix.data()[i];
+          matrix.data()[i] = saved + h;
+          const double plus = blockLoss(Block<double>(config, plain.weights()), form, x, batch,
+                                        time, chunk, initial, dy);
+          matrix.data()[i] = saved - h;
+          const double minus = blockLoss(Block<double>(config, plain.weights()), form, x, batch,
+                                         time, chunk, initial, dy);
+          matrix.data()[i] = saved;
+          numeric(i) = (plus - minus) / (2 * h);
+        }
+        ASSERT_EQ(ours.count(name), 1u) << label << " " << name;
+        const RowMatrix<double>& g = ours.at(name);
+        const RowMatrix<double> flat = Eigen::Map<const RowMatrix<double>>(g.data(), g.size(), 1);
+        const double error = frobeniusError(flat, numeric);
+        EXPECT_LE(error, 1e-6) << label << " " << name;
+        std::printf("FD block %s %s: %.2e\n", label.c_str(), name.c_str(), error);
+      }
+      RowMatrix<double> xs = x;
+      RowMatrix<double> numeric(xs.size(), 1);
+      for (Index i = 0; i < xs.size(); ++i) {
+        const double saved = xs.data()[i];
+        xs.data()[i] = saved + h;
+        const double plus = blockLoss(base, form, xs, batch, time, chunk, initial, dy);
+        xs.data()[i] = saved - h;
+        const double minus = blockLoss(base, form, xs, batch, time, chunk, initial, dy);
+        xs.data()[i] = saved;
+        numeric(i) = (plus - minus) / (2 * h);
+      }
+      const RowMatrix<double> flat =
+          Eigen::Map<const RowMatrix<double>>(step.dx.data(), step.dx.size(), 1);
+      const double error = frobeniusError(flat, numeric);
+      EXPECT_LE(error, 1e-6) << label << " x";
+      std::printf("FD block %s x: %.2e\n", label.c_str(), error);
+    }
+  }
+}
+
+/// A random small block: torchscale's configuration (gelu GLU), or FLA's with `fla`.
+Block<double> randomBlock(bool fla, std::uint64_t seed) {
+  if (fla)
+    return Block<double>(flaBlockConfig(1e-6),
+                         randomBlockWeights(flaBlockConfig(1e-6), seed).weights());
+  RetNetBlockConfig c;
+  c.embedDim = 8;
+  c.valueDim = 12;
+  c.heads = 2;
+  c.ffnDim = 10;
+  PlainBlockWeights p = randomBlockWeights(c, seed);
+  RetNetBlockWeights<double> w = p.weights();
+  w.retention.headNorm.resize(0);
+  return Block<double>(c, w);
+}
+
+TEST(BlockBackward, TrainingForwardIsTheForwardBitForBit) {
+  for (const bool fla : {false, true}) {
+    const auto block = randomBlock(fla, 210);
+    const Index batch = 2, time = 7, D = block.config().embedDim;
+    const auto x = randomMatrix<double>(batch * time, D, 211, 1.0);
+    for (const auto& [form, chunk] :
+         {std::pair{Form::kParallel, Index(0)}, std::pair{Form::kChunkwise, Index(3)}}) {
+      MultiScaleRetentionState<double> a, b;
+      block.prepareState("test", batch, a);
+      block.prepareState("test", batch, b);
+      RowMatrix<double> ya(batch * time, D), yb(batch * time, D);
+      RetNetBlockScratch<double> scratch;
+      block.forwardSlab(form, x, batch, time, chunk, a, ya, scratch);
+      Block<double>::TrainingCache cache;
+      block.forwardTraining(form, x, batch, time, chunk, b, yb, cache);
+      EXPECT_TRUE(ya == yb) << formName(form);
+      for (Index i = 0; i < a.size(); ++i) {
+        if (a.data()[i] != b.data()[i]) {
+          ADD_FAILURE() << "state differs at " << i;
+          break;
+        }
+      }
+      EXPECT_EQ(a.positions(), b.positions());
+    }
+  }
+}
+
+TEST(BlockBackward, GradientsAccumulateAndTheCacheIsReused) {
+  const auto block = randomBlock(true, 220);
+  const Index batch = 2, time = 6, D = block.config().embedDim;
+  const auto x = randomMatrix<double>(batch * time, D, 221, 1.0);
+  const auto dy = randomMatrix<double>(batch * time, D, 222, 1.0);
+  const auto once = trainStep(block, Form::kChunkwise, x, batch, time, 4, dy);
+  Block<double>::TrainingCache cache;
+  auto grads = block.zeroGradients();
+  RowMatrix<double> y(batch * time, D), dx(batch * time, D);
+  for (int pass = 0; pass < 2; ++pass) {
+    MultiScaleRetentionState<double> state;
+    block.forwardTraining(Form::kChunkwise, x, batch, time, 4, state, y, cache);
+    block.backward(cache, dy, dx, grads);
+  }
+  EXPECT_TRUE(dx == once.dx);
+  const auto a = namedGradients(once);
+  Step<double, Block<double>> twice;
+  twice.dx = dx;
+  twice.grads = grads;
+  const auto b = namedGradients(twice);
+  EXPECT_EQ(a.size(), b.size());
+  for (const auto& [name, g] : b) {
+    if (name == "x") {
+      continue;
+    }
+    EXPECT_LE(maxNormwise(g, 2 * a.at(name)), 1e-15) << name;
+  }
+  // dX may be dY's buffer
+  RowMatrix<double> inPlace = dy;
+  Block<double>::Gradients fresh;
+  block.backward(cache, inPlace, inPlace, fresh);
+  EXPECT_TRUE(inPlace == once.dx);
+  grads.setZero();
+  grads.forEach(
+      [](const char* name, const auto& g) { EXPECT_EQ(g.cwiseAbs().maxCoeff(), 0.0) << name; });
+}
+
+TEST(BlockBackward, RefusesWhatItCannotTrain) {
+  const RetNetBlockConfig config = flaBlockConfig(1e-6);
+  const PlainBlockWeights plain = randomBlockWeights(config, 230);
+  const Block<double> block(config, plain.weights());
+  const Index batch = 2, time = 4, D = config.embedDim;
+  const auto x = randomMatrix<double>(batch * time, D, 231, 1.0);
+  RowMatrix<double> y(batch * time, D), dx(batch * time, D);
+  Block<double>::TrainingCache cache;
+  {
+    MultiScaleRetentionState<double> state;
+    EXPECT_THROW(block.forwardTraining(Form::kRecurrent, x, batch, time, 0, state, y, cache),
+                 InvalidArgument);
+  }
+  {
+    const auto reducedBlock = [&](auto&& reduce) {
+      RetNetBlockWeights<double> w = plain.weights();
+      reduce(w);
+      return Block<double>(config, w);
+    };
+    const std::vector<Block<double>> reduced = {
+        reducedBlock([](RetNetBlockWeights<double>& w) {
+          for (auto* weight : {&w.retention.q, &w.retention.k, &w.retention.v, &w.retention.g})
+            *weight = weight->converted(WeightType::kBf16);
+        }),
+        reducedBlock([](RetNetBlockWeights<double>& w) {
+          w.retention.out = w.retention.out.converted(WeightType::kInt8);
+        }),
+        reducedBlock([](RetNetBlockWeights<double>& w) {
+          for (auto* weight : {&w.fc1, &w.gate}) *weight = weight->converted(WeightType::kBf16);
+        }),
+        reducedBlock(
+            [](RetNetBlockWeights<double>& w) { w.fc2 = w.fc2.converted(WeightType::kInt8); }),
+    };
+    for (const auto& b : reduced) {
+      MultiScaleRetentionState<double> state;
+      EXPECT_THROW(b.forwardTraining(Form::kParallel, x, batch, time, 0, state, y, cache),
+                   InvalidArgument);
+    }
+  }
+  {
+    MultiScaleRetentionState<double> state;
+    RowMatrix<double> badX(batch * time + 1, D), badY(batch * time, D + 1);
+    EXPECT_THROW(block.forwardTraining(Form::kParallel, badX, batch, time, 0, state, y, cache),
+                 InvalidArgument);
+    EXPECT_THROW(block.forwardTraining(Form::kParallel, x, batch, time, 0, state, badY, cache),
+                 InvalidArgument);
+    EXPECT_THROW(block.forwardTraining(Form::kChunkwise, x, batch, time, 0, state, y, cache),
+                 InvalidArgument);
+    EXPECT_THROW(block.forwardTraining(Form::kParallel, x, 0, time, 0, state, y, cache),
+                 InvalidArgument);
+    MultiScaleRetentionState<double> wrongBatch;
+    block.prepareState("test", batch + 1, wrongBatch);
+    EXPECT_THROW(block.forwardTraining(Form::kParallel, x, batch, time, 0, wrongBatch, y, cache),
+                 InvalidArgument);
+  }
+  {
+    auto grads = block.zeroGradients();
+    Block<double>::TrainingCache empty;
+    EXPECT_THROW(block.backward(empty, y, dx, grads), InvalidArgument);
+    MultiScaleRetentionState<double> state;
+    block.forwardTraining(Form::kParallel, x, batch, time, 0, state, y, cache);
+    RowMatrix<double> badDy(batch * time, D + 1), badDx(batch * time - 1, D);
+    EXPECT_THROW(block.backward(cache, badDy, dx, grads), InvalidArgument);
+    EXPECT_THROW(block.backward(cache, y, badDx, grads), InvalidArgument);
+    for (const char* field : {"retention.q_proj.weight", "ffn.gate.weight",
+                              "final_layer_norm.weight", "retention.g_norm_swish_gate.weight"}) {
+      auto bad = grads;
+      bad.forEach([&](const char* name, auto& g) {
+        if (std::string(field) == name) {
+          g.setZero(g.size() + 1, 1);
+        }
+      });
+      const auto before = namedGradients(Step<double, Block<double>>{y, dx, bad, {}});
+      EXPECT_THROW(block.backward(cache, y, dx, bad), InvalidArgument) << field;
+      // nothing written before the refusal
+      const auto after = namedGradients(Step<double, Block<double>>{y, dx, bad, {}});
+      for (const auto& [name, g] : before) {
+        EXPECT_TRUE(after.at(name) == g) << field << ": " << name;
+      }
+    }
+    // a cache of another block's shape
+    const auto other = randomBlock(false, 240);
+    EXPECT_THROW(other.backward(cache, y, dx, grads), InvalidArgument);
+    EXPECT_NO_THROW(block.backward(cache, y, dx, grads));
   }
 }
 

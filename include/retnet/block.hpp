@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -84,6 +85,69 @@ struct RetNetBlockWeights {
   Vector<Scalar> finalNorm;                      ///< final_layer_norm.weight (D)
 };
 
+/// Gradients of a loss with respect to the weights of RetNetBlockWeights, in the same layout, as
+/// plain matrices: what RetNetBlock::backward accumulates into. forEach names each field by its
+/// checkpoint name (torchscale's state_dict names).
+template <typename Scalar>
+struct RetNetBlockGradients {
+  MultiScaleRetentionGradients<Scalar> retention;  ///< d retention.*
+  Vector<Scalar> retentionNorm;                    ///< d retention_layer_norm.weight (D)
+  RowMatrix<Scalar> fc1;                           ///< d ffn.fc1.weight  (F, D)
+  RowMatrix<Scalar> gate;                          ///< d ffn.gate.weight (F, D)
+  RowMatrix<Scalar> fc2;                           ///< d ffn.fc2.weight  (D, F)
+  Vector<Scalar> finalNorm;                        ///< d final_layer_norm.weight (D)
+
+  /// Zero gradients of a block of `config`, with a retention head-norm weight's when
+  /// `headNormWeight`.
+  static RetNetBlockGradients zeros(const RetNetBlockConfig& config, bool headNormWeight) {
+    RetNetBlockGradients grads;
+    grads.resize(config, headNormWeight);
+    return grads;
+  }
+
+  /// Sizes every field for `config` and zeros it.
+  void resize(const RetNetBlockConfig& config, bool headNormWeight) {
+    const Index D = config.embedDim, F = config.ffnDim;
+    retention.resize(config.retention(), headNormWeight);
+    retentionNorm.setZero(D);
+    fc1.setZero(F, D);
+    gate.setZero(F, D);
+    fc2.setZero(D, F);
+    finalNorm.setZero(D);
+  }
+
+  /// Zeros every field, keeping the shapes (between optimiser steps).
+  void setZero() {
+    forEach([](const char*, auto& gradient) { gradient.setZero(); });
+  }
+
+  /// visit(name, gradient) for each field (const or not): the retention's as "retention." + its
+  /// names (MultiScaleRetentionGradients::forEach), then "retention_layer_norm.weight",
+  /// "ffn.fc1.weight", "ffn.gate.weight", "ffn.fc2.weight", "final_layer_norm.weight".
+  template <typename Visit>
+  void forEach(Visit&& visit) {
+    forEachOf(*this, visit);
+  }
+  template <typename Visit>
+  void forEach(Visit&& visit) const {
+    forEachOf(*this, visit);
+  }
+
+ private:
+  template <typename Self, typename Visit>
+  static void forEachOf(Self& self, Visit& visit) {
+    self.retention.forEach([&](const char* name, auto& gradient) {
+      const std::string prefixed = std::string("retention.") + name;
+      visit(prefixed.c_str(), gradient);
+    });
+    visit("retention_layer_norm.weight", self.retentionNorm);
+    visit("ffn.fc1.weight", self.fc1);
+    visit("ffn.gate.weight", self.gate);
+    visit("ffn.fc2.weight", self.fc2);
+    visit("final_layer_norm.weight", self.finalNorm);
+  }
+};
+
 /// Buffers of one block call (not part of any state's value).
 template <typename Scalar>
 struct RetNetBlockScratch {
@@ -103,6 +167,11 @@ struct RetNetBlockScratch {
 ///
 /// with the same three forms, state and handoff rules as MultiScaleRetention (its state is the
 /// retention's). Inputs and outputs are row-major (B, T, D).
+///
+/// Training (parallel and chunkwise forms, full-precision weights), as for MultiScaleRetention:
+/// forwardTraining is forwardSlab keeping a TrainingCache, backward runs the stages' backwards in
+/// reverse order and accumulates RetNetBlockGradients (torchscale's autograd gradients to
+/// rounding: tests/test_layer_backward.cpp).
 template <typename Scalar>
 class RetNetBlock
     : public SequenceLayer<RetNetBlock<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
@@ -117,7 +186,9 @@ class RetNetBlock
   using Scratch = RetNetBlockScratch<Scalar>;
 
   RetNetBlock(const Config& config, const Weights& weights)
-      : config_(checkedConfig(config)), retention_(config.retention(), weights.retention) {
+      : config_(checkedConfig(config)),
+        retention_(config.retention(), weights.retention),
+        headNormWeight_(weights.retention.headNorm.size() != 0) {
     const Index D = config.embedDim, F = config.ffnDim;
     const char* where = "RetNetBlock";
     detail::requireLength(where, weights.retentionNorm, D, "weight retentionNorm");
@@ -175,19 +246,123 @@ class RetNetBlock
     return State(batch, retention.heads, retention.keyDim(), retention.headValueDim());
   }
 
+  /// What backward() needs from forwardTraining(), kept by the caller between the two (x is
+  /// copied in, so the caller may reuse its input buffer): the retention's TrainingCache (its
+  /// input is RMSNorm(x; w_ret)), x, and the forward's scratch, whose `residual` holds h and
+  /// whose `normed` holds z = RMSNorm(h; w_final), the FFN's input. The `workspace` is the
+  /// backward's. Buffers only grow; one cache serves one backward at a time.
+  struct TrainingCache {
+    Index batch = 0, time = 0;  // time 0: nothing cached yet
+    typename MultiScaleRetention<Scalar>::TrainingCache retention;
+    Vector<Scalar> input;  // (rows x D) x
+    Scratch scratch;       // the forward's buffers: residual h, normed z (rows x D)
+
+    struct Workspace {
+      Vector<Scalar> dResidual;  // (rows x D) dL/dh
+      Vector<Scalar> dNormed;    // (rows x D) dL/dz, then dL/d RMSNorm(x)
+      Vector<Scalar> hidden;     // (rows x 2F) the FFN's, recomputed
+      Vector<Scalar> dHidden;    // (rows x 2F)
+      RowMatrix<Scalar> dInput;  // (2F x D) d[fc1; gate] of one backward
+    };
+    mutable Workspace workspace;
+  };
+  using Gradients = RetNetBlockGradients<Scalar>;
+
+  /// Zero gradients shaped for this block's weights.
+  Gradients zeroGradients() const { return Gradients::zeros(config_, headNormWeight_); }
+
   /// The data path of one slab: x (batch·time x D) -> y (batch·time x D).
   void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
                    State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
+    forwardPath(form, x, batch, time, chunkSize, state, y, scratch, nullptr);
+  }
+
+  /// forwardSlab for training: the same data path (the same bits of y and of the state), which
+  /// also fills `cache` for backward(). Parallel and chunkwise forms only and full-precision
+  /// weights only (WeightType::kFull); an empty state is sized (zeros, position 0). The whole
+  /// input is one slab: x (batch·time x D), y (batch·time x D).
+  void forwardTraining(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time,
+                       Index chunkSize, State& state, MatrixRef<Scalar> y,
+                       TrainingCache& cache) const {
+    const char* where = "RetNetBlock::forwardTraining";
+    requireTrainable(where, form);
+    detail::require(batch >= 1 && time >= 1, where, "batch and time must be >= 1, got (", batch,
+                    ", ", time, ")");
+    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
+    const Index D = config_.embedDim, rows = batch * time;
+    detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
+    detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
+    sizeOrCheckState(where, "batch size (the state's)", batch, state);
+    cache.time = 0;  // invalid until the forward has run
+    forwardPath(form, x, batch, time, chunkSize, state, y, cache.scratch, &cache);
+    cache.batch = batch;
+    cache.time = time;
+  }
+
+  /// The backward of forwardTraining() for the loss L whose gradient with respect to y is dY
+  /// (batch·time x D): writes dX = dL/dx (batch·time x D; it may be dY's buffer) and adds dL/dW
+  /// to `grads` (an empty one is sized and zeroed first; else its shapes must be this block's).
+  /// The states are not differentiated (MultiScaleRetention::backward). The stages of
+  /// forwardPath in reverse order:
+  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
+                Gradients& grads) const {
+    const char* where = "RetNetBlock::backward";
+    checkBackward(where, cache, dY, dX, grads);
+    const Index D = config_.embedDim, F = config_.ffnDim, rows = cache.batch * cache.time;
+    typename TrainingCache::Workspace& work = cache.workspace;
+    const ConstMap x(cache.input.data(), rows, D);
+    const ConstMap h(cache.scratch.residual.data(), rows, D);
+    const ConstMap z(cache.scratch.normed.data(), rows, D);
+
+    // y = h + FFN(z):  dh = dY (the residual), dz = FFN'(dY)
+    auto dH = detail::bufferView(work.dResidual, rows, D);
+    dH = dY;
+    auto dZ = detail::bufferView(work.dNormed, rows, D);
+    auto hidden = detail::bufferView(work.hidden, rows, 2 * F);
+    auto dHidden = detail::bufferView(work.dHidden, rows, 2 * F);
+    work.dInput.setZero(2 * F, D);
+    stages::gatedFeedForwardBackward<Scalar>(z, ffn_, dY, hidden, dHidden, dZ, work.dInput,
+                                             grads.fc2);
+    grads.fc1 += work.dInput.topRows(F);
+    grads.gate += work.dInput.bottomRows(F);
+
+    // z = RMSNorm(h; w_final):  dh += RMSNorm'(dz)
+    stages::rmsNormBackward<Scalar>(h, finalNorm_.data(), config_.eps, dZ, dZ,
+                                    grads.finalNorm.data());
+    dH += dZ;
+
+    // h = x + MSR(a):  dx = dh (the residual), da = MSR'(dh)
+    auto dA = detail::bufferView(work.dNormed, rows, D);
+    retention_.backward(cache.retention, dH, dA, grads.retention);
+
+    // a = RMSNorm(x; w_ret):  dx = dh + RMSNorm'(da)
+    stages::rmsNormBackward<Scalar>(x, retentionNorm_.data(), config_.eps, dA, dA,
+                                    grads.retentionNorm.data());
+    dX = dH + dA;
+  }
+
+ private:
+  using ConstMap = Eigen::Map<const RowMatrix<Scalar>>;
+
+  /// The data path (forwardSlab); with a cache, also what backward() needs.
+  void forwardPath(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
+                   State& state, MatrixRef<Scalar> y, Scratch& scratch,
+                   TrainingCache* cache) const {
     const Index D = config_.embedDim, rows = batch * time;
     const char* where = "RetNetBlock::forwardSlab";
     detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
     detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
     auto normed = detail::bufferView(scratch.normed, rows, D);
     auto h = detail::bufferView(scratch.residual, rows, D);
+    if (cache != nullptr) detail::bufferView(cache->input, rows, D) = x;
 
     // h = x + MSR(RMSNorm(x; w_ret))
     stages::rmsNorm(x, retentionNorm_.data(), config_.eps, normed);
-    retention_.forwardSlab(form, normed, batch, time, chunkSize, state, h, scratch.retention);
+    if (cache != nullptr) {
+      retention_.forwardTraining(form, normed, batch, time, chunkSize, state, h, cache->retention);
+    } else {
+      retention_.forwardSlab(form, normed, batch, time, chunkSize, state, h, scratch.retention);
+    }
     stages::addTo<Scalar>(x, h);
 
     // y = h + FFN(RMSNorm(h; w_final)),  FFN(z) = fc2(act(fc1 z) ⊙ gate z)
@@ -197,7 +372,53 @@ class RetNetBlock
     stages::addTo<Scalar>(h, y);
   }
 
- private:
+  /// Training: the parallel or chunkwise form, and full-precision weights.
+  void requireTrainable(const char* where, Form form) const {
+    detail::require(form != Form::kRecurrent, where,
+                    "the recurrent form has no backward; train with the parallel or chunkwise "
+                    "form");
+    forEachWeight([&](const LinearWeight<Scalar>& weight) {
+      detail::require(weight.type() == WeightType::kFull, where,
+                      "the weights must be full precision to be trained, got ",
+                      weightTypeName(weight.type()));
+    });
+  }
+
+  /// backward()'s checks, before its first write; sizes empty gradients.
+  void checkBackward(const char* where, const TrainingCache& cache,
+                     const ConstMatrixRef<Scalar>& dY, const MatrixRef<Scalar>& dX,
+                     Gradients& grads) const {
+    const Index D = config_.embedDim, F = config_.ffnDim, rows = cache.batch * cache.time;
+    detail::require(cache.time >= 1 && cache.batch >= 1, where,
+                    "the cache holds no forwardTraining call");
+    detail::require(cache.retention.batch == cache.batch && cache.retention.time == cache.time &&
+                        cache.input.size() >= rows * D &&
+                        cache.scratch.residual.size() >= rows * D &&
+                        cache.scratch.normed.size() >= rows * D,
+                    where, "the cache was not filled by this block's forwardTraining");
+    detail::requireShape(where, dY, rows, D, "dY (batch·time x embedDim)");
+    detail::requireShape(where, dX, rows, D, "dX (batch·time x embedDim)");
+    bool empty = true;
+    grads.forEach(
+        [&](const char*, const auto& gradient) { empty = empty && gradient.size() == 0; });
+    if (empty) grads.resize(config_, headNormWeight_);
+    const MultiScaleRetentionConfig r = config_.retention();
+    const Index dk = r.keyDim(), dv = r.headValueDim(), kv = r.keyValueHeads();
+    const auto& m = grads.retention;
+    detail::requireShape(where, m.q, r.heads * dk, D, "grads.retention.q (q_proj's shape)");
+    detail::requireShape(where, m.k, kv * dk, D, "grads.retention.k (k_proj's shape)");
+    detail::requireShape(where, m.v, kv * dv, D, "grads.retention.v (v_proj's shape)");
+    detail::requireShape(where, m.g, r.valueDim, D, "grads.retention.g (g_proj's shape)");
+    detail::requireShape(where, m.out, D, r.valueDim, "grads.retention.out (out_proj's shape)");
+    detail::requireLength(where, m.headNorm, headNormWeight_ ? dv : 0,
+                          "grads.retention.headNorm (the head-norm weight's length)");
+    detail::requireLength(where, grads.retentionNorm, D, "grads.retentionNorm (D)");
+    detail::requireShape(where, grads.fc1, F, D, "grads.fc1 (fc1's shape)");
+    detail::requireShape(where, grads.gate, F, D, "grads.gate (gate's shape)");
+    detail::requireShape(where, grads.fc2, D, F, "grads.fc2 (fc2's shape)");
+    detail::requireLength(where, grads.finalNorm, D, "grads.finalNorm (D)");
+  }
+
   static Config checkedConfig(const Config& config) {
     config.validate("RetNetBlock");
     return config;
@@ -207,6 +428,7 @@ class RetNetBlock
   MultiScaleRetention<Scalar> retention_;
   Vector<Scalar> retentionNorm_, finalNorm_;  // (D)
   FeedForwardWeights<Scalar> ffn_;            // fc1 | gate stacked (2F, D), fc2 (D, F)
+  bool headNormWeight_ = false;               // the retention has a head-norm weight
 };
 
 }  // namespace retnet
