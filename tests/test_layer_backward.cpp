@@ -483,30 +483,36 @@ TEST(LayerBackwardFiniteDifferences, EveryWeightAndTheInput) {
 // ---------------------------------------------------------------------------------------------
 // The training forward is the forward; gradients accumulate.
 
+/// forwardTraining gives the bits of forwardSlab, output and state, in both trainable forms.
+template <typename Layer, typename Scratch>
+void expectTrainingForwardIsTheForward(const Layer& layer, std::uint64_t seed) {
+  const Index batch = 2, time = 7, D = layer.config().embedDim;
+  const auto x = randomMatrix<double>(batch * time, D, seed, 1.0);
+  for (const auto& [form, chunk] :
+       {std::pair{Form::kParallel, Index(0)}, std::pair{Form::kChunkwise, Index(3)}}) {
+    MultiScaleRetentionState<double> a, b;
+    layer.prepareState("test", batch, a);
+    layer.prepareState("test", batch, b);
+    RowMatrix<double> ya(batch * time, D), yb(batch * time, D);
+    Scratch scratch;
+    layer.forwardSlab(form, x, batch, time, chunk, a, ya, scratch);
+    typename Layer::TrainingCache cache;
+    layer.forwardTraining(form, x, batch, time, chunk, b, yb, cache);
+    EXPECT_TRUE(ya == yb) << formName(form);
+    for (Index i = 0; i < a.size(); ++i) {
+      if (a.data()[i] != b.data()[i]) {
+        ADD_FAILURE() << "state differs at " << i;
+        break;
+      }
+    }
+    EXPECT_EQ(a.positions(), b.positions());
+  }
+}
+
 TEST(LayerBackward, TrainingForwardIsTheForwardBitForBit) {
   for (const bool fla : {false, true}) {
-    const auto layer = randomLayer(fla, 1e-6, 110);
-    const Index batch = 2, time = 7, D = layer.config().embedDim;
-    const auto x = randomMatrix<double>(batch * time, D, 111, 1.0);
-    for (const auto& [form, chunk] :
-         {std::pair{Form::kParallel, Index(0)}, std::pair{Form::kChunkwise, Index(3)}}) {
-      MultiScaleRetentionState<double> a, b;
-      layer.prepareState("test", batch, a);
-      layer.prepareState("test", batch, b);
-      RowMatrix<double> ya(batch * time, D), yb(batch * time, D);
-      MultiScaleRetentionScratch<double> scratch;
-      layer.forwardSlab(form, x, batch, time, chunk, a, ya, scratch);
-      Msr<double>::TrainingCache cache;
-      layer.forwardTraining(form, x, batch, time, chunk, b, yb, cache);
-      EXPECT_TRUE(ya == yb) << formName(form);
-      for (Index i = 0; i < a.size(); ++i) {
-        if (a.data()[i] != b.data()[i]) {
-          ADD_FAILURE() << "state differs at " << i;
-          break;
-        }
-      }
-      EXPECT_EQ(a.positions(), b.positions());
-    }
+    expectTrainingForwardIsTheForward<Msr<double>, MultiScaleRetentionScratch<double>>(
+        randomLayer(fla, 1e-6, 110), 111);
   }
 }
 
@@ -761,28 +767,8 @@ Block<double> randomBlock(bool fla, std::uint64_t seed) {
 
 TEST(BlockBackward, TrainingForwardIsTheForwardBitForBit) {
   for (const bool fla : {false, true}) {
-    const auto block = randomBlock(fla, 210);
-    const Index batch = 2, time = 7, D = block.config().embedDim;
-    const auto x = randomMatrix<double>(batch * time, D, 211, 1.0);
-    for (const auto& [form, chunk] :
-         {std::pair{Form::kParallel, Index(0)}, std::pair{Form::kChunkwise, Index(3)}}) {
-      MultiScaleRetentionState<double> a, b;
-      block.prepareState("test", batch, a);
-      block.prepareState("test", batch, b);
-      RowMatrix<double> ya(batch * time, D), yb(batch * time, D);
-      RetNetBlockScratch<double> scratch;
-      block.forwardSlab(form, x, batch, time, chunk, a, ya, scratch);
-      Block<double>::TrainingCache cache;
-      block.forwardTraining(form, x, batch, time, chunk, b, yb, cache);
-      EXPECT_TRUE(ya == yb) << formName(form);
-      for (Index i = 0; i < a.size(); ++i) {
-        if (a.data()[i] != b.data()[i]) {
-          ADD_FAILURE() << "state differs at " << i;
-          break;
-        }
-      }
-      EXPECT_EQ(a.positions(), b.positions());
-    }
+    expectTrainingForwardIsTheForward<Block<double>, RetNetBlockScratch<double>>(
+        randomBlock(fla, 210), 211);
   }
 }
 
