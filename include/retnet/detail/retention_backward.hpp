@@ -87,9 +87,7 @@ void retentionChunkBackward(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Sc
 
   // torchscale's cross-chunk normaliser, as the forward reads it from the entering state.
   Scalar sigma = 1;
-  if (scaling != RowScaling::kNone && !stateIsZero) {
-    sigma = std::max<Scalar>(state.cwiseAbs().colwise().sum().maxCoeff() / plan.windowSum, 1);
-  }
+  if (scaling != RowScaling::kNone && !stateIsZero) sigma = crossNormaliser(state, plan);
 
   for (Index r0 = 0; r0 < c; r0 += kRowBlock) {
     const Index rb = std::min(kRowBlock, c - r0), r1 = r0 + rb;  // rows [r0, r1) see keys [0, r1)
@@ -103,11 +101,7 @@ void retentionChunkBackward(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Sc
     // P, as the forward forms it (the same products, so the same factors).
     auto scores = Scratch::view(scratch.scores, rb, r1);
     scores.noalias() = qBlock * keys.transpose();
-    for (Index i = r0; i < r1; ++i) {
-      auto row = scores.row(i - r0);
-      row.head(i + 1).array() *= plan.maskPowers.head(i + 1).reverse().transpose().array();
-      row.tail(r1 - 1 - i).setZero();
-    }
+    maskScores(scores, plan, r0, r1, 0);
 
     // G = dO / f, f_i = r_i · max(iota_i, sigma) [capped at 5e4 in the parallel form].
     auto grads = Scratch::view(scratch.rowGradients, rb, valueDim);
@@ -115,24 +109,15 @@ void retentionChunkBackward(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Sc
     if (scaling != RowScaling::kNone) {
       auto rowAbsSum = Scratch::view(scratch.rowAbsSum, rb, 1);
       rowAbsSum.noalias() = scores.cwiseAbs().rowwise().sum();
-      for (Index i = r0; i < r1; ++i) {
-        const Scalar r = plan.rowNorm(i);
-        const Scalar iota = std::max<Scalar>(rowAbsSum(i - r0) / r, 1);
-        Scalar a = std::max(iota, sigma);
-        if (scaling == RowScaling::kParallel) a = std::min<Scalar>(a, Scalar(5e4));
-        grads.row(i - r0) /= r * a;
-      }
+      for (Index i = r0; i < r1; ++i)
+        grads.row(i - r0) /= rowFactor(plan, scaling, i, rowAbsSum(i - r0), sigma);
     }
 
     // Inner term: dv += Pᵀ G; dP = (G Vᵀ) ⊙ mask; dq = dP K; dk += dPᵀ Q.
     dvSeen.noalias() += scores.transpose() * grads;
     auto scoreGrads = Scratch::view(scratch.scoreGradients, rb, r1);
     scoreGrads.noalias() = grads * values.transpose();
-    for (Index i = r0; i < r1; ++i) {
-      auto row = scoreGrads.row(i - r0);
-      row.head(i + 1).array() *= plan.maskPowers.head(i + 1).reverse().transpose().array();
-      row.tail(r1 - 1 - i).setZero();
-    }
+    maskScores(scoreGrads, plan, r0, r1, 0);
     dqBlock.noalias() = scoreGrads * keys;
     dkSeen.noalias() += scoreGrads.transpose() * qBlock;
 

@@ -100,6 +100,39 @@ RowsMap<Scalar> middleRows(RowsMap<Scalar>& m, Index start, Index count) {
                          Eigen::OuterStride<>(m.outerStride()));
 }
 
+/// Masks rows [r0, r1) of a chunk's q·k scores, taken against keys [keyBegin, r1), by the decay
+/// mask D (eq. 5): row i keeps s·γ^(i−j) (q_i·k_j) for keyBegin <= j <= i and is zero beyond.
+/// The forward masks the scores with it, the backward their gradients.
+template <typename Scalar, typename Scores>
+void maskScores(Scores& scores, const ChunkPlan<Scalar>& plan, Index r0, Index r1, Index keyBegin) {
+  for (Index i = r0; i < r1; ++i) {
+    auto row = scores.row(i - r0);
+    const Index seen = i + 1 - keyBegin;
+    row.head(seen).array() *= plan.maskPowers.head(seen).reverse().transpose().array();
+    row.tail(r1 - 1 - i).setZero();
+  }
+}
+
+/// torchscale's cross-chunk normaliser, read from the state S entering a chunk: the largest
+/// column abs-sum of R = S / L, floored at 1 (docs/semantics/torchscale.md §3.3).
+template <typename Scalar, typename State>
+Scalar crossNormaliser(const State& state, const ChunkPlan<Scalar>& plan) {
+  return std::max<Scalar>(state.cwiseAbs().colwise().sum().maxCoeff() / plan.windowSum, 1);
+}
+
+/// torchscale's factor f_i = r_i · a_i of row i, a_i = max(iota_i, sigma) with
+/// iota_i = max(Σ_j |q_i·k_j| γ^(i-j) / r_i, 1) from the row's abs-sum of masked scores; the
+/// parallel form also caps a_i at 5e4, as torchscale does (docs/semantics/torchscale.md §3.3).
+template <typename Scalar>
+Scalar rowFactor(const ChunkPlan<Scalar>& plan, RowScaling scaling, Index i, Scalar absSum,
+                 Scalar sigma) {
+  const Scalar r = plan.rowNorm(i);
+  const Scalar iota = std::max<Scalar>(absSum / r, 1);
+  Scalar a = std::max(iota, sigma);
+  if (scaling == RowScaling::kParallel) a = std::min<Scalar>(a, Scalar(5e4));
+  return r * a;
+}
+
 /// S <- γ^n S + Σ_{j in [from, to)} γ^(to-1-j) k_jᵀ v_j (n = to - from): the state after `from`
 /// rows of the chunk advanced to `to` rows, each key decayed to the last row before entering.
 template <typename Scalar>
@@ -136,12 +169,9 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
   // q is (c x dk), k (c x dk), v (c x dv), state (dk x dv), out (c x dv)
   RETNET_ASSERT(c >= 1 && c <= plan.rows && state.rows() == keyDim && out.rows() == c);
 
-  // torchscale's cross-chunk normaliser, read from the state before this chunk: the largest
-  // column abs-sum of R = S / L, floored at 1.
+  // torchscale's cross-chunk normaliser, read from the state before this chunk.
   Scalar sigma = 1;
-  if (scaling != RowScaling::kNone && !stateIsZero) {
-    sigma = std::max<Scalar>(state.cwiseAbs().colwise().sum().maxCoeff() / plan.windowSum, 1);
-  }
+  if (scaling != RowScaling::kNone && !stateIsZero) sigma = crossNormaliser(state, plan);
 
   Index stateRow = 0;  // `state` holds S advanced over the chunk's rows [0, stateRow)
   for (Index r0 = 0; r0 < c; r0 += kRowBlock) {
@@ -159,12 +189,7 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     const Index keyBegin = viaState && scaling == RowScaling::kNone ? r0 : 0;
     auto scores = ChunkScratch<Scalar>::view(scratch.scores, rb, r1 - keyBegin);
     scores.noalias() = qBlock * middleRows(k, keyBegin, r1 - keyBegin).transpose();
-    for (Index i = r0; i < r1; ++i) {
-      auto row = scores.row(i - r0);
-      const Index seen = i + 1 - keyBegin;
-      row.head(seen).array() *= plan.maskPowers.head(seen).reverse().transpose().array();
-      row.tail(r1 - 1 - i).setZero();
-    }
+    maskScores(scores, plan, r0, r1, keyBegin);
     auto rowAbsSum = ChunkScratch<Scalar>::view(scratch.rowAbsSum, rb, 1);
     if (scaling != RowScaling::kNone) rowAbsSum.noalias() = scores.cwiseAbs().rowwise().sum();
 
@@ -181,16 +206,8 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     }
 
     if (scaling != RowScaling::kNone) {
-      // f_i = r_i · a_i with a_i = max(iota_i, sigma), iota_i = max(Σ_j |q_i·k_j| γ^(i-j) / r_i, 1)
-      // (docs/semantics/torchscale.md §3.3); the parallel form also caps a_i at 5e4 as torchscale
-      // does.
-      for (Index i = r0; i < r1; ++i) {
-        const Scalar r = plan.rowNorm(i);
-        const Scalar iota = std::max<Scalar>(rowAbsSum(i - r0) / r, 1);
-        Scalar a = std::max(iota, sigma);
-        if (scaling == RowScaling::kParallel) a = std::min<Scalar>(a, Scalar(5e4));
-        outBlock.row(i - r0) /= r * a;
-      }
+      for (Index i = r0; i < r1; ++i)
+        outBlock.row(i - r0) /= rowFactor(plan, scaling, i, rowAbsSum(i - r0), sigma);
     }
   }
 
