@@ -220,6 +220,18 @@ class RetNetBlock
     visit(ffn_.output);
   }
 
+  /// Calls visit(name, parameter) for each trainable parameter, in the order and with the names
+  /// and shapes of RetNetBlockGradients::forEach; `parameter` is an Eigen::Map of the weight in
+  /// place (MultiScaleRetention::forEachParameter). Full-precision weights only.
+  template <typename Visit>
+  void forEachParameter(Visit&& visit) {
+    forEachParameterOf(*this, visit);
+  }
+  template <typename Visit>
+  void forEachParameter(Visit&& visit) const {
+    forEachParameterOf(*this, visit);
+  }
+
   // The forms (sequence_layer.hpp), as for MultiScaleRetention.
   using Forms::forward;
   using Forms::forwardChunkwise;
@@ -422,6 +434,23 @@ class RetNetBlock
   static Config checkedConfig(const Config& config) {
     config.validate("RetNetBlock");
     return config;
+  }
+
+  template <typename Self, typename Visit>
+  static void forEachParameterOf(Self& self, Visit& visit) {
+    using Map = detail::ParameterMap<Self, Scalar>;
+    self.retention_.forEachParameter([&](const char* name, Map parameter) {
+      const std::string prefixed = std::string("retention.") + name;
+      visit(prefixed.c_str(), parameter);
+    });
+    const Index D = self.config_.embedDim, F = self.config_.ffnDim;
+    visit("retention_layer_norm.weight", Map(self.retentionNorm_.data(), D, 1));
+    auto& input = detail::fullMatrix(self.ffn_.input);  // [fc1; gate]
+    visit("ffn.fc1.weight", Map(input.data(), F, D));
+    visit("ffn.gate.weight", Map(input.data() + F * D, F, D));
+    auto& output = detail::fullMatrix(self.ffn_.output);
+    visit("ffn.fc2.weight", Map(output.data(), D, F));
+    visit("final_layer_norm.weight", Map(self.finalNorm_.data(), D, 1));
   }
 
   Config config_;

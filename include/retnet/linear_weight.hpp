@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -173,6 +174,12 @@ class LinearWeight {
   /// W as stored (out x in); only for WeightType::kFull (dequantized() gives any type's values).
   const RowMatrix<Scalar>& matrix() const {
     requireFull("LinearWeight::matrix");
+    return matrix_;
+  }
+
+  /// W itself, to change in place (an optimiser's step); only for WeightType::kFull.
+  RowMatrix<Scalar>& mutableMatrix() {
+    requireFull("LinearWeight::mutableMatrix");
     return matrix_;
   }
 
@@ -332,6 +339,26 @@ void requireShape(const char* where, const LinearWeight<Scalar>& w, Index out, I
   require(w.outputs() == out && w.inputs() == in, where, std::forward<Name>(name)..., " must be (",
           out, ", ", in, "), got (", w.outputs(), ", ", w.inputs(), ")");
 }
+}  // namespace detail
+
+namespace detail {
+
+/// The matrix of a full-precision weight, const or not as the weight (what forEachParameter
+/// visits).
+template <typename Scalar>
+RowMatrix<Scalar>& fullMatrix(LinearWeight<Scalar>& w) {
+  return w.mutableMatrix();
+}
+template <typename Scalar>
+const RowMatrix<Scalar>& fullMatrix(const LinearWeight<Scalar>& w) {
+  return w.matrix();
+}
+
+/// The map forEachParameter passes for a layer of type Self: writable unless Self is const.
+template <typename Self, typename Scalar>
+using ParameterMap = std::conditional_t<std::is_const_v<Self>, Eigen::Map<const RowMatrix<Scalar>>,
+                                        Eigen::Map<RowMatrix<Scalar>>>;
+
 }  // namespace detail
 
 }  // namespace retnet

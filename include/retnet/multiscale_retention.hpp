@@ -243,6 +243,20 @@ class MultiScaleRetention
   }
   const RotaryEmbedding<Scalar>& rotary() const { return rotary_; }
 
+  /// Calls visit(name, parameter) for each trainable parameter, in the order and with the names
+  /// and shapes of MultiScaleRetentionGradients::forEach; `parameter` is an Eigen::Map of the
+  /// weight in place (RowMatrix<Scalar>; a vector weight as one column), to read, or to change
+  /// through a non-const layer (an optimiser's step). Full-precision weights only
+  /// (WeightType::kFull).
+  template <typename Visit>
+  void forEachParameter(Visit&& visit) {
+    forEachParameterOf(*this, visit);
+  }
+  template <typename Visit>
+  void forEachParameter(Visit&& visit) const {
+    forEachParameterOf(*this, visit);
+  }
+
   // The forms (sequence_layer.hpp): forwardParallel(x[, state]), forwardChunkwise(x, chunk[,
   // state]), forwardRecurrent(x[, state[, out[, scratch]]]), forward(x[, state]),
   // forward(form, x, chunk, state), forwardRows(form, x, batch, time, chunk, state, y, scratch).
@@ -581,6 +595,26 @@ class MultiScaleRetention
         }
       }
     });
+  }
+
+  template <typename Self, typename Visit>
+  static void forEachParameterOf(Self& self, Visit& visit) {
+    using Map = detail::ParameterMap<Self, Scalar>;
+    auto& input = detail::fullMatrix(self.inputWeights_);  // q | k | v | g: blocks of rows
+    const Config& c = self.config_;
+    const Index D = c.embedDim, dk = c.keyDim();
+    const Index widths[4] = {c.heads * dk, c.keyValueHeads() * dk,
+                             c.keyValueHeads() * c.headValueDim(), c.valueDim};
+    const char* names[4] = {"q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight"};
+    Index row = 0;
+    for (int part = 0; part < 4; ++part) {
+      visit(names[part], Map(input.data() + row * D, widths[part], D));
+      row += widths[part];
+    }
+    auto& out = detail::fullMatrix(self.outputWeights_);
+    visit("out_proj.weight", Map(out.data(), out.rows(), out.cols()));
+    if (self.headNorm_.size() != 0)
+      visit("g_norm_swish_gate.weight", Map(self.headNorm_.data(), self.headNorm_.size(), 1));
   }
 
   Config config_;

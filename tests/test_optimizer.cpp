@@ -1,0 +1,304 @@
+// The optimiser's side of training (optimizer.hpp, io/training_checkpoint.hpp): the layers'
+// parameter views against their gradients' layout, AdamW against the update written out by hand
+// in double, clipping by global norm, the warm-up + cosine schedule, and AdamW's state saved and
+// resumed bit for bit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "retnet/block.hpp"
+#include "retnet/io/training_checkpoint.hpp"
+#include "retnet/optimizer.hpp"
+#include "test_util.hpp"
+
+namespace retnet {
+namespace {
+
+template <typename Scalar>
+RowMatrix<Scalar> randomMatrix(Index rows, Index cols, std::uint64_t seed, double scale = 0.3) {
+  const auto values = testing::randomValues(static_cast<std::size_t>(rows * cols), seed, scale);
+  RowMatrix<Scalar> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(values[std::size_t(i)]);
+  return m;
+}
+
+RetNetBlockConfig smallConfig(bool fla) {
+  RetNetBlockConfig c;
+  c.embedDim = 8;
+  c.valueDim = 16;
+  c.heads = 2;
+  c.ffnDim = 12;
+  if (fla) {  // grouped heads, FLA's semantics, SwiGLU
+    c.heads = 4;
+    c.kvHeads = 2;
+    c.headKeyDim = 4;
+    c.normalization = RetentionNormalization::kNone;
+    c.activation = Activation::kSwish;
+  }
+  return c;
+}
+
+template <typename Scalar>
+RetNetBlock<Scalar> smallBlock(bool fla, std::uint64_t seed) {
+  const RetNetBlockConfig c = smallConfig(fla);
+  const MultiScaleRetentionConfig r = c.retention();
+  const Index D = c.embedDim, dk = r.keyDim(), kv = r.keyValueHeads();
+  RetNetBlockWeights<Scalar> w;
+  w.retention.q = randomMatrix<Scalar>(c.heads * dk, D, seed);
+  w.retention.k = randomMatrix<Scalar>(kv * dk, D, seed + 1);
+  w.retention.v = randomMatrix<Scalar>(kv * r.headValueDim(), D, seed + 2);
+  w.retention.g = randomMatrix<Scalar>(c.valueDim, D, seed + 3);
+  w.retention.out = randomMatrix<Scalar>(D, c.valueDim, seed + 4);
+  if (fla) w.retention.headNorm = Vector<Scalar>::Ones(r.headValueDim());
+  w.retentionNorm = Vector<Scalar>::Ones(D);
+  w.fc1 = randomMatrix<Scalar>(c.ffnDim, D, seed + 5);
+  w.gate = randomMatrix<Scalar>(c.ffnDim, D, seed + 6);
+  w.fc2 = randomMatrix<Scalar>(D, c.ffnDim, seed + 7);
+  w.finalNorm = Vector<Scalar>::Ones(D);
+  return RetNetBlock<Scalar>(c, w);
+}
+
+/// Gradients of `block`'s shape filled with random values.
+template <typename Scalar>
+RetNetBlockGradients<Scalar> randomGradients(const RetNetBlock<Scalar>& block, std::uint64_t seed) {
+  RetNetBlockGradients<Scalar> grads = block.zeroGradients();
+  grads.forEach([&](const char*, auto& gradient) {
+    const auto values = testing::randomValues(static_cast<std::size_t>(gradient.size()), seed++);
+    for (Index i = 0; i < gradient.size(); ++i)
+      gradient.data()[i] = static_cast<Scalar>(values[std::size_t(i)]);
+  });
+  return grads;
+}
+
+/// Every parameter, flattened, in forEachParameter order.
+template <typename Layer>
+std::vector<std::pair<std::string, std::vector<double>>> snapshot(const Layer& layer) {
+  std::vector<std::pair<std::string, std::vector<double>>> values;
+  layer.forEachParameter([&](const char* name, auto parameter) {
+    values.emplace_back(name,
+                        std::vector<double>(parameter.data(), parameter.data() + parameter.size()));
+  });
+  return values;
+}
+
+TEST(Parameters, MatchTheGradientsNamesOrderAndShapes) {
+  for (bool fla : {false, true}) {
+    RetNetBlock<double> block = smallBlock<double>(fla, 10);
+    std::vector<std::string> gradientNames;
+    std::vector<std::pair<Index, Index>> gradientShapes;
+    const RetNetBlockGradients<double> grads = block.zeroGradients();
+    grads.forEach([&](const char* name, const auto& gradient) {
+      gradientNames.emplace_back(name);
+      gradientShapes.emplace_back(gradient.rows(), gradient.cols());
+    });
+    std::vector<std::string> names;
+    std::size_t i = 0;
+    block.forEachParameter([&](const char* name, Eigen::Map<RowMatrix<double>> parameter) {
+      names.emplace_back(name);
+      ASSERT_LT(i, gradientShapes.size());
+      EXPECT_EQ(parameter.rows(), gradientShapes[i].first) << name;
+      EXPECT_EQ(parameter.cols(), gradientShapes[i].second) << name;
+      ++i;
+    });
+    EXPECT_EQ(names, gradientNames);
+    EXPECT_EQ(fla, std::find(names.begin(), names.end(), "retention.g_norm_swish_gate.weight") !=
+                       names.end());
+  }
+}
+
+TEST(Parameters, ViewTheWeightsTheForwardUses) {
+  // Each parameter view is the weight itself: the block built from the snapshot's values equals
+  // the block, and a change through a view changes the forward's output.
+  RetNetBlock<double> block = smallBlock<double>(true, 20);
+  const Tensor3<double> x =
+      testing::toTensor<double>(testing::randomValues(2 * 5 * 8, 21), 2, 5, 8);
+  const Tensor3<double> before = block.forwardParallel(x);
+  bool changed = false;
+  block.forEachParameter([&](const char* name, Eigen::Map<RowMatrix<double>> parameter) {
+    if (std::string(name) == "ffn.gate.weight") {
+      parameter(0, 0) += 0.5;
+      changed = true;
+    }
+  });
+  ASSERT_TRUE(changed);
+  const Tensor3<double> after = block.forwardParallel(x);
+  double diff = 0;
+  for (Index i = 0; i < x.size(); ++i)
+    diff = std::max(diff, std::abs(after.data()[i] - before.data()[i]));
+  EXPECT_GT(diff, 1e-6);
+
+  // The views of a block holding reduced-precision weights are refused.
+  RetNetBlock<double> reduced = smallBlock<double>(false, 22);
+  reduced.forEachWeight([](LinearWeight<double>& w) { w = w.converted(WeightType::kBf16); });
+  EXPECT_THROW(reduced.forEachParameter([](const char*, auto) {}), InvalidArgument);
+}
+
+/// The AdamW update of one tensor written out in double (torch.optim.AdamW's formulas).
+struct HandAdamW {
+  std::vector<double> m, v;
+  void step(std::vector<double>& p, const std::vector<double>& g, int t, double lr,
+            const AdamWOptions& o, bool decay) {
+    if (m.empty()) m.assign(p.size(), 0.0), v.assign(p.size(), 0.0);
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      if (decay) p[i] *= 1 - lr * o.weightDecay;
+      m[i] = o.beta1 * m[i] + (1 - o.beta1) * g[i];
+      v[i] = o.beta2 * v[i] + (1 - o.beta2) * g[i] * g[i];
+      const double mHat = m[i] / (1 - std::pow(o.beta1, t));
+      const double vHat = v[i] / (1 - std::pow(o.beta2, t));
+      p[i] -= lr * mHat / (std::sqrt(vHat) + o.eps);
+    }
+  }
+};
+
+template <typename Scalar>
+class AdamWTyped : public ::testing::Test {};
+TYPED_TEST_SUITE(AdamWTyped, testing::Scalars, testing::ScalarName);
+
+TYPED_TEST(AdamWTyped, MatchesTheHandWrittenUpdate) {
+  using Scalar = TypeParam;
+  for (bool decayVectors : {false, true}) {
+    RetNetBlock<Scalar> block = smallBlock<Scalar>(true, 30);
+    AdamWOptions options;
+    options.weightDecay = 0.1;
+    options.beta2 = 0.95;
+    options.decayVectors = decayVectors;
+    AdamW<Scalar> optimizer(options);
+    auto expected = snapshot(block);
+    std::vector<HandAdamW> hand(expected.size());
+    const double rates[3] = {1e-2, 3e-3, 5e-2};
+    for (int t = 1; t <= 3; ++t) {
+      const RetNetBlockGradients<Scalar> grads = randomGradients(block, 100 * t);
+      std::size_t i = 0;
+      grads.forEach([&](const char*, const auto& gradient) {
+        const std::vector<double> g(gradient.data(), gradient.data() + gradient.size());
+        const bool vector = gradient.cols() == 1;
+        hand[i].step(expected[i].second, g, t, rates[t - 1], options, !vector || decayVectors);
+        ++i;
+      });
+      optimizer.step(block, grads, rates[t - 1]);
+    }
+    EXPECT_EQ(optimizer.steps(), 3);
+    const auto got = snapshot(block);
+    // The update moves each weight by ≈ lr per step (|m̂/√v̂| ≤ ~1); float rounds each of the
+    // few operations once (2^-24 relative, on weights of size ~1) and the moments keep float.
+    const double bound = std::is_same_v<Scalar, float> ? 2e-6 : 1e-14;
+    ASSERT_EQ(got.size(), expected.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].first, expected[i].first);
+      for (std::size_t j = 0; j < got[i].second.size(); ++j)
+        ASSERT_NEAR(got[i].second[j], expected[i].second[j], bound)
+            << got[i].first << "[" << j << "] decayVectors " << decayVectors;
+    }
+  }
+}
+
+TEST(AdamW, RefusesGradientsOfAnotherShapeBeforeChangingAnything) {
+  RetNetBlock<double> block = smallBlock<double>(false, 40);
+  const RetNetBlock<double> other = smallBlock<double>(true, 41);
+  const auto before = snapshot(block);
+  AdamW<double> optimizer;
+  EXPECT_THROW(optimizer.step(block, other.zeroGradients()), InvalidArgument);
+  RetNetBlockGradients<double> wrong = block.zeroGradients();
+  wrong.fc2.resize(3, 3);
+  EXPECT_THROW(optimizer.step(block, wrong), InvalidArgument);
+  EXPECT_EQ(snapshot(block), before);
+  EXPECT_EQ(optimizer.steps(), 0);
+  // Once its moments exist, the optimiser serves only that model.
+  optimizer.step(block, block.zeroGradients());
+  RetNetBlock<double> fla = smallBlock<double>(true, 42);
+  EXPECT_THROW(optimizer.step(fla, fla.zeroGradients()), InvalidArgument);
+  EXPECT_THROW(optimizer.step(block, block.zeroGradients(), -1.0), InvalidArgument);
+  AdamWOptions bad;
+  bad.beta1 = 1.0;
+  EXPECT_THROW(AdamW<double>{bad}, InvalidArgument);
+}
+
+TEST(ClipGradientNorm, ScalesAsPyTorchDoes) {
+  const RetNetBlock<double> block = smallBlock<double>(false, 50);
+  RetNetBlockGradients<double> grads = randomGradients(block, 51);
+  double sum = 0;
+  grads.forEach([&](const char*, const auto& g) { sum += g.squaredNorm(); });
+  const double norm = std::sqrt(sum);
+  EXPECT_NEAR(gradientNorm(grads), norm, 1e-12 * norm);
+
+  RetNetBlockGradients<double> unchanged = grads;
+  EXPECT_NEAR(clipGradientNorm(unchanged, 2 * norm), norm, 1e-12 * norm);
+  EXPECT_EQ(unchanged.fc1, grads.fc1);  // below the bound: untouched
+
+  const double returned = clipGradientNorm(grads, 0.5);
+  EXPECT_NEAR(returned, norm, 1e-12 * norm);
+  EXPECT_NEAR(gradientNorm(grads), 0.5 * norm / (norm + 1e-6), 1e-12);
+
+  grads.fc2(0, 0) = std::nan("");
+  EXPECT_THROW(clipGradientNorm(grads, 1.0), InvalidArgument);
+  EXPECT_THROW(clipGradientNorm(unchanged, 0.0), InvalidArgument);
+}
+
+TEST(WarmupCosineSchedule, WarmsUpLinearlyThenFollowsTheCosine) {
+  const WarmupCosineSchedule schedule(1e-3, 1e-4, 10, 110);
+  EXPECT_DOUBLE_EQ(schedule(0), 1e-4);  // (0 + 1) / 10 of the peak
+  EXPECT_DOUBLE_EQ(schedule(4), 5e-4);
+  EXPECT_DOUBLE_EQ(schedule(9), 1e-3);
+  EXPECT_DOUBLE_EQ(schedule(10), 1e-3);                   // the cosine starts at the peak
+  EXPECT_NEAR(schedule(60), 0.5 * (1e-3 + 1e-4), 1e-15);  // half way down
+  EXPECT_NEAR(schedule(35), 1e-4 + 0.5 * 9e-4 * (1 + std::cos(std::atan(1.0))), 1e-15);
+  EXPECT_DOUBLE_EQ(schedule(110), 1e-4);
+  EXPECT_DOUBLE_EQ(schedule(1000), 1e-4);
+  for (std::int64_t s = 10; s < 110; ++s) EXPECT_GE(schedule(s), schedule(s + 1));
+  EXPECT_DOUBLE_EQ(WarmupCosineSchedule(2.0, 0.0, 0, 4)(0), 2.0);  // no warm-up
+  EXPECT_THROW(WarmupCosineSchedule(1e-3, 1e-2, 0, 10), InvalidArgument);
+  EXPECT_THROW(WarmupCosineSchedule(1e-3, 0.0, 20, 10), InvalidArgument);
+  EXPECT_THROW(schedule(-1), InvalidArgument);
+}
+
+TYPED_TEST(AdamWTyped, ResumesFromASavedStateBitForBit) {
+  using Scalar = TypeParam;
+  testing::TempDir dir("adamw");
+  const std::string path = (dir.path() / "adamw.safetensors").string();
+  AdamWOptions options;
+  options.learningRate = 3e-3;
+  options.weightDecay = 0.05;
+  RetNetBlock<Scalar> straight = smallBlock<Scalar>(true, 60);
+  RetNetBlock<Scalar> resumed = smallBlock<Scalar>(true, 60);
+  AdamW<Scalar> one(options), first(options);
+  for (int t = 0; t < 2; ++t) {
+    const auto grads = randomGradients(straight, 70 + 10 * t);
+    one.step(straight, grads);
+    first.step(resumed, grads);
+  }
+  io::saveAdamW(first, path);
+  AdamW<Scalar> second = io::loadAdamW<Scalar>(path);
+  EXPECT_EQ(second.steps(), 2);
+  EXPECT_EQ(second.options().weightDecay, 0.05);
+  for (int t = 2; t < 4; ++t) {
+    const auto grads = randomGradients(straight, 70 + 10 * t);
+    one.step(straight, grads);
+    second.step(resumed, grads);
+  }
+  EXPECT_EQ(snapshot(straight), snapshot(resumed));
+
+  // A file that is not an optimiser state, or a damaged one, is a FormatError.
+  io::SafetensorsWriter writer;
+  writer.addMetadata("format", "pt");
+  const std::string other = (dir.path() / "other.safetensors").string();
+  writer.write(other);
+  EXPECT_THROW(io::loadAdamW<Scalar>(other), FormatError);
+  io::SafetensorsWriter missing;
+  missing.addMetadata("format", "retnet-adamw");
+  missing.addMetadata("step", "3");
+  missing.addMetadata("lr", "0.001");
+  missing.addMetadata("beta1", "0.9");
+  missing.addMetadata("beta2", "0.999");
+  missing.addMetadata("eps", "1e-8");
+  missing.addMetadata("weight_decay", "0");
+  missing.addMetadata("parameters", "[\"w\"]");
+  const std::string damaged = (dir.path() / "damaged.safetensors").string();
+  missing.write(damaged);
+  EXPECT_THROW(io::loadAdamW<Scalar>(damaged), FormatError);
+}
+
+}  // namespace
+}  // namespace retnet
