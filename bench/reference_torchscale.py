@@ -249,12 +249,13 @@ COMPARISONS = [
 ]
 
 
-def retnet_seconds(build_dir, binary, name, min_time):
-    """Runs one retnet benchmark and returns its wall time per iteration in seconds."""
-    import re
+def retnet_benchmark(build_dir, binary, benchmark_filter, min_time):
+    """Runs the one benchmark of a retnet bench binary that benchmark_filter (a regular
+    expression) selects; returns its JSON row, its wall time per iteration in seconds and the
+    binary's own SGEMM rates (GFLOP/s by context key)."""
     import subprocess
     path = os.path.join(build_dir, "bench", binary)
-    output = subprocess.run([path, "--benchmark_filter=^" + re.escape(name) + "/real_time$",
+    output = subprocess.run([path, "--benchmark_filter=" + benchmark_filter,
                              "--benchmark_min_time=%g" % min_time, "--benchmark_format=json"],
                             check=True, capture_output=True, text=True,
                             env=dict(os.environ, OPENBLAS_NUM_THREADS="1",
@@ -262,13 +263,22 @@ def retnet_seconds(build_dir, binary, name, min_time):
     report = json.loads(output)
     rows = report["benchmarks"]
     if len(rows) != 1:
-        raise SystemExit("expected one benchmark named %s in %s, got %d" % (name, binary, len(rows)))
+        raise SystemExit("expected one benchmark matching %s in %s, got %d"
+                         % (benchmark_filter, binary, len(rows)))
     scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[rows[0]["time_unit"]]
     # bench_forms measures its own 1024³ SGEMM first (context sgemm1024_gflops_<n>t)
     context = report.get("context", {})
     sgemm = {key: float(value) for key, value in context.items()
              if key.startswith("sgemm1024_gflops_") and not key.endswith("_cpu")}
-    return rows[0]["real_time"] * scale, sgemm
+    return rows[0], rows[0]["real_time"] * scale, sgemm
+
+
+def retnet_seconds(build_dir, binary, name, min_time):
+    """Runs one retnet benchmark and returns its wall time per iteration in seconds."""
+    import re
+    _, seconds, sgemm = retnet_benchmark(build_dir, binary,
+                                         "^" + re.escape(name) + "/real_time$", min_time)
+    return seconds, sgemm
 
 
 def compare(reference, options):

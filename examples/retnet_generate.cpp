@@ -42,14 +42,12 @@
 #include <variant>
 #include <vector>
 
+#include "command_line.hpp"
+
 namespace {
 
-constexpr int kUsageError = 2;
-constexpr int kRunError = 1;
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using retnet_examples::parseNumber;
+using retnet_examples::UsageError;
 
 const char* const kUsage =
     "usage: retnet_generate --model DIR|FILE (--prompt-ids 1,2,3 | --prompt TEXT | --prompt-file "
@@ -79,24 +77,6 @@ std::vector<std::int64_t> parseIds(const std::string& flag, const std::string& t
   return ids;
 }
 
-template <typename Number>
-Number parseNumber(const std::string& flag, const std::string& text) {
-  std::size_t used = 0;
-  Number value{};
-  try {
-    if constexpr (std::is_floating_point_v<Number>) {
-      value = static_cast<Number>(std::stod(text, &used));
-    } else {
-      value = static_cast<Number>(std::stoll(text, &used));
-    }
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (text.empty() || used != text.size())
-    throw UsageError(flag + " expects a number, got \"" + text + "\"");
-  return value;
-}
-
 struct Arguments {
   std::string model, saveState, loadState, precision = "float";
   std::string text, tokenizer;  // a text prompt (--prompt, --prompt-file) and --tokenizer
@@ -113,22 +93,10 @@ Arguments parse(int argc, char** argv) {
       "--model",      "--prompt-ids", "--max-new", "--temperature", "--top-k",     "--top-p",
       "--seed",       "--stop-ids",   "--chunk",   "--prefill",     "--threads",   "--precision",
       "--save-state", "--load-state", "--prompt",  "--prompt-file", "--tokenizer", "--weights"};
-  std::map<std::string, std::string> given;
+  const retnet_examples::Flags flags(argc, argv, valued, {"--interactive"});
+  std::map<std::string, std::string> given = flags.values;
   Arguments a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") throw UsageError("help");
-    if (flag == "--interactive") {
-      if (a.interactive) throw UsageError(flag + " given twice");
-      a.interactive = true;
-      continue;
-    }
-    if (std::find(valued.begin(), valued.end(), flag) == valued.end())
-      throw UsageError("unknown argument \"" + flag + "\"");
-    if (i + 1 >= argc) throw UsageError(flag + " needs a value");
-    if (given.count(flag)) throw UsageError(flag + " given twice");
-    given[flag] = argv[++i];
-  }
+  a.interactive = flags.switches.at("--interactive");
   if (!given.count("--model")) throw UsageError("--model is required");
   const int prompts = static_cast<int>(given.count("--prompt-ids") + given.count("--prompt") +
                                        given.count("--prompt-file"));
@@ -396,24 +364,9 @@ int run(const Arguments& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Arguments arguments;
-  try {
-    arguments = parse(argc, argv);
-  } catch (const UsageError& error) {
-    if (std::string(error.what()) == "help") {
-      std::printf("%s\n", kUsage);
-      return 0;
-    }
-    std::fprintf(stderr, "retnet_generate: error: %s (see --help)\n", error.what());
-    return kUsageError;
-  }
-  try {
-    return arguments.precision == "double" ? run<double>(arguments) : run<float>(arguments);
-  } catch (const std::exception& error) {
-    std::string message = error.what();
-    for (char& ch : message)
-      if (ch == '\n') ch = ' ';
-    std::fprintf(stderr, "retnet_generate: error: %s\n", message.c_str());
-    return kRunError;
-  }
+  return retnet_examples::runTool(
+      "retnet_generate", kUsage, [&] { return parse(argc, argv); },
+      [](const Arguments& arguments) {
+        return arguments.precision == "double" ? run<double>(arguments) : run<float>(arguments);
+      });
 }

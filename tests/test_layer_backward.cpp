@@ -27,32 +27,13 @@ using Msr = MultiScaleRetention<Scalar>;
 template <typename Scalar>
 using Block = RetNetBlock<Scalar>;
 
+using testing::frobeniusError;
+using testing::maxNormwise;
+using testing::parseTrainedForm;
+using testing::randomMatrix;
+using testing::splitForms;
+
 std::string gradDataDir() { return std::string(RETNET_TEST_DATA_DIR) + "/grad"; }
-
-/// max|a − ref| / max|ref| (the golden README's normwise error, §4).
-template <typename A>
-double maxNormwise(const A& a, const RowMatrix<double>& ref) {
-  const double diff = (a.template cast<double>() - ref).cwiseAbs().maxCoeff();
-  const double scale = ref.cwiseAbs().maxCoeff();
-  return std::isnan(diff) ? INFINITY : scale > 0 ? diff / scale : diff;
-}
-
-/// ‖a − b‖ / max(‖a‖, ‖b‖) in the Frobenius norm.
-template <typename A>
-double frobeniusError(const A& a, const RowMatrix<double>& b) {
-  const RowMatrix<double> ad = a.template cast<double>();
-  const double scale = std::max(ad.norm(), b.norm());
-  const double diff = (ad - b).norm();
-  return std::isnan(diff) ? INFINITY : scale > 0 ? diff / scale : diff;
-}
-
-template <typename Scalar>
-RowMatrix<Scalar> randomMatrix(Index rows, Index cols, std::uint64_t seed, double scale) {
-  const auto values = testing::randomValues(static_cast<std::size_t>(rows * cols), seed, scale);
-  RowMatrix<Scalar> m(rows, cols);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(values[std::size_t(i)]);
-  return m;
-}
 
 /// One training step's results, of a MultiScaleRetention (Layer = Msr) or a RetNetBlock.
 template <typename Scalar, typename Layer = Msr<Scalar>>
@@ -88,26 +69,6 @@ std::map<std::string, RowMatrix<double>> namedGradients(const Step<Scalar, Layer
                       .template cast<double>();
   });
   return named;
-}
-
-std::vector<std::string> splitForms(const std::string& list) {
-  std::vector<std::string> forms;
-  std::stringstream in(list);
-  for (std::string item; std::getline(in, item, ',');) {
-    if (!item.empty()) forms.push_back(item);
-  }
-  return forms;
-}
-
-bool parseTrainedForm(const std::string& name, Form& form) {
-  if (name == "parallel") {
-    form = Form::kParallel;
-  } else if (name == "chunkwise") {
-    form = Form::kChunkwise;
-  } else {
-    return false;
-  }
-  return true;
 }
 
 /// Every gradient golden file of `kind` (msr, layer) in tests/data/grad.
@@ -211,37 +172,8 @@ void checkGoldenFile(const std::string& path) {
       refs[name.substr(prefix.size())] = readAs(file, name, rows, cols);
       largest = std::max(largest, refs[name.substr(prefix.size())].cwiseAbs().maxCoeff());
     }
-    const auto ours = namedGradients(step);
-    EXPECT_EQ(ours.size(), refs.size()) << label;
-    for (const auto& [name, gradient] : ours) {
-      if (refs.count(name) == 0) {
-        ADD_FAILURE() << label << ": " << name << " has no stored gradient";
-      }
-    }
-    double worst = 0;
-    std::string worstName;
-    for (const auto& [name, ref] : refs) {
-      const auto it = ours.find(name);
-      if (it == ours.end()) {
-        ADD_FAILURE() << label << ": no gradient for " << name;
-        continue;
-      }
-      ASSERT_EQ(it->second.rows(), ref.rows()) << label << " " << name;
-      ASSERT_EQ(it->second.cols(), ref.cols()) << label << " " << name;
-      double error;
-      if (isDouble) {
-        error = std::max(maxNormwise(it->second, ref), frobeniusError(it->second, ref));
-        EXPECT_LE(error, 1e-9) << label << " " << name;
-      } else {  // §4: the denominator floored at 1e-2 of the form's largest reference gradient
-        const double diff = (it->second - ref).cwiseAbs().maxCoeff();
-        error = diff / std::max(ref.cwiseAbs().maxCoeff(), 1e-2 * largest);
-        EXPECT_LE(error, 1e-3) << label << " " << name;
-      }
-      if (error >= worst) {
-        worst = error;
-        worstName = name;
-      }
-    }
+    const auto [worst, worstName] =
+        testing::checkGradients(label, namedGradients(step), refs, isDouble, largest);
     std::printf("%s: out %.2e, worst gradient %.2e (%s)\n", label.c_str(), outError, worst,
                 worstName.c_str());
   }

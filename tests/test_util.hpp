@@ -7,11 +7,15 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <random>
+#include <sstream>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "retnet/form.hpp"
 #include "retnet/tensor.hpp"
 
 namespace retnet::testing {
@@ -57,6 +61,55 @@ double normwiseError(const Tensor3<Scalar>& y, const std::vector<double>& ref) {
                        std::min(ref.size(), static_cast<std::size_t>(y.size())));
 }
 
+/// max|a − ref| / max|ref| of a matrix expression against a double reference (the gradient
+/// golden README's normwise error, §4); infinite when a NaN appears.
+template <typename A>
+double maxNormwise(const A& a, const RowMatrix<double>& ref) {
+  const double diff = (a.template cast<double>() - ref).cwiseAbs().maxCoeff();
+  const double scale = ref.cwiseAbs().maxCoeff();
+  return std::isnan(diff) ? INFINITY : scale > 0 ? diff / scale : diff;
+}
+
+/// ‖a − b‖ / max(‖a‖, ‖b‖) in the Frobenius norm; infinite when a NaN appears.
+template <typename A>
+double frobeniusError(const A& a, const RowMatrix<double>& b) {
+  const RowMatrix<double> ad = a.template cast<double>();
+  const double scale = std::max(ad.norm(), b.norm());
+  const double diff = (ad - b).norm();
+  return std::isnan(diff) ? INFINITY : scale > 0 ? diff / scale : diff;
+}
+
+/// A (rows x cols) matrix of randomValues(…, seed, scale).
+template <typename Scalar>
+RowMatrix<Scalar> randomMatrix(Index rows, Index cols, std::uint64_t seed, double scale) {
+  const auto values = randomValues(static_cast<std::size_t>(rows * cols), seed, scale);
+  RowMatrix<Scalar> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(values[std::size_t(i)]);
+  return m;
+}
+
+/// The items of a comma-separated list (a golden file's `grad_forms`), empty ones dropped.
+inline std::vector<std::string> splitForms(const std::string& list) {
+  std::vector<std::string> forms;
+  std::stringstream in(list);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) forms.push_back(item);
+  }
+  return forms;
+}
+
+/// The form a gradient golden file names, if it is one that trains (parallel, chunkwise).
+inline bool parseTrainedForm(const std::string& name, Form& form) {
+  if (name == "parallel") {
+    form = Form::kParallel;
+  } else if (name == "chunkwise") {
+    form = Form::kChunkwise;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 /// The Scalar types every typed test runs over, and their names in test output.
 using Scalars = ::testing::Types<float, double>;
 struct ScalarName {
@@ -96,6 +149,49 @@ class TempDir {
 template <typename Scalar>
 constexpr double epsilonOf() {
   return static_cast<double>(std::numeric_limits<Scalar>::epsilon());
+}
+
+/// The gradient golden files' check (shared/golden/grad README §4) of `ours` against `refs`, both
+/// by parameter name: the same names, and per tensor in double e ≤ 1e-9 (normwise and
+/// Frobenius), in float e ≤ 1e-3 with the denominator floored at 1e-2 · `largest` (the form's
+/// largest reference gradient). Returns the worst error and its tensor's name.
+inline std::pair<double, std::string> checkGradients(
+    const std::string& label, const std::map<std::string, RowMatrix<double>>& ours,
+    const std::map<std::string, RowMatrix<double>>& refs, bool isDouble, double largest) {
+  EXPECT_EQ(ours.size(), refs.size()) << label;
+  for (const auto& entry : ours) {
+    if (refs.count(entry.first) == 0)
+      ADD_FAILURE() << label << ": " << entry.first << " has no stored gradient";
+  }
+  double worst = 0;
+  std::string worstName;
+  for (const auto& [name, ref] : refs) {
+    const auto it = ours.find(name);
+    if (it == ours.end()) {
+      ADD_FAILURE() << label << ": no gradient for " << name;
+      continue;
+    }
+    if (it->second.rows() != ref.rows() || it->second.cols() != ref.cols()) {
+      ADD_FAILURE() << label << " " << name << ": shape (" << it->second.rows() << ", "
+                    << it->second.cols() << "), stored (" << ref.rows() << ", " << ref.cols()
+                    << ")";
+      continue;
+    }
+    double error;
+    if (isDouble) {
+      error = std::max(maxNormwise(it->second, ref), frobeniusError(it->second, ref));
+      EXPECT_LE(error, 1e-9) << label << " " << name;
+    } else {  // §4: the denominator floored at 1e-2 of the form's largest reference gradient
+      const double diff = (it->second - ref).cwiseAbs().maxCoeff();
+      error = diff / std::max(ref.cwiseAbs().maxCoeff(), 1e-2 * largest);
+      EXPECT_LE(error, 1e-3) << label << " " << name;
+    }
+    if (error >= worst) {
+      worst = error;
+      worstName = name;
+    }
+  }
+  return {worst, worstName};
 }
 
 }  // namespace retnet::testing

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "retnet/detail/named_set.hpp"
 #include "retnet/multiscale_retention.hpp"
 #include "retnet/stages/elementwise.hpp"
 #include "retnet/stages/ffn.hpp"
@@ -89,7 +90,7 @@ struct RetNetBlockWeights {
 /// plain matrices: what RetNetBlock::backward accumulates into. forEach names each field by its
 /// checkpoint name (torchscale's state_dict names).
 template <typename Scalar>
-struct RetNetBlockGradients {
+struct RetNetBlockGradients : detail::GradientSet<RetNetBlockGradients<Scalar>> {
   MultiScaleRetentionGradients<Scalar> retention;  ///< d retention.*
   Vector<Scalar> retentionNorm;                    ///< d retention_layer_norm.weight (D)
   RowMatrix<Scalar> fc1;                           ///< d ffn.fc1.weight  (F, D)
@@ -116,24 +117,12 @@ struct RetNetBlockGradients {
     finalNorm.setZero(D);
   }
 
-  /// Zeros every field, keeping the shapes (between optimiser steps).
-  void setZero() {
-    forEach([](const char*, auto& gradient) { gradient.setZero(); });
-  }
+ private:
+  friend struct detail::GradientSet<RetNetBlockGradients<Scalar>>;
 
   /// visit(name, gradient) for each field (const or not): the retention's as "retention." + its
   /// names (MultiScaleRetentionGradients::forEach), then "retention_layer_norm.weight",
   /// "ffn.fc1.weight", "ffn.gate.weight", "ffn.fc2.weight", "final_layer_norm.weight".
-  template <typename Visit>
-  void forEach(Visit&& visit) {
-    forEachOf(*this, visit);
-  }
-  template <typename Visit>
-  void forEach(Visit&& visit) const {
-    forEachOf(*this, visit);
-  }
-
- private:
   template <typename Self, typename Visit>
   static void forEachOf(Self& self, Visit& visit) {
     self.retention.forEach([&](const char* name, auto& gradient) {
@@ -175,7 +164,8 @@ struct RetNetBlockScratch {
 template <typename Scalar>
 class RetNetBlock
     : public SequenceLayer<RetNetBlock<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
-                           RetNetBlockScratch<Scalar>> {
+                           RetNetBlockScratch<Scalar>>,
+      public detail::ParameterSet<RetNetBlock<Scalar>> {
   using Forms = SequenceLayer<RetNetBlock<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
                               RetNetBlockScratch<Scalar>>;
 
@@ -204,6 +194,8 @@ class RetNetBlock
 
   const Config& config() const { return config_; }
   const MultiScaleRetention<Scalar>& retention() const { return retention_; }
+  // forEachParameter(visit(name, parameter)), const or not: detail::ParameterSet, over
+  // forEachParameterOf (below).
 
   /// Calls visit(weight) for each of the layer's dense weights (const or not): how a model
   /// converts its storage (convertWeights) or counts its bytes.
@@ -218,18 +210,6 @@ class RetNetBlock
     retention_.forEachWeight(visit);
     visit(ffn_.input);
     visit(ffn_.output);
-  }
-
-  /// Calls visit(name, parameter) for each trainable parameter, in the order and with the names
-  /// and shapes of RetNetBlockGradients::forEach; `parameter` is an Eigen::Map of the weight in
-  /// place (MultiScaleRetention::forEachParameter). Full-precision weights only.
-  template <typename Visit>
-  void forEachParameter(Visit&& visit) {
-    forEachParameterOf(*this, visit);
-  }
-  template <typename Visit>
-  void forEachParameter(Visit&& visit) const {
-    forEachParameterOf(*this, visit);
   }
 
   // The forms (sequence_layer.hpp), as for MultiScaleRetention.
@@ -436,6 +416,11 @@ class RetNetBlock
     return config;
   }
 
+  friend struct detail::ParameterSet<RetNetBlock<Scalar>>;
+
+  /// Calls visit(name, parameter) for each trainable parameter, in the order and with the names
+  /// and shapes of RetNetBlockGradients::forEach; `parameter` is an Eigen::Map of the weight in
+  /// place (MultiScaleRetention::forEachParameter). Full-precision weights only.
   template <typename Self, typename Visit>
   static void forEachParameterOf(Self& self, Visit& visit) {
     using Map = detail::ParameterMap<Self, Scalar>;

@@ -6,14 +6,18 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "retnet/block.hpp"
+#include "retnet/detail/named_set.hpp"
 #include "retnet/generation.hpp"
 #include "retnet/model_state.hpp"
 #include "retnet/stages/embedding.hpp"
 #include "retnet/stages/linear.hpp"
+#include "retnet/stages/loss.hpp"
 #include "retnet/stages/norms.hpp"
 
 namespace retnet {
@@ -57,6 +61,52 @@ struct LanguageModelWeights {
   LinearWeight<Scalar> outputProjection;  ///< output_projection.weight (vocab, D); empty if tied
 };
 
+/// Gradients of a loss with respect to the parameters of LanguageModelWeights, in the same layout,
+/// as plain matrices: what LanguageModel::backward accumulates into. forEach names each field by
+/// its checkpoint name (torchscale's state_dict names).
+template <typename BlockGradients, typename Scalar>
+struct LanguageModelGradients
+    : detail::GradientSet<LanguageModelGradients<BlockGradients, Scalar>> {
+  RowMatrix<Scalar> embed;             ///< d embed_tokens.weight (vocab, D); the tied head's too
+  Vector<Scalar> embedNorm;            ///< d layernorm_embedding.weight (D); empty without one
+  std::vector<BlockGradients> layers;  ///< d layers.{i}.*
+  Vector<Scalar> finalNorm;            ///< d layer_norm.weight (D)
+  RowMatrix<Scalar> outputProjection;  ///< d output_projection.weight (vocab, D); empty if tied
+
+ private:
+  friend struct detail::GradientSet<LanguageModelGradients<BlockGradients, Scalar>>;
+
+  /// visit(name, gradient) for each field (const or not): "embed_tokens.weight",
+  /// "layernorm_embedding.weight" (if present), "layers.{i}." + the block's names
+  /// (e.g. RetNetBlockGradients::forEach), "layer_norm.weight", "output_projection.weight" (if
+  /// present: not when the head is tied to the embedding).
+  template <typename Self, typename Visit>
+  static void forEachOf(Self& self, Visit& visit) {
+    visit("embed_tokens.weight", self.embed);
+    if (self.embedNorm.size() != 0) visit("layernorm_embedding.weight", self.embedNorm);
+    for (std::size_t i = 0; i < self.layers.size(); ++i) {
+      const std::string prefix = "layers." + std::to_string(i) + ".";
+      self.layers[i].forEach(
+          [&](const char* name, auto& gradient) { visit((prefix + name).c_str(), gradient); });
+    }
+    visit("layer_norm.weight", self.finalNorm);
+    if (self.outputProjection.size() != 0) visit("output_projection.weight", self.outputProjection);
+  }
+};
+
+namespace detail {
+/// Block::Gradients, or void for a block without a backward (RWKV-4): a LanguageModel of such
+/// blocks has no training entry points to call.
+template <typename Block, typename = void>
+struct BlockGradientsOf {
+  using type = void;
+};
+template <typename Block>
+struct BlockGradientsOf<Block, std::void_t<typename Block::Gradients>> {
+  using type = typename Block::Gradients;
+};
+}  // namespace detail
+
 /// Buffers of a decoding step (not part of any state's value).
 template <typename BlockScratch, typename Scalar>
 struct LanguageModelScratch {
@@ -68,7 +118,7 @@ struct LanguageModelScratch {
 /// State and Scratch types, a (Config, Weights) constructor, prepareState(where, batch, state)
 /// and forwardRows; its State is a LayerState (model_state.hpp).
 template <typename Block>
-class LanguageModel {
+class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
  public:
   using Scalar = typename Block::Scalar;
   using BlockType = Block;
@@ -76,6 +126,8 @@ class LanguageModel {
   using Weights = LanguageModelWeights<typename Block::Weights, Scalar>;
   using State = LanguageModelState<typename Block::State>;
   using Scratch = LanguageModelScratch<typename Block::Scratch, Scalar>;
+  /// What backward() accumulates into (for blocks that have a backward, as RetNetBlock).
+  using Gradients = LanguageModelGradients<typename detail::BlockGradientsOf<Block>::type, Scalar>;
 
   /// The model, its dense weights (projections, embedding, head) stored as `storage`
   /// (linear_weight.hpp).
@@ -133,6 +185,9 @@ class LanguageModel {
     visit(embed_);
     visit(outputProjection_);
   }
+
+  // forEachParameter(visit(name, parameter)), const or not: detail::ParameterSet, over
+  // forEachParameterOf (below).
 
   /// Stores every dense weight as `type` (rounding once from full precision; see
   /// LinearWeight::converted). Norms, decays and mixes stay in Scalar.
@@ -273,6 +328,154 @@ class LanguageModel {
     return retnet::continueGeneration(*this, state, next, options, finalState);
   }
 
+  // -------------------------------------------------------------------------------------------
+  // Training (parallel and chunkwise forms, full-precision weights, RMSNorm model norms), for
+  // blocks with a backward (RetNetBlock): forwardTraining is the forward keeping a TrainingCache,
+  // backward runs the stages' and the blocks' backwards in reverse order and accumulates
+  // Gradients (torchscale's autograd gradients to rounding: tests/test_model_backward.cpp).
+
+  /// What backward() needs from forwardTraining(), kept by the caller between the two. Every
+  /// sequence starts at position 0 (a zero state per layer, in `state`). Each block's cache keeps
+  /// that block's input (the hidden state below it); the model keeps the rest. Buffers only grow;
+  /// one cache serves one backward at a time.
+  struct TrainingCache {
+    Index batch = 0, time = 0, width = 0;  // time 0: nothing cached yet; width: the model's D
+    TokenMatrix tokens;                    // (batch, time) the input ids
+    Vector<Scalar> embedded;               // (rows x D) E[token]·s, before the embedding norm
+    Vector<Scalar> hidden, other;          // (rows x D) between blocks; hidden ends as h
+    Vector<Scalar> normed;                 // (rows x D) z = RMSNorm(h; w_final), the head's input
+    RowMatrix<Scalar> logits;              // (rows x vocab) z · Wᵀ
+    std::vector<typename Block::TrainingCache> blocks;  // one per block
+    State state;                                        // the states the forward left
+
+    struct Workspace {
+      Vector<Scalar> dHidden;     // (rows x D) dL/dz, then dL/dh, then each block's dL/dx
+      RowMatrix<Scalar> dLogits;  // (rows x vocab) backwardCrossEntropy's
+    };
+    mutable Workspace workspace;
+  };
+
+  /// Zero gradients shaped for this model's parameters.
+  Gradients zeroGradients() const {
+    const Index D = config_.block.embedDim;
+    Gradients grads;
+    grads.embed.setZero(config_.vocab, D);
+    if (config_.embedNorm) grads.embedNorm.setZero(D);
+    grads.layers.reserve(blocks_.size());
+    for (const Block& block : blocks_) grads.layers.push_back(block.zeroGradients());
+    grads.finalNorm.setZero(D);
+    if (!config_.tiedEmbedding) grads.outputProjection.setZero(config_.vocab, D);
+    return grads;
+  }
+
+  /// The forward for training, from position 0: the logits (batch·time x vocab, row b·T + t),
+  /// the same bits as forwardParallel / forwardChunkwise (whose shorter last chunk gives the
+  /// gradients of torchscale's zero padding too), kept in `cache` for backward(). The reference
+  /// stays valid until the cache is used again.
+  const RowMatrix<Scalar>& forwardTraining(Form form, const TokenMatrix& tokens, Index chunkSize,
+                                           TrainingCache& cache) const {
+    const char* where = "RetNetModel::forwardTraining";
+    requireTrainable(where, form);
+    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
+    cache.time = 0;  // invalid until the forward has run
+    cache.state.clear();
+    prepare(where, tokens, cache.state);  // checks the ids; zero states at position 0
+    const Index batch = tokens.rows(), time = tokens.cols(), rows = tokens.size();
+    const Index D = config_.block.embedDim;
+    const Index chunk = form == Form::kChunkwise ? chunkSize : 0;
+    cache.tokens = tokens;
+    cache.blocks.resize(blocks_.size());
+
+    // x = E[token]·s, then RMSNorm(x; w_emb) if configured
+    auto embedded = detail::bufferView(cache.embedded, rows, D);
+    auto x = detail::bufferView(cache.hidden, rows, D);
+    stages::embed<Scalar>(tokens.data(), embed_, config_.embedScale, embedded);
+    if (config_.embedNorm) {
+      stages::rmsNorm(embedded, embedNorm_.data(), config_.block.eps, x);
+    } else {
+      x = embedded;
+    }
+
+    // h = block_{N-1}(… block_0(x)), each block keeping its cache
+    detail::bufferView(cache.other, rows, D);
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      const Eigen::Map<const RowMatrix<Scalar>> in(cache.hidden.data(), rows, D);
+      Eigen::Map<RowMatrix<Scalar>> out(cache.other.data(), rows, D);
+      blocks_[l].forwardTraining(form, in, batch, time, chunk, cache.state.layers[l], out,
+                                 cache.blocks[l]);
+      cache.hidden.swap(cache.other);
+    }
+
+    // logits = z · Wᵀ,  z = RMSNorm(h; w_final), W the output projection (or the tied embedding)
+    const Eigen::Map<const RowMatrix<Scalar>> h(cache.hidden.data(), rows, D);
+    auto z = detail::bufferView(cache.normed, rows, D);
+    stages::rmsNorm(h, finalNorm_.data(), config_.block.eps, z);
+    if (cache.logits.rows() != rows || cache.logits.cols() != config_.vocab)
+      cache.logits.resize(rows, config_.vocab);
+    stages::linear(z, head(), cache.logits);
+    cache.batch = batch;
+    cache.time = time;
+    cache.width = D;
+    return cache.logits;
+  }
+
+  /// The backward of forwardTraining() for the loss L whose gradient with respect to the logits
+  /// is dLogits (batch·time x vocab): adds dL/dW of every parameter to `grads` (an empty one is
+  /// sized and zeroed first; else its shapes must be this model's). The model's checks come
+  /// before any write; each block checks its own gradients' shapes before its first write. A
+  /// repeated call with the same shapes reuses the cache's workspace and allocates nothing of its
+  /// own (the norms' backwards still allocate their small row-block partials,
+  /// detail::sumOverRowBlocks). The stages of the forward in reverse order:
+  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dLogits,
+                Gradients& grads) const {
+    const char* where = "RetNetModel::backward";
+    checkBackward(where, cache, grads);
+    const Index rows = cache.batch * cache.time, D = config_.block.embedDim;
+    detail::requireShape(where, dLogits, rows, config_.vocab, "dLogits (batch·time x vocab)");
+    const ConstMap z(cache.normed.data(), rows, D);
+    const ConstMap h(cache.hidden.data(), rows, D);
+    const ConstMap embedded(cache.embedded.data(), rows, D);
+    auto dH = detail::bufferView(cache.workspace.dHidden, rows, D);
+
+    // logits = z·Wᵀ:  dz = dLogits·W,  dW += dLogitsᵀ·z  (tied: W = E, so dE gets this part too)
+    stages::linearBackward<Scalar>(z, head(), dLogits, dH,
+                                   config_.tiedEmbedding ? grads.embed : grads.outputProjection);
+
+    // z = RMSNorm(h; w_final):  dh = RMSNorm'(dz)
+    stages::rmsNormBackward<Scalar>(h, finalNorm_.data(), config_.block.eps, dH, dH,
+                                    grads.finalNorm.data());
+
+    // h = block_{N-1}(… block_0(x)):  dx = block_0'(… block_{N-1}'(dh)), in place
+    for (std::size_t l = blocks_.size(); l-- > 0;)
+      blocks_[l].backward(cache.blocks[l], dH, dH, grads.layers[l]);
+
+    // x = RMSNorm(e; w_emb) if configured:  de = RMSNorm'(dx)
+    if (config_.embedNorm)
+      stages::rmsNormBackward<Scalar>(embedded, embedNorm_.data(), config_.block.eps, dH, dH,
+                                      grads.embedNorm.data());
+
+    // e = E[token]·s:  dE[token] += s·de  (a scatter-add: repeated tokens accumulate)
+    stages::embedBackward<Scalar>(cache.tokens.data(), dH, config_.embedScale, grads.embed);
+  }
+
+  /// The mean cross-entropy of the cached logits against `targets` (batch, time) over the
+  /// positions whose target is not `ignoreIndex` (stages::crossEntropy; PyTorch's
+  /// F.cross_entropy), and backward() of its gradient. Returns the loss.
+  double backwardCrossEntropy(const TrainingCache& cache, const TokenMatrix& targets,
+                              Gradients& grads,
+                              std::int64_t ignoreIndex = stages::kIgnoreIndex) const {
+    const char* where = "RetNetModel::backwardCrossEntropy";
+    checkBackward(where, cache, grads);
+    detail::requireShape(where, targets, cache.batch, cache.time, "targets (batch, time)");
+    RowMatrix<Scalar>& dLogits = cache.workspace.dLogits;
+    if (dLogits.rows() != cache.logits.rows() || dLogits.cols() != cache.logits.cols())
+      dLogits.resize(cache.logits.rows(), cache.logits.cols());
+    const double loss =
+        stages::crossEntropyBackward<Scalar>(cache.logits, targets.data(), ignoreIndex, dLogits);
+    backward(cache, dLogits, grads);
+    return loss;
+  }
+
  private:
   /// w stored as `type`; nothing (not even a copy) when it already is.
   static void convertWeight(LinearWeight<Scalar>& w, WeightType type) {
@@ -360,6 +563,85 @@ class LanguageModel {
     Tensor3<Scalar> logits(tokens.rows(), tokens.cols(), config_.vocab);
     project(hidden, Eigen::Map<RowMatrix<Scalar>>(logits.data(), tokens.size(), config_.vocab));
     return logits;
+  }
+
+  using ConstMap = Eigen::Map<const RowMatrix<Scalar>>;
+
+  /// The output projection: its own weight, or the embedding table when tied.
+  const LinearWeight<Scalar>& head() const {
+    return config_.tiedEmbedding ? embed_ : outputProjection_;
+  }
+
+  /// Training: the parallel or chunkwise form, RMSNorm model norms, full-precision weights.
+  void requireTrainable(const char* where, Form form) const {
+    detail::require(form != Form::kRecurrent, where,
+                    "the recurrent form has no backward; train with the parallel or chunkwise "
+                    "form");
+    detail::require(config_.norm == ModelNorm::kRms, where,
+                    "only RMSNorm model norms can be trained, got LayerNorm (ModelNorm::kLayer)");
+    forEachWeight([&](const LinearWeight<Scalar>& weight) {
+      detail::require(weight.empty() || weight.type() == WeightType::kFull, where,
+                      "the weights must be full precision to be trained, got ",
+                      weightTypeName(weight.type()));
+    });
+  }
+
+  /// backward()'s checks of the cache and of the model's own gradients, before any write; sizes
+  /// empty gradients.
+  void checkBackward(const char* where, const TrainingCache& cache, Gradients& grads) const {
+    const Index D = config_.block.embedDim, rows = cache.batch * cache.time;
+    detail::require(cache.time >= 1 && cache.batch >= 1, where,
+                    "the cache holds no forwardTraining call");
+    detail::require(cache.width == D && cache.blocks.size() == blocks_.size() &&
+                        cache.tokens.rows() == cache.batch && cache.tokens.cols() == cache.time &&
+                        cache.logits.rows() == rows && cache.logits.cols() == config_.vocab &&
+                        cache.embedded.size() >= rows * D && cache.hidden.size() >= rows * D &&
+                        cache.normed.size() >= rows * D,
+                    where, "the cache was not filled by this model's forwardTraining");
+    const bool empty = grads.embed.size() == 0 && grads.embedNorm.size() == 0 &&
+                       grads.layers.empty() && grads.finalNorm.size() == 0 &&
+                       grads.outputProjection.size() == 0;
+    if (empty) grads = zeroGradients();
+    detail::requireShape(where, grads.embed, config_.vocab, D, "grads.embed (embed's shape)");
+    detail::requireLength(where, grads.embedNorm, config_.embedNorm ? D : 0,
+                          "grads.embedNorm (D with an embedding norm, else 0)");
+    detail::requireEqual(where, "grads.layers (one per block)", config_.layers,
+                         static_cast<Index>(grads.layers.size()));
+    detail::requireLength(where, grads.finalNorm, D, "grads.finalNorm (D)");
+    detail::requireShape(where, grads.outputProjection, config_.tiedEmbedding ? 0 : config_.vocab,
+                         config_.tiedEmbedding ? 0 : D,
+                         "grads.outputProjection (outputProjection's shape; empty when tied)");
+  }
+
+  friend struct detail::ParameterSet<LanguageModel<Block>>;
+
+  /// Calls visit(name, parameter) for each trainable parameter, in the order and with the names
+  /// and shapes of Gradients::forEach: "embed_tokens.weight", ("layernorm_embedding.weight"),
+  /// "layers.{i}." + the block's names, "layer_norm.weight", ("output_projection.weight" unless
+  /// tied). `parameter` is an Eigen::Map of the weight in place (a vector weight as one column),
+  /// writable through a non-const model (an optimiser's step). Full-precision weights and
+  /// ModelNorm::kRms only (what training supports).
+  template <typename Self, typename Visit>
+  static void forEachParameterOf(Self& self, Visit& visit) {
+    using Map = detail::ParameterMap<Self, Scalar>;
+    detail::require(
+        self.config_.norm == ModelNorm::kRms, "RetNetModel::forEachParameter",
+        "the model's norms must be RMSNorms (ModelNorm::kRms): LayerNorm biases are not "
+        "trainable parameters here");
+    auto& embed = detail::fullMatrix(self.embed_);
+    visit("embed_tokens.weight", Map(embed.data(), embed.rows(), embed.cols()));
+    if (self.embedNorm_.size() != 0)
+      visit("layernorm_embedding.weight", Map(self.embedNorm_.data(), self.embedNorm_.size(), 1));
+    for (std::size_t l = 0; l < self.blocks_.size(); ++l) {
+      const std::string prefix = "layers." + std::to_string(l) + ".";
+      self.blocks_[l].forEachParameter(
+          [&](const char* name, Map parameter) { visit((prefix + name).c_str(), parameter); });
+    }
+    visit("layer_norm.weight", Map(self.finalNorm_.data(), self.finalNorm_.size(), 1));
+    if (!self.config_.tiedEmbedding) {
+      auto& head = detail::fullMatrix(self.outputProjection_);
+      visit("output_projection.weight", Map(head.data(), head.rows(), head.cols()));
+    }
   }
 
   Config config_;

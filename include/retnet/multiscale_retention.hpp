@@ -8,6 +8,7 @@
 
 #include "retnet/activation.hpp"
 #include "retnet/detail/checks.hpp"
+#include "retnet/detail/named_set.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/detail/workspace.hpp"
 #include "retnet/form.hpp"
@@ -103,7 +104,7 @@ struct MultiScaleRetentionWeights {
 /// accumulates into. forEach names each field by its checkpoint name (torchscale's state_dict
 /// names; FLA's for the head-norm weight, which torchscale does not have).
 template <typename Scalar>
-struct MultiScaleRetentionGradients {
+struct MultiScaleRetentionGradients : detail::GradientSet<MultiScaleRetentionGradients<Scalar>> {
   RowMatrix<Scalar> q;        ///< d q_proj.weight   (H·dk, D)
   RowMatrix<Scalar> k;        ///< d k_proj.weight   (H_kv·dk, D)
   RowMatrix<Scalar> v;        ///< d v_proj.weight   (H_kv·dv, D)
@@ -131,24 +132,12 @@ struct MultiScaleRetentionGradients {
     headNorm.setZero(headNormWeight ? config.headValueDim() : 0);
   }
 
-  /// Zeros every field, keeping the shapes (between optimiser steps).
-  void setZero() {
-    forEach([](const char*, auto& gradient) { gradient.setZero(); });
-  }
+ private:
+  friend struct detail::GradientSet<MultiScaleRetentionGradients<Scalar>>;
 
   /// visit(name, gradient) for each field (const or not): "q_proj.weight", "k_proj.weight",
   /// "v_proj.weight", "g_proj.weight", "out_proj.weight", then "g_norm_swish_gate.weight" (the
   /// head-norm weight's, a Vector) if it is not empty.
-  template <typename Visit>
-  void forEach(Visit&& visit) {
-    forEachOf(*this, visit);
-  }
-  template <typename Visit>
-  void forEach(Visit&& visit) const {
-    forEachOf(*this, visit);
-  }
-
- private:
   template <typename Self, typename Visit>
   static void forEachOf(Self& self, Visit& visit) {
     visit("q_proj.weight", self.q);
@@ -193,7 +182,8 @@ struct MultiScaleRetentionScratch {
 template <typename Scalar>
 class MultiScaleRetention
     : public SequenceLayer<MultiScaleRetention<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
-                           MultiScaleRetentionScratch<Scalar>> {
+                           MultiScaleRetentionScratch<Scalar>>,
+      public detail::ParameterSet<MultiScaleRetention<Scalar>> {
   static_assert(std::is_floating_point_v<Scalar>,
                 "retnet::MultiScaleRetention needs a floating-point Scalar");
   using Forms = SequenceLayer<MultiScaleRetention<Scalar>, Scalar, MultiScaleRetentionState<Scalar>,
@@ -242,20 +232,8 @@ class MultiScaleRetention
     visit(outputWeights_);
   }
   const RotaryEmbedding<Scalar>& rotary() const { return rotary_; }
-
-  /// Calls visit(name, parameter) for each trainable parameter, in the order and with the names
-  /// and shapes of MultiScaleRetentionGradients::forEach; `parameter` is an Eigen::Map of the
-  /// weight in place (RowMatrix<Scalar>; a vector weight as one column), to read, or to change
-  /// through a non-const layer (an optimiser's step). Full-precision weights only
-  /// (WeightType::kFull).
-  template <typename Visit>
-  void forEachParameter(Visit&& visit) {
-    forEachParameterOf(*this, visit);
-  }
-  template <typename Visit>
-  void forEachParameter(Visit&& visit) const {
-    forEachParameterOf(*this, visit);
-  }
+  // forEachParameter(visit(name, parameter)), const or not: detail::ParameterSet, over
+  // forEachParameterOf (below).
 
   // The forms (sequence_layer.hpp): forwardParallel(x[, state]), forwardChunkwise(x, chunk[,
   // state]), forwardRecurrent(x[, state[, out[, scratch]]]), forward(x[, state]),
@@ -597,6 +575,13 @@ class MultiScaleRetention
     });
   }
 
+  friend struct detail::ParameterSet<MultiScaleRetention<Scalar>>;
+
+  /// Calls visit(name, parameter) for each trainable parameter, in the order and with the names
+  /// and shapes of MultiScaleRetentionGradients::forEach; `parameter` is an Eigen::Map of the
+  /// weight in place (RowMatrix<Scalar>; a vector weight as one column), to read, or to change
+  /// through a non-const layer (an optimiser's step). Full-precision weights only
+  /// (WeightType::kFull).
   template <typename Self, typename Visit>
   static void forEachParameterOf(Self& self, Visit& visit) {
     using Map = detail::ParameterMap<Self, Scalar>;

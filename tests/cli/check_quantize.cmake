@@ -7,12 +7,6 @@ file(MAKE_DIRECTORY ${WORK_DIR})
 
 include(${CMAKE_CURRENT_LIST_DIR}/common.cmake)
 
-# Standard output and error together.
-function(run tool expected_code out_var)
-  run_tool(${tool} ${expected_code} out err ${ARGN})
-  set(${out_var} "${out}${err}" PARENT_SCOPE)
-endfunction()
-
 foreach(type int8 bf16 f16)
   foreach(source ${MODEL} ${FLA_MODEL})
     get_filename_component(name ${source} NAME_WE)

@@ -17,3 +17,9 @@ function(expect_match text regex what)
     message(FATAL_ERROR "${what}: output does not match '${regex}':\n${text}")
   endif()
 endfunction()
+
+# run_tool with standard output and error together in `out_var`.
+function(run tool expected_code out_var)
+  run_tool(${tool} ${expected_code} out err ${ARGN})
+  set(${out_var} "${out}${err}" PARENT_SCOPE)
+endfunction()

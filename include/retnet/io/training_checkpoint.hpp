@@ -1,5 +1,7 @@
-// Training checkpoints: AdamW's state (its step count and the moments of every parameter), to
-// resume training where it stopped.
+// Training checkpoints: a trained RetNet saved under torchscale's RetNetDecoder state_dict names
+// (what io::loadModel reads back and torchscale's Python loads with load_state_dict), and
+// AdamW's state (its step count and the moments of every parameter), to resume training where
+// it stopped.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +47,72 @@ inline std::vector<Eigen::Index> torchShape(Index rows, Index cols) {
 }
 
 }  // namespace detail
+
+/// Writes `model` to the safetensors file `path` under torchscale's RetNetDecoder names
+/// (`embed_tokens.weight`, `layers.{i}.retention.q_proj.weight` …, `layer_norm.weight`,
+/// `output_projection.weight` unless tied), with the `retnet_rel_pos.decay` / `angle` buffers
+/// torchscale's state_dict holds and its arguments as metadata (embed_dim, value_dim, heads,
+/// ffn_dim, layers, vocab, layernorm_eps, activation_fn, embed_scale,
+/// share_decoder_input_output_embed). `dtype` is F32 or F64 (by default Scalar's: the weights'
+/// exact bits, so that training resumes where it stopped), BF16 or F16. The model's weights must be
+/// full precision, and its configuration one torchscale can express: InvalidArgument naming the
+/// setting otherwise. An existing file is replaced.
+template <typename Scalar>
+void saveTorchscaleModel(const RetNetModel<Scalar>& model, const std::string& path,
+                         Dtype dtype = detail::dtypeOf<Scalar>()) {
+  const char* where = "io::saveTorchscaleModel";
+  const RetNetModelConfig& config = model.config();
+  const RetNetBlockConfig& block = config.block;
+  const MultiScaleRetentionConfig retention = block.retention();
+  retnet::detail::require(
+      dtype == Dtype::F32 || dtype == Dtype::F64 || dtype == Dtype::BF16 || dtype == Dtype::F16,
+      where, "dtype must be F32, F64, BF16 or F16");
+  const auto refuse = [&](bool ok, const char* what) {
+    retnet::detail::require(ok, where, "torchscale's RetNetDecoder has no ", what,
+                            "; this model cannot be saved under its names");
+  };
+  refuse(block.decays.empty(), "configurable decays (it derives them from the heads)");
+  refuse(block.headKeyDim == 0 || block.headKeyDim * block.heads == block.embedDim,
+         "key dimension other than embed_dim / heads");
+  refuse(block.kvHeads == 0 || block.kvHeads == block.heads, "grouped key/value heads");
+  refuse(block.rotary == RotaryLayout::kInterleaved, "half-split rotary layout");
+  refuse(block.normalization == RetentionNormalization::kTorchscale,
+         "retention without its normalisers (FLA's semantics)");
+  refuse(block.scaleSide == ScaleSide::kKey, "query-side dk^-1/2 scale");
+  refuse(!config.embedNorm, "embedding norm in this library's support");
+  refuse(config.norm == ModelNorm::kRms, "LayerNorm final norm");
+  refuse(block.gate == Activation::kSwish, "retention gate other than swish");
+  refuse(block.activation == Activation::kGelu || block.activation == Activation::kSwish,
+         "FFN activation other than gelu and swish");
+
+  SafetensorsWriter writer;
+  bool headNorm = false;
+  model.forEachParameter([&](const char* name, auto parameter) {
+    const std::string text = name;
+    headNorm = headNorm || text.find("g_norm_swish_gate") != std::string::npos;
+    detail::addValues(writer, text, dtype, detail::torchShape(parameter.rows(), parameter.cols()),
+                      parameter.data(), parameter.size());
+  });
+  refuse(!headNorm, "group-norm weight");
+  const std::vector<double> decay = detail::decayBuffer(retention);
+  const std::vector<double> angle = detail::angleBuffer(retention);
+  writer.addTensor("retnet_rel_pos.decay", dtype, {static_cast<Eigen::Index>(decay.size())},
+                   decay.data());
+  writer.addTensor("retnet_rel_pos.angle", dtype, {static_cast<Eigen::Index>(angle.size())},
+                   angle.data());
+  writer.addMetadata("format", "pt");
+  writer.addMetadata("embed_dim", std::to_string(block.embedDim));
+  writer.addMetadata("value_dim", std::to_string(block.valueDim));
+  writer.addMetadata("heads", std::to_string(block.heads));
+  writer.addMetadata("ffn_dim", std::to_string(block.ffnDim));
+  writer.addMetadata("layers", std::to_string(config.layers));
+  writer.addMetadata("vocab", std::to_string(config.vocab));
+  writer.addMetadata("layernorm_eps", detail::exactNumber(block.eps));
+  writer.addMetadata("activation_fn", activationName(block.activation));
+  writer.addMetadata("embed_scale", detail::exactNumber(config.embedScale));
+  writer.addMetadata("share_decoder_input_output_embed", config.tiedEmbedding ? "True" : "False");
+  writer.write(path);
+}
 
 /// Writes AdamW's state to the safetensors file `path`: `exp_avg.{name}` and `exp_avg_sq.{name}`
 /// for every parameter (PyTorch's names for the moments, the parameter's shape, F32 for a float
