@@ -1,8 +1,10 @@
-// retnet_train: trains a byte-level RetNet (torchscale's architecture) from scratch on a text
-// file, then samples from it.
+// retnet_train: trains a byte-level RetNet from scratch on a text file, then samples from it:
+// torchscale's architecture (--family torchscale, the default) or FLA's (--family fla: grouped
+// heads possible, half-split rotary, no normalisers, SwiGLU, a head-norm weight).
 //
 //   retnet_train --text FILE --out DIR [--steps 2000] [--batch 8] [--seq 256]
-//                [--layers 4] [--dim 256] [--heads 4] [--ffn 512] [--value-dim 512]
+//                [--family torchscale|fla] [--layers 4] [--dim 256] [--heads 4] [--kv-heads H]
+//                [--ffn 512] [--value-dim 512]
 //                [--lr 2e-3] [--min-lr 2e-4] [--warmup 100] [--weight-decay 0.1] [--clip 1.0]
 //                [--form chunkwise|parallel] [--chunk 64] [--val-every 100] [--val-fraction 0.05]
 //                [--val-batches 8] [--save-every 500] [--seed 1] [--threads N] [--precision
@@ -18,7 +20,9 @@
 //
 // DIR receives, every --save-every steps and at the end:
 //   model.safetensors       the weights under torchscale's RetNetDecoder names (io::loadModel,
-//                           retnet_generate, torchscale's load_state_dict)
+//                           retnet_generate, torchscale's load_state_dict), or FLA's names
+//   config.json             --family fla: FLA's RetNetConfig (a Hugging Face directory that
+//                           FLA's RetNetForCausalLM.from_pretrained and io::loadModel read)
 //   tokenizer.json          a byte-level tokenizer (token id = byte value) for retnet_generate
 //                           --prompt and Hugging Face tokenizers
 //   optimizer.safetensors   AdamW's moments and step count
@@ -55,8 +59,9 @@ using retnet_examples::parseNumber;
 using retnet_examples::UsageError;
 
 const char* const kUsage =
-    "usage: retnet_train --text FILE --out DIR [--steps N] [--batch B] [--seq T] [--layers L] "
-    "[--dim D] [--heads H] [--ffn F] [--value-dim V] [--lr LR] [--min-lr LR] [--warmup N] "
+    "usage: retnet_train --text FILE --out DIR [--steps N] [--batch B] [--seq T] "
+    "[--family torchscale|fla] [--layers L] [--dim D] [--heads H] [--kv-heads H] [--ffn F] "
+    "[--value-dim V] [--lr LR] [--min-lr LR] [--warmup N] "
     "[--weight-decay W] [--clip C] [--form chunkwise|parallel] [--chunk C] [--val-every N] "
     "[--val-fraction F] [--val-batches N] [--save-every N] [--seed S] [--threads N] "
     "[--precision float|double] [--stop-at STEP] [--resume] [--sample TEXT] [--sample-tokens N]";
@@ -65,7 +70,8 @@ const char* const kUsage =
 struct Arguments {
   std::string text, out;
   std::int64_t steps = 2000, batch = 8, seq = 256;
-  std::int64_t layers = 4, dim = 256, heads = 4, ffn = 512, valueDim = 512;
+  std::string family = "torchscale";
+  std::int64_t layers = 4, dim = 256, heads = 4, kvHeads = 0, ffn = 512, valueDim = 512;
   double lr = 2e-3, minLr = 2e-4, weightDecay = 0.1, clip = 1.0, valFraction = 0.05;
   std::int64_t warmup = 100, chunk = 64, valEvery = 100, valBatches = 8, saveEvery = 500;
   std::int64_t stopAt = 0;  // 0: at --steps
@@ -83,7 +89,9 @@ struct Arguments {
             {"seq", seq},
             {"layers", layers},
             {"dim", dim},
+            {"family", family},
             {"heads", heads},
+            {"kv_heads", kvHeads},
             {"ffn", ffn},
             {"value_dim", valueDim},
             {"lr", lr},
@@ -108,7 +116,8 @@ Arguments parse(int argc, char** argv) {
       "--warmup",     "--weight-decay",  "--clip",         "--form",
       "--chunk",      "--val-every",     "--val-fraction", "--val-batches",
       "--save-every", "--seed",          "--threads",      "--precision",
-      "--sample",     "--sample-tokens", "--stop-at"};
+      "--sample",     "--sample-tokens", "--stop-at",      "--family",
+      "--kv-heads"};
   const retnet_examples::Flags flags(argc, argv, valued, {"--resume"});
   std::map<std::string, std::string> given = flags.values;
   Arguments a;
@@ -141,6 +150,12 @@ Arguments parse(int argc, char** argv) {
   integer("--save-every", a.saveEvery, 1);
   integer("--sample-tokens", a.sampleTokens, 0);
   integer("--stop-at", a.stopAt, 1);
+  integer("--kv-heads", a.kvHeads, 1);
+  if (given.count("--family")) a.family = given["--family"];
+  if (a.family != "torchscale" && a.family != "fla")
+    throw UsageError("--family must be torchscale or fla, got \"" + a.family + "\"");
+  if (a.kvHeads > 0 && a.family != "fla")
+    throw UsageError("--kv-heads needs --family fla (torchscale has no grouped heads)");
   real("--lr", a.lr);
   real("--min-lr", a.minLr);
   real("--weight-decay", a.weightDecay);
@@ -157,6 +172,10 @@ Arguments parse(int argc, char** argv) {
   if (given.count("--precision")) a.precision = given["--precision"];
   if (a.precision != "float" && a.precision != "double")
     throw UsageError("--precision must be float or double, got \"" + a.precision + "\"");
+  if (a.family == "fla" && a.precision == "double")
+    throw UsageError(
+        "--family fla saves float32 weights (FLA's checkpoints have no float64), so a resumed run "
+        "would not continue a double one exactly: use --precision float");
   if (given.count("--sample")) a.sample = given["--sample"];
   return a;
 }
@@ -180,6 +199,8 @@ std::pair<Arguments, std::int64_t> resumed(const Arguments& given) {
     a.layers = r.at("layers");
     a.dim = r.at("dim");
     a.heads = r.at("heads");
+    a.family = r.value("family", std::string("torchscale"));
+    a.kvHeads = r.value("kv_heads", std::int64_t{0});
     a.ffn = r.at("ffn");
     a.valueDim = r.at("value_dim");
     a.lr = r.at("lr");
@@ -260,7 +281,9 @@ nlohmann::json byteTokenizer() {
 void trainingBatch(const std::string& data, std::int64_t seq, std::uint64_t seed, std::int64_t step,
                    retnet::TokenMatrix& tokens, retnet::TokenMatrix& targets) {
   const auto starts = static_cast<std::uint64_t>(data.size()) - static_cast<std::uint64_t>(seq);
-  retnet::SplitMix64 random(seed ^ (0x9E3779B97F4A7C15ull * static_cast<std::uint64_t>(step + 1)));
+  // drawSeed hashes (seed, step): nearby steps get unrelated streams (a plain seed ^ step·γ would
+  // give step s + 1 the windows of step s shifted by one row).
+  retnet::SplitMix64 random(retnet::drawSeed(seed, step));
   for (retnet::Index b = 0; b < tokens.rows(); ++b) {
     const auto start = static_cast<std::size_t>(random.next() % starts);
     for (retnet::Index t = 0; t < tokens.cols(); ++t) {
@@ -324,8 +347,21 @@ int train(const Arguments& args, std::int64_t startStep) {
   config.block.heads = args.heads;
   config.block.ffnDim = args.ffn;
   config.block.activation = retnet::Activation::kGelu;
+  if (args.family == "fla") {  // FLA's semantics (MultiScaleRetentionConfig::fla) and SwiGLU
+    if (args.dim % args.heads != 0 || args.valueDim % args.heads != 0)
+      throw std::runtime_error("--dim and --value-dim must be multiples of --heads");
+    const auto r = retnet::MultiScaleRetentionConfig::fla(
+        args.dim, args.heads, args.kvHeads > 0 ? args.kvHeads : args.heads, args.dim / args.heads,
+        args.valueDim / args.heads, config.block.eps);
+    config.block.headKeyDim = r.headKeyDim;
+    config.block.kvHeads = r.kvHeads;
+    config.block.rotary = r.rotary;
+    config.block.normalization = r.normalization;
+    config.block.scaleSide = r.scaleSide;
+    config.block.activation = retnet::Activation::kSwish;
+  }
   Model model = startStep > 0
-                    ? retnet::io::loadModel<Scalar>(modelPath)
+                    ? retnet::io::loadModel<Scalar>(args.out)
                     : Model(config, retnet::initialRetNetWeights<Scalar>(config, args.seed));
   retnet::AdamWOptions adamw;
   adamw.learningRate = args.lr;
@@ -376,7 +412,11 @@ int train(const Arguments& args, std::int64_t startStep) {
   std::ofstream log(args.out + "/log.csv", startStep > 0 ? std::ios::app : std::ios::trunc);
   if (startStep == 0) log << "step,lr,train_loss,val_loss,grad_norm,tokens_per_s,seconds\n";
   const auto save = [&](std::int64_t step) {
-    retnet::io::saveTorchscaleModel(model, modelPath);
+    if (args.family == "fla") {
+      retnet::io::saveFlaModel(model, args.out);
+    } else {
+      retnet::io::saveTorchscaleModel(model, modelPath);
+    }
     retnet::io::saveAdamW(optimizer, optimizerPath);
     std::ofstream(args.out + "/tokenizer.json") << byteTokenizer().dump(1) << "\n";
     std::ofstream(args.out + "/training.json")

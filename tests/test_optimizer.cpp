@@ -411,6 +411,31 @@ TEST(TorchscaleCheckpoint, SavesWhatLoadModelReadsBack) {
   }
 }
 
+TEST(FlaCheckpoint, SavesADirectoryLoadModelReadsBack) {
+  testing::TempDir dir("save-fla");
+  for (bool tied : {false, true}) {
+    RetNetModelConfig config = tinyModelConfig(tied);
+    config.block = smallConfig(true);  // FLA's semantics, grouped heads, SwiGLU
+    config.block.rotary = RotaryLayout::kHalfSplit;
+    config.block.scaleSide = ScaleSide::kQuery;
+    const RetNetModel<float> model(config, initialRetNetWeights<float>(config, 13));
+    const std::string path = (dir.path() / (tied ? "tied" : "untied")).string();
+    io::saveFlaModel(model, path);
+    const RetNetModel<float> loaded = io::loadModel<float>(path);
+    EXPECT_EQ(loaded.config().block.kvHeads, config.block.kvHeads);
+    EXPECT_EQ(loaded.config().block.headKeyDim, config.block.headKeyDim);
+    EXPECT_EQ(loaded.config().tiedEmbedding, tied);
+    EXPECT_EQ(snapshot(loaded), snapshot(model));  // F32: every bit of a float model
+    EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(path) / "config.json"));
+  }
+  // torchscale's semantics have no FLA names.
+  const RetNetModelConfig torchscale = tinyModelConfig(false);
+  const RetNetModel<float> model(torchscale, initialRetNetWeights<float>(torchscale, 1));
+  EXPECT_THROW(io::saveFlaModel(model, (dir.path() / "x").string()), InvalidArgument);
+  EXPECT_THROW(io::saveFlaModel(model, (dir.path() / "y").string(), io::Dtype::F64),
+               InvalidArgument);
+}
+
 TEST(Init, IsTorchscalesAndTheSameEverywhere) {
   const RetNetModelConfig config = tinyModelConfig(false);
   const RetNetModelWeights<double> a = initialRetNetWeights<double>(config, 1);

@@ -6,7 +6,7 @@
 //   FFN fc1, gate, fc2       U(−1/√in, 1/√in)              (nn.Linear's default)
 //   embedding, head          N(0, 1/D)                      (fairseq's embedding, RetNetDecoder's
 //                                                            output projection)
-//   norm weights             1
+//   norm weights             1 (the head norm's too, with FLA's semantics: its g_norm weight)
 //
 // xavier_uniform with gain a draws from U(−b, b), b = a·√(6 / (in + out)).
 #pragma once
@@ -65,7 +65,9 @@ RowMatrix<Scalar> xavierUniform(Index out, Index in, double gain, InitRandom ran
 }  // namespace detail
 
 /// Fresh weights of a RetNet model of `config` (torchscale's initialisation, header comment), the
-/// same for the same (config, seed) everywhere. With config.embedNorm an embedding norm of ones.
+/// same for the same (config, seed) everywhere. With config.embedNorm an embedding norm of ones;
+/// with FLA's semantics (RetentionNormalization::kNone) a head-norm weight of ones, as FLA's
+/// layer has.
 template <typename Scalar>
 RetNetModelWeights<Scalar> initialRetNetWeights(const RetNetModelConfig& config,
                                                 std::uint64_t seed) {
@@ -89,6 +91,8 @@ RetNetModelWeights<Scalar> initialRetNetWeights(const RetNetModelConfig& config,
     layer.retention.v = detail::xavierUniform<Scalar>(kv * dv, D, qkvg, next());
     layer.retention.g = detail::xavierUniform<Scalar>(V, D, qkvg, next());
     layer.retention.out = detail::xavierUniform<Scalar>(D, V, out, next());
+    if (b.normalization == RetentionNormalization::kNone)
+      layer.retention.headNorm = Vector<Scalar>::Ones(dv);
     layer.retentionNorm = Vector<Scalar>::Ones(D);
     const double fcIn = 1.0 / std::sqrt(static_cast<double>(D));
     layer.fc1 = detail::uniformMatrix<Scalar>(F, D, fcIn, next());

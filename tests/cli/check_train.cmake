@@ -7,6 +7,17 @@ file(MAKE_DIRECTORY ${WORK_DIR})
 
 include(${CMAKE_CURRENT_LIST_DIR}/common.cmake)
 
+# Fails unless every named file is the same in both directories (SHA-256).
+function(expect_same_files a b)
+  foreach(name ${ARGN})
+    file(SHA256 ${a}/${name} ha)
+    file(SHA256 ${b}/${name} hb)
+    if(NOT ha STREQUAL hb)
+      message(FATAL_ERROR "${name} differs between ${a} (straight) and ${b} (resumed)")
+    endif()
+  endforeach()
+endfunction()
+
 # A repetitive text (a model learns it within a few dozen steps), 6 KB.
 set(text "")
 foreach(i RANGE 60)
@@ -43,13 +54,18 @@ run(${TRAIN} 0 out --text ${WORK_DIR}/text.txt --out ${WORK_DIR}/resumed --steps
     ${model})
 run(${TRAIN} 0 out --out ${WORK_DIR}/resumed --resume --threads 1 --sample-tokens 0)
 expect_match("${out}" "resumed at step 20" "resume")
-foreach(name model.safetensors optimizer.safetensors)
-  file(SHA256 ${WORK_DIR}/straight/${name} a)
-  file(SHA256 ${WORK_DIR}/resumed/${name} b)
-  if(NOT a STREQUAL b)
-    message(FATAL_ERROR "${name} differs between the straight and the resumed run")
-  endif()
-endforeach()
+expect_same_files(${WORK_DIR}/straight ${WORK_DIR}/resumed model.safetensors optimizer.safetensors)
+
+# FLA's family (grouped heads): a Hugging Face directory; stopped and resumed, the same bytes.
+set(fla --family fla --kv-heads 1 ${model})
+run(${TRAIN} 0 out --text ${WORK_DIR}/text.txt --out ${WORK_DIR}/fla --steps 20 ${fla})
+run(${TRAIN} 0 out --text ${WORK_DIR}/text.txt --out ${WORK_DIR}/fla_resumed --steps 20 --stop-at 10
+    ${fla})
+run(${TRAIN} 0 out --out ${WORK_DIR}/fla_resumed --resume --threads 1 --sample-tokens 0)
+expect_same_files(${WORK_DIR}/fla ${WORK_DIR}/fla_resumed model.safetensors optimizer.safetensors
+                  config.json)
+run(${CLI} 0 out --model ${WORK_DIR}/fla --prompt "the dog" --max-new 8 --threads 1)
+expect_match("${out}" "\\(fla: layers 1" "retnet_generate reads the FLA directory")
 
 # The trained model through retnet_generate, text in and text out.
 run(${CLI} 0 out --model ${WORK_DIR}/straight --prompt "the cat" --max-new 12 --threads 1)
@@ -63,5 +79,7 @@ expect_match("${out}" "--form must be chunkwise or parallel" "recurrent form")
 file(WRITE ${WORK_DIR}/short.txt "too short")
 run(${TRAIN} 1 out --text ${WORK_DIR}/short.txt --out ${WORK_DIR}/x --seq 32)
 expect_match("${out}" "^retnet_train: error: .*too few for --seq 32" "short text")
+run(${TRAIN} 2 out --text ${WORK_DIR}/text.txt --out ${WORK_DIR}/x --family fla --precision double)
+expect_match("${out}" "--family fla saves float32 weights" "fla in double")
 run(${TRAIN} 1 out --out ${WORK_DIR}/missing --resume)
 expect_match("${out}" "^retnet_train: error: --resume: cannot read" "resume without a run")

@@ -1,11 +1,15 @@
-// Training checkpoints: a trained RetNet saved under torchscale's RetNetDecoder state_dict names
-// (what io::loadModel reads back and torchscale's Python loads with load_state_dict), and
+// Training checkpoints: a trained RetNet saved under its family's names — torchscale's
+// RetNetDecoder state_dict (one .safetensors file) or FLA's Hugging Face directory — which
+// io::loadModel reads back and the family's own Python code loads, and
 // AdamW's state (its step count and the moments of every parameter), to resume training where
 // it stopped.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -112,6 +116,126 @@ void saveTorchscaleModel(const RetNetModel<Scalar>& model, const std::string& pa
   writer.addMetadata("embed_scale", detail::exactNumber(config.embedScale));
   writer.addMetadata("share_decoder_input_output_embed", config.tiedEmbedding ? "True" : "False");
   writer.write(path);
+}
+
+namespace detail {
+
+/// retnet's parameter name (torchscale's) as FLA's: model.embeddings, model.layers.{i}.attn.*,
+/// attn_norm, mlp.{gate,up,down}_proj, mlp_norm, model.norm, lm_head.
+inline std::string flaName(const std::string& name) {
+  static const std::pair<const char*, const char*> tops[] = {
+      {"embed_tokens.weight", "model.embeddings.weight"},
+      {"layer_norm.weight", "model.norm.weight"},
+      {"output_projection.weight", "lm_head.weight"}};
+  for (const auto& [from, to] : tops)
+    if (name == from) return to;
+  static const std::pair<const char*, const char*> inLayer[] = {
+      {"retention.q_proj.weight", "attn.q_proj.weight"},
+      {"retention.k_proj.weight", "attn.k_proj.weight"},
+      {"retention.v_proj.weight", "attn.v_proj.weight"},
+      {"retention.g_proj.weight", "attn.g_proj.weight"},
+      {"retention.out_proj.weight", "attn.o_proj.weight"},
+      {"retention.g_norm_swish_gate.weight", "attn.g_norm_swish_gate.weight"},
+      {"retention_layer_norm.weight", "attn_norm.weight"},
+      {"ffn.fc1.weight", "mlp.gate_proj.weight"},
+      {"ffn.gate.weight", "mlp.up_proj.weight"},
+      {"ffn.fc2.weight", "mlp.down_proj.weight"},
+      {"final_layer_norm.weight", "mlp_norm.weight"}};
+  const std::size_t dot = name.find('.', 7);  // "layers.{i}." + the block's name
+  if (name.rfind("layers.", 0) == 0 && dot != std::string::npos) {
+    const std::string rest = name.substr(dot + 1);
+    for (const auto& [from, to] : inLayer)
+      if (rest == from) return "model." + name.substr(0, dot + 1) + to;
+  }
+  throw InvalidArgument("io::saveFlaModel: parameter '" + name + "' has no FLA name");
+}
+
+/// An expand_k / expand_v for FLA's config.json: e with trunc(d·e) = width exactly.
+inline double flaExpand(Index width, Index d) {
+  double e = static_cast<double>(width) / static_cast<double>(d);
+  while (std::trunc(static_cast<double>(d) * e) < static_cast<double>(width))
+    e = std::nextafter(e, 2 * e + 1);
+  return e;
+}
+
+}  // namespace detail
+
+/// Writes `model` as an FLA (fla-hub) Hugging Face directory: `dir/config.json` (FLA's
+/// RetNetConfig: sizes, heads, key/value heads, eps, tied embeddings, torch_dtype) and
+/// `dir/model.safetensors` under FLA's names (model.embeddings.weight,
+/// model.layers.{i}.attn.q_proj.weight …, attn.g_norm_swish_gate.weight, mlp.gate_proj/up_proj/
+/// down_proj, model.norm.weight, lm_head.weight), which io::loadModel and FLA's
+/// RetNetForCausalLM.from_pretrained read. `dtype` is F32 (default), BF16 or F16: FLA's
+/// checkpoints have no float64. The model must have FLA's semantics (MultiScaleRetentionConfig::
+/// fla: half-split rotary, q-side scale, no normalisers, a head-norm weight, SwiGLU, no embedding
+/// scale or norm): InvalidArgument naming the setting otherwise. `dir` is created if needed;
+/// files in it are replaced.
+template <typename Scalar>
+void saveFlaModel(const RetNetModel<Scalar>& model, const std::string& dir,
+                  Dtype dtype = Dtype::F32) {
+  const char* where = "io::saveFlaModel";
+  const RetNetModelConfig& config = model.config();
+  const RetNetBlockConfig& block = config.block;
+  const MultiScaleRetentionConfig retention = block.retention();
+  retnet::detail::require(dtype == Dtype::F32 || dtype == Dtype::BF16 || dtype == Dtype::F16, where,
+                          "dtype must be F32, BF16 or F16 (FLA's checkpoints)");
+  const auto refuse = [&](bool ok, const char* what) {
+    retnet::detail::require(ok, where, "FLA's RetNet has ", what,
+                            "; this model cannot be saved under its names");
+  };
+  refuse(block.decays.empty(), "no configurable decays");
+  refuse(block.rotary == RotaryLayout::kHalfSplit, "the half-split rotary layout only");
+  refuse(block.normalization == RetentionNormalization::kNone, "no retention normalisers");
+  refuse(block.scaleSide == ScaleSide::kQuery, "the dk^-1/2 scale on q only");
+  refuse(block.activation == Activation::kSwish && block.gate == Activation::kSwish,
+         "swish (SiLU) activations only");
+  refuse(config.embedScale == 1.0 && !config.embedNorm && config.norm == ModelNorm::kRms,
+         "no embedding scale or embedding norm");
+
+  SafetensorsWriter writer;
+  bool headNorm = false;
+  model.forEachParameter([&](const char* name, auto parameter) {
+    const std::string text = name;
+    headNorm = headNorm || text.find("g_norm_swish_gate") != std::string::npos;
+    detail::addValues(writer, detail::flaName(text), dtype,
+                      detail::torchShape(parameter.rows(), parameter.cols()), parameter.data(),
+                      parameter.size());
+  });
+  refuse(headNorm, "a head-norm weight (g_norm_swish_gate)");
+  writer.addMetadata("format", "pt");
+
+  const Index d = block.embedDim, H = retention.heads;
+  const nlohmann::json json = {{"architectures", {"RetNetForCausalLM"}},
+                               {"model_type", "retnet"},
+                               {"attn", nullptr},
+                               {"attn_mode", "chunk"},
+                               {"elementwise_affine", true},
+                               {"expand_k", detail::flaExpand(H * retention.keyDim(), d)},
+                               {"expand_v", detail::flaExpand(H * retention.headValueDim(), d)},
+                               {"feature_map", nullptr},
+                               {"hidden_act", "swish"},
+                               {"hidden_size", d},
+                               {"intermediate_size", block.ffnDim},
+                               {"norm_eps", block.eps},
+                               {"num_heads", H},
+                               {"num_hidden_layers", config.layers},
+                               {"num_kv_heads", retention.keyValueHeads()},
+                               {"tie_word_embeddings", config.tiedEmbedding},
+                               {"torch_dtype", dtype == Dtype::F32    ? "float32"
+                                               : dtype == Dtype::BF16 ? "bfloat16"
+                                                                      : "float16"},
+                               {"use_output_gate", true},
+                               {"use_short_conv", false},
+                               {"vocab_size", config.vocab}};
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  retnet::detail::require(!error, where, "cannot create the directory ", dir, ": ",
+                          error.message());
+  writer.write((std::filesystem::path(dir) / "model.safetensors").string());
+  const std::string configPath = (std::filesystem::path(dir) / "config.json").string();
+  std::ofstream out(configPath);
+  out << json.dump(2) << "\n";
+  if (!out) throw FormatError(std::string(where) + ": cannot write " + configPath);
 }
 
 /// Writes AdamW's state to the safetensors file `path`: `exp_avg.{name}` and `exp_avg_sq.{name}`
