@@ -49,6 +49,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "command_line.hpp"
@@ -82,29 +83,37 @@ struct Arguments {
   std::string sample = "\n";
   std::int64_t sampleTokens = 200;
 
-  nlohmann::json run() const {  // the settings a resumed run must share
-    return {{"text", text},
-            {"steps", steps},
-            {"batch", batch},
-            {"seq", seq},
-            {"layers", layers},
-            {"dim", dim},
-            {"family", family},
-            {"heads", heads},
-            {"kv_heads", kvHeads},
-            {"ffn", ffn},
-            {"value_dim", valueDim},
-            {"lr", lr},
-            {"min_lr", minLr},
-            {"weight_decay", weightDecay},
-            {"clip", clip},
-            {"val_fraction", valFraction},
-            {"warmup", warmup},
-            {"chunk", chunk},
-            {"val_batches", valBatches},
-            {"form", form},
-            {"precision", precision},
-            {"seed", seed}};
+  /// visit(key, member) for every setting a resumed run must share: training.json's "run".
+  template <typename Self, typename Visit>
+  static void forEachSetting(Self& a, Visit&& visit) {
+    visit("text", a.text);
+    visit("steps", a.steps);
+    visit("batch", a.batch);
+    visit("seq", a.seq);
+    visit("family", a.family);
+    visit("layers", a.layers);
+    visit("dim", a.dim);
+    visit("heads", a.heads);
+    visit("kv_heads", a.kvHeads);
+    visit("ffn", a.ffn);
+    visit("value_dim", a.valueDim);
+    visit("lr", a.lr);
+    visit("min_lr", a.minLr);
+    visit("weight_decay", a.weightDecay);
+    visit("clip", a.clip);
+    visit("val_fraction", a.valFraction);
+    visit("warmup", a.warmup);
+    visit("chunk", a.chunk);
+    visit("val_batches", a.valBatches);
+    visit("form", a.form);
+    visit("precision", a.precision);
+    visit("seed", a.seed);
+  }
+
+  nlohmann::json run() const {
+    nlohmann::json settings = nlohmann::json::object();
+    forEachSetting(*this, [&](const char* key, const auto& value) { settings[key] = value; });
+    return settings;
   }
 };
 
@@ -193,28 +202,14 @@ std::pair<Arguments, std::int64_t> resumed(const Arguments& given) {
   Arguments a = given;
   const nlohmann::json& r = saved["run"];
   try {
-    a.text = given.text.empty() ? r.at("text").get<std::string>() : given.text;
-    a.batch = r.at("batch");
-    a.seq = r.at("seq");
-    a.layers = r.at("layers");
-    a.dim = r.at("dim");
-    a.heads = r.at("heads");
-    a.family = r.value("family", std::string("torchscale"));
-    a.kvHeads = r.value("kv_heads", std::int64_t{0});
-    a.ffn = r.at("ffn");
-    a.valueDim = r.at("value_dim");
-    a.lr = r.at("lr");
-    a.minLr = r.at("min_lr");
-    a.weightDecay = r.at("weight_decay");
-    a.clip = r.at("clip");
-    a.valFraction = r.at("val_fraction");
-    a.warmup = r.at("warmup");
-    a.chunk = r.at("chunk");
-    a.valBatches = r.at("val_batches");
-    a.form = r.at("form");
-    a.precision = r.at("precision");
-    a.seed = r.at("seed");
-    if (a.steps == Arguments{}.steps) a.steps = r.at("steps");
+    // The saved run's settings, except --text (a moved file) and --steps when given anew.
+    Arguments::forEachSetting(a, [&](const char* key, auto& member) {
+      const std::string name = key;
+      if ((name == "text" && !given.text.empty()) ||
+          (name == "steps" && given.steps != Arguments{}.steps))
+        return;
+      member = r.at(key).template get<std::decay_t<decltype(member)>>();
+    });
     return {a, saved["step"].get<std::int64_t>()};
   } catch (const nlohmann::json::exception& error) {
     throw std::runtime_error(path + ": " + error.what());
@@ -276,6 +271,15 @@ nlohmann::json byteTokenizer() {
             {"merges", nlohmann::json::array()}}}};
 }
 
+/// Row b of tokens/targets: the window of data at `start` and the same shifted by one byte.
+void copyWindow(const std::string& data, std::size_t start, retnet::Index b,
+                retnet::TokenMatrix& tokens, retnet::TokenMatrix& targets) {
+  for (retnet::Index t = 0; t < tokens.cols(); ++t) {
+    tokens(b, t) = static_cast<unsigned char>(data[start + static_cast<std::size_t>(t)]);
+    targets(b, t) = static_cast<unsigned char>(data[start + static_cast<std::size_t>(t) + 1]);
+  }
+}
+
 /// One training batch: `batch` rows of seq + 1 bytes at positions drawn from (seed, step) alone,
 /// so that a resumed run sees the same batches.
 void trainingBatch(const std::string& data, std::int64_t seq, std::uint64_t seed, std::int64_t step,
@@ -286,10 +290,7 @@ void trainingBatch(const std::string& data, std::int64_t seq, std::uint64_t seed
   retnet::SplitMix64 random(retnet::drawSeed(seed, step));
   for (retnet::Index b = 0; b < tokens.rows(); ++b) {
     const auto start = static_cast<std::size_t>(random.next() % starts);
-    for (retnet::Index t = 0; t < tokens.cols(); ++t) {
-      tokens(b, t) = static_cast<unsigned char>(data[start + static_cast<std::size_t>(t)]);
-      targets(b, t) = static_cast<unsigned char>(data[start + static_cast<std::size_t>(t) + 1]);
-    }
+    copyWindow(data, start, b, tokens, targets);
   }
 }
 
@@ -303,10 +304,7 @@ void validationBatch(const std::string& data, std::int64_t seq, std::int64_t ind
   for (retnet::Index b = 0; b < tokens.rows(); ++b) {
     const std::int64_t window = index * tokens.rows() + b;
     const auto start = static_cast<std::size_t>(windows > 1 ? last * window / (windows - 1) : 0);
-    for (retnet::Index t = 0; t < tokens.cols(); ++t) {
-      tokens(b, t) = static_cast<unsigned char>(data[start + static_cast<std::size_t>(t)]);
-      targets(b, t) = static_cast<unsigned char>(data[start + static_cast<std::size_t>(t) + 1]);
-    }
+    copyWindow(data, start, b, tokens, targets);
   }
 }
 

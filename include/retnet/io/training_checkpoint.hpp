@@ -50,6 +50,21 @@ inline std::vector<Eigen::Index> torchShape(Index rows, Index cols) {
   return {rows, cols};
 }
 
+/// Adds every parameter of `model` to `writer` as `dtype`, under rename(retnet's name) and in
+/// PyTorch's shapes; returns whether a head-norm weight was among them.
+template <typename Scalar, typename Rename>
+bool addParameters(SafetensorsWriter& writer, const RetNetModel<Scalar>& model, Dtype dtype,
+                   Rename&& rename) {
+  bool headNorm = false;
+  model.forEachParameter([&](const char* name, auto parameter) {
+    const std::string text = name;
+    headNorm = headNorm || text.find("g_norm_swish_gate") != std::string::npos;
+    addValues(writer, rename(text), dtype, torchShape(parameter.rows(), parameter.cols()),
+              parameter.data(), parameter.size());
+  });
+  return headNorm;
+}
+
 }  // namespace detail
 
 /// Writes `model` to the safetensors file `path` under torchscale's RetNetDecoder names
@@ -90,13 +105,8 @@ void saveTorchscaleModel(const RetNetModel<Scalar>& model, const std::string& pa
          "FFN activation other than gelu and swish");
 
   SafetensorsWriter writer;
-  bool headNorm = false;
-  model.forEachParameter([&](const char* name, auto parameter) {
-    const std::string text = name;
-    headNorm = headNorm || text.find("g_norm_swish_gate") != std::string::npos;
-    detail::addValues(writer, text, dtype, detail::torchShape(parameter.rows(), parameter.cols()),
-                      parameter.data(), parameter.size());
-  });
+  const bool headNorm =
+      detail::addParameters(writer, model, dtype, [](const std::string& name) { return name; });
   refuse(!headNorm, "group-norm weight");
   const std::vector<double> decay = detail::decayBuffer(retention);
   const std::vector<double> angle = detail::angleBuffer(retention);
@@ -193,14 +203,7 @@ void saveFlaModel(const RetNetModel<Scalar>& model, const std::string& dir,
          "no embedding scale or embedding norm");
 
   SafetensorsWriter writer;
-  bool headNorm = false;
-  model.forEachParameter([&](const char* name, auto parameter) {
-    const std::string text = name;
-    headNorm = headNorm || text.find("g_norm_swish_gate") != std::string::npos;
-    detail::addValues(writer, detail::flaName(text), dtype,
-                      detail::torchShape(parameter.rows(), parameter.cols()), parameter.data(),
-                      parameter.size());
-  });
+  const bool headNorm = detail::addParameters(writer, model, dtype, detail::flaName);
   refuse(headNorm, "a head-norm weight (g_norm_swish_gate)");
   writer.addMetadata("format", "pt");
 
