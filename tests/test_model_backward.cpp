@@ -442,6 +442,28 @@ TEST(ModelBackward, TrainingForwardIsTheForwardBitForBit) {
   }
 }
 
+// Longer than a slab: the inference forward runs the chunkwise form in slabs of whole chunks
+// (detail::kSlabPositions positions), forwardTraining in one. Chunk 7 leaves a ragged slab and a
+// ragged last chunk. Double: the logits differ from the slabbed forward's only in the GEMMs'
+// blocking over rows (rounding, ~1e-16 relative; bound 1e-12), and the forms' gradients agree as
+// on the eps-0 files (eps 1e-24 and FLA's semantics: no normaliser differs; bound 1e-10).
+TEST(ModelBackwardForms, LongerThanASlab) {
+  const Index time = detail::kSlabPositions + 45, chunk = 7;
+  for (const bool fla : {false, true}) {
+    const RetNetModel<double> model = randomModel(fla, 650).build();
+    const TokenMatrix tokens = randomIds(2, time, model.config().vocab, 651, false);
+    const TokenMatrix targets = randomIds(2, time, model.config().vocab, 652, true);
+    const std::string label = fla ? "fla" : "torchscale";
+    const TrainResult parallel = train(model, Form::kParallel, 0, tokens, targets);
+    const TrainResult chunkwise = train(model, Form::kChunkwise, chunk, tokens, targets);
+    const Tensor3<double> slabbed = model.forwardChunkwise(tokens, chunk);
+    EXPECT_LE(maxNormwise(chunkwise.logits, RowMatrix<double>(rowsOf(slabbed))), 1e-12) << label;
+    EXPECT_LE(maxNormwise(chunkwise.logits, parallel.logits), 1e-10) << label;
+    EXPECT_LE(std::abs(chunkwise.loss - parallel.loss), 1e-10 * std::abs(parallel.loss)) << label;
+    expectSameGradients(parallel.grads, chunkwise.grads, 1e-10, label, false);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Accumulation, the reused cache (the model's buffers are not reallocated by a repeated
 // backward), dLogits given directly.
@@ -469,13 +491,15 @@ TEST(ModelBackward, GradientsAccumulateAndTheCacheIsReused) {
     stages::crossEntropyBackward<double>(cache.logits, targets.data(), stages::kIgnoreIndex,
                                          dLogits);
     grads.setZero();
-    std::vector<const double*> buffers = {cache.workspace.dHidden.data(),
-                                          cache.workspace.dLogits.data()};
+    std::vector<const double*> buffers = {
+        cache.workspace.dHidden.data(), cache.workspace.dLogits.data(),
+        cache.workspace.block.hidden.data(), cache.workspace.block.retention.dProjections.data()};
     grads.forEach([&](const char*, const auto& g) { buffers.push_back(g.data()); });
     model.backward(cache, dLogits, grads);
     model.backwardCrossEntropy(cache, targets, grads);
-    std::vector<const double*> after = {cache.workspace.dHidden.data(),
-                                        cache.workspace.dLogits.data()};
+    std::vector<const double*> after = {
+        cache.workspace.dHidden.data(), cache.workspace.dLogits.data(),
+        cache.workspace.block.hidden.data(), cache.workspace.block.retention.dProjections.data()};
     grads.forEach([&](const char*, const auto& g) { after.push_back(g.data()); });
     EXPECT_TRUE(after == buffers);
     for (const auto& [name, g] : namedGradients(grads))
@@ -565,8 +589,11 @@ TEST(ModelBackward, RefusesWhatItCannotTrain) {
     RETNET_EXPECT_THROW_WITH(shallow.build().backward(cache, dLogits, grads), InvalidArgument,
                              "not filled by this model");
   }
+  // the model's own and a block's (the first block's, whose backward runs last: its shapes are
+  // still checked before the head's gradients are added)
   for (const char* field : {"embed_tokens.weight", "layernorm_embedding.weight",
-                            "layer_norm.weight", "output_projection.weight"}) {
+                            "layer_norm.weight", "output_projection.weight",
+                            "layers.0.ffn.fc2.weight", "layers.0.retention_layer_norm.weight"}) {
     auto bad = grads;
     bad.forEach([&](const char* name, auto& g) {
       if (std::string(field) == name) g.setZero(g.rows() + 1, g.cols());

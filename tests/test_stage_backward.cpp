@@ -644,11 +644,15 @@ struct FfnCase {
   template <typename Scalar>
   Gradients backward() const {
     const Index rows = x.rows(), D = x.cols(), F = Wa.rows();
-    RowMatrix<Scalar> hidden(rows, 2 * F), dHidden(rows, 2 * F), dx(rows, D);
+    RowMatrix<Scalar> pre(rows, 2 * F), activated(rows, F), y(rows, D);
+    RowMatrix<Scalar> dHidden(rows, 2 * F), dx(rows, D);
     RowMatrix<Scalar> dWIn = RowMatrix<Scalar>::Zero(2 * F, D);
     RowMatrix<Scalar> dWOut = RowMatrix<Scalar>::Zero(D, F);
-    stages::gatedFeedForwardBackward<Scalar>(x.cast<Scalar>(), weights<Scalar>(Wa, Wb, Wout),
-                                             dY.cast<Scalar>(), hidden, dHidden, dx, dWIn, dWOut);
+    const RowMatrix<Scalar> input = x.cast<Scalar>();
+    const FeedForwardWeights<Scalar> w = weights<Scalar>(Wa, Wb, Wout);
+    stages::gatedFeedForwardTraining<Scalar>(input, w, pre, activated, y);
+    stages::gatedFeedForwardBackward<Scalar>(input, w, pre, dY.cast<Scalar>(), activated, dHidden,
+                                             dx, dWIn, dWOut);
     return {{"dx", "dWa", "dWb", "dWout"},
             {dx.template cast<double>(), dWIn.topRows(F).template cast<double>(),
              dWIn.bottomRows(F).template cast<double>(), dWOut.template cast<double>()}};
@@ -686,23 +690,33 @@ TEST(GatedFeedForwardBackward, MatchesFiniteDifferences) {
   }
 }
 
-TEST(GatedFeedForwardBackward, LeavesHiddenAsTheForwardAndAccumulates) {
-  const FfnCase c(6, 5, 9, FfnVariant::kGluGelu, 21);
-  Matrix forwardHidden;
-  c.forward(&forwardHidden);
-  const Gradients once = c.backward<double>();
-  const auto weights = c.weights<double>(c.Wa, c.Wb, c.Wout);
-  Matrix hidden(6, 18), dHidden(6, 18), dx = Matrix::Ones(6, 5);
-  Matrix dWIn = Matrix::Zero(18, 5), dWOut = Matrix::Zero(5, 9);
-  for (int call = 0; call < 2; ++call) {
-    stages::gatedFeedForwardBackward<double>(c.x, weights, c.dY, hidden, dHidden, dx, dWIn, dWOut,
-                                             /*accumulate=*/true);
+// The training forward gives the forward's y bit for bit; the backward leaves h as both computed
+// it (bit for bit, whatever the buffers' strides: detail::gatedActivation) and accumulates.
+TEST(GatedFeedForwardBackward, TrainingForwardIsTheForwardAndTheBackwardAccumulates) {
+  for (const Index F : {9, 260}) {  // odd widths, and more than a piece (kActivationPiece)
+    const FfnCase c(6, 5, F, FfnVariant::kGluGelu, 21);
+    Matrix forwardHidden;
+    const Matrix y = c.forward(&forwardHidden);
+    const Gradients once = c.backward<double>();
+    const auto weights = c.weights<double>(c.Wa, c.Wb, c.Wout);
+    Matrix pre(6, 2 * F), activated(6, F), yTraining(6, 5);
+    stages::gatedFeedForwardTraining<double>(c.x, weights, pre, activated, yTraining);
+    EXPECT_TRUE(yTraining == y) << F;
+    EXPECT_TRUE(activated == forwardHidden.leftCols(F)) << F;
+    EXPECT_TRUE(pre.rightCols(F) == forwardHidden.rightCols(F)) << F;
+    Matrix dHidden(6, 2 * F), dx = Matrix::Ones(6, 5);
+    Matrix dWIn = Matrix::Zero(2 * F, 5), dWOut = Matrix::Zero(5, F);
+    activated.setZero();
+    for (int call = 0; call < 2; ++call) {
+      stages::gatedFeedForwardBackward<double>(c.x, weights, pre, c.dY, activated, dHidden, dx,
+                                               dWIn, dWOut, /*accumulate=*/true);
+    }
+    EXPECT_TRUE(activated == forwardHidden.leftCols(F)) << F;
+    EXPECT_LT(normwiseError(dx, 2 * once.values[0] + Matrix::Ones(6, 5)), 1e-15);
+    EXPECT_LT(normwiseError(dWIn.topRows(F), 2 * once.values[1]), 1e-15);
+    EXPECT_LT(normwiseError(dWIn.bottomRows(F), 2 * once.values[2]), 1e-15);
+    EXPECT_LT(normwiseError(dWOut, 2 * once.values[3]), 1e-15);
   }
-  EXPECT_LT(normwiseError(hidden, forwardHidden), 1e-15);
-  EXPECT_LT(normwiseError(dx, 2 * once.values[0] + Matrix::Ones(6, 5)), 1e-15);
-  EXPECT_LT(normwiseError(dWIn.topRows(9), 2 * once.values[1]), 1e-15);
-  EXPECT_LT(normwiseError(dWIn.bottomRows(9), 2 * once.values[2]), 1e-15);
-  EXPECT_LT(normwiseError(dWOut, 2 * once.values[3]), 1e-15);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -985,34 +999,41 @@ TEST(BackwardArguments, AreChecked) {
   // gatedFeedForward: D = 4, F = 2
   const auto ffn = FeedForwardWeights<double>::glu(Matrix::Ones(2, 4), Matrix::Ones(2, 4),
                                                    Matrix::Ones(4, 2), Activation::kGelu);
-  Matrix h(3, 4), dh(3, 4), dWIn = Matrix::Zero(4, 4), dWOut = Matrix::Zero(4, 2);
+  Matrix pre(3, 4), act(3, 2), dh(3, 4), dWIn = Matrix::Zero(4, 4), dWOut = Matrix::Zero(4, 2);
   const char* ffnWhere = "stages::gatedFeedForwardBackward";
-  RETNET_EXPECT_THROW_WITH(
-      stages::gatedFeedForwardBackward<double>(m35, ffn, x, h, dh, m34, dWIn, dWOut),
-      InvalidArgument, ffnWhere, "x (rows x D)");
-  RETNET_EXPECT_THROW_WITH(
-      stages::gatedFeedForwardBackward<double>(x, ffn, m35, h, dh, m34, dWIn, dWOut),
-      InvalidArgument, ffnWhere, "dy (rows x D)");
-  RETNET_EXPECT_THROW_WITH(
-      stages::gatedFeedForwardBackward<double>(x, ffn, x, m35, dh, m34, dWIn, dWOut),
-      InvalidArgument, ffnWhere, "hidden (rows x 2F)");
-  RETNET_EXPECT_THROW_WITH(
-      stages::gatedFeedForwardBackward<double>(x, ffn, x, h, m35, m34, dWIn, dWOut),
-      InvalidArgument, ffnWhere, "dHidden (rows x 2F)");
-  RETNET_EXPECT_THROW_WITH(
-      stages::gatedFeedForwardBackward<double>(x, ffn, x, h, dh, m35, dWIn, dWOut), InvalidArgument,
-      ffnWhere, "dx (rows x D)");
-  RETNET_EXPECT_THROW_WITH(
-      stages::gatedFeedForwardBackward<double>(x, ffn, x, h, dh, m34, m43, dWOut), InvalidArgument,
-      ffnWhere, "dWIn (2F x D)");
-  RETNET_EXPECT_THROW_WITH(
-      stages::gatedFeedForwardBackward<double>(x, ffn, x, h, dh, m34, dWIn, m44), InvalidArgument,
-      ffnWhere, "dWOut (D x F)");
+  const auto ffnBackward = [&](const Matrix& in, const FeedForwardWeights<double>& w,
+                               const Matrix& preActivation, const Matrix& dy, Matrix& activated,
+                               Matrix& dHidden, Matrix& dx, Matrix& gradIn, Matrix& gradOut) {
+    stages::gatedFeedForwardBackward<double>(in, w, preActivation, dy, activated, dHidden, dx,
+                                             gradIn, gradOut);
+  };
+  Matrix m35b = m35, m34b = m34, m34c = m34, m43b = m43, m44b = m44;
+  RETNET_EXPECT_THROW_WITH(ffnBackward(m35, ffn, pre, x, act, dh, m34b, dWIn, dWOut),
+                           InvalidArgument, ffnWhere, "x (rows x D)");
+  RETNET_EXPECT_THROW_WITH(ffnBackward(x, ffn, m35, x, act, dh, m34b, dWIn, dWOut), InvalidArgument,
+                           ffnWhere, "preActivation (rows x 2F)");
+  RETNET_EXPECT_THROW_WITH(ffnBackward(x, ffn, pre, m35, act, dh, m34b, dWIn, dWOut),
+                           InvalidArgument, ffnWhere, "dy (rows x D)");
+  RETNET_EXPECT_THROW_WITH(ffnBackward(x, ffn, pre, x, m34c, dh, m34b, dWIn, dWOut),
+                           InvalidArgument, ffnWhere, "activated (rows x F)");
+  RETNET_EXPECT_THROW_WITH(ffnBackward(x, ffn, pre, x, act, m35b, m34b, dWIn, dWOut),
+                           InvalidArgument, ffnWhere, "dHidden (rows x 2F)");
+  RETNET_EXPECT_THROW_WITH(ffnBackward(x, ffn, pre, x, act, dh, m35b, dWIn, dWOut), InvalidArgument,
+                           ffnWhere, "dx (rows x D)");
+  RETNET_EXPECT_THROW_WITH(ffnBackward(x, ffn, pre, x, act, dh, m34b, m43b, dWOut), InvalidArgument,
+                           ffnWhere, "dWIn (2F x D)");
+  RETNET_EXPECT_THROW_WITH(ffnBackward(x, ffn, pre, x, act, dh, m34b, dWIn, m44b), InvalidArgument,
+                           ffnWhere, "dWOut (D x F)");
   const FeedForwardWeights<double> reduced{ffn.input.converted(WeightType::kInt8), ffn.output,
                                            Activation::kGelu};
-  RETNET_EXPECT_THROW_WITH(
-      stages::gatedFeedForwardBackward<double>(x, reduced, x, h, dh, m34, dWIn, dWOut),
-      InvalidArgument, ffnWhere, "full precision", "int8");
+  RETNET_EXPECT_THROW_WITH(ffnBackward(x, reduced, pre, x, act, dh, m34b, dWIn, dWOut),
+                           InvalidArgument, ffnWhere, "full precision", "int8");
+  const char* trainingWhere = "stages::gatedFeedForwardTraining";
+  Matrix y(3, 4);
+  RETNET_EXPECT_THROW_WITH(stages::gatedFeedForwardTraining<double>(x, ffn, m35b, act, y),
+                           InvalidArgument, trainingWhere, "preActivation (rows x 2F)");
+  RETNET_EXPECT_THROW_WITH(stages::gatedFeedForwardTraining<double>(x, ffn, pre, m34c, y),
+                           InvalidArgument, trainingWhere, "activated (rows x F)");
   EXPECT_TRUE((dWIn.array() == 0.0).all() && (dWOut.array() == 0.0).all());
   // embed
   const std::vector<std::int64_t> tokens{0, 3, 1}, bad{0, 4, 1}, negative{-1, 0, 0};

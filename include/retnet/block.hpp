@@ -238,158 +238,43 @@ class RetNetBlock
     return State(batch, retention.heads, retention.keyDim(), retention.headValueDim());
   }
 
+  /// The buffers forwardTraining() and backward() use while they run and that nothing reads
+  /// afterwards (the retention's, the FFN's hidden layer, the gradients flowing through). One
+  /// workspace may serve many blocks' caches, one call at a time, as a model's blocks share
+  /// one. Buffers only grow.
+  struct TrainingWorkspace {
+    typename MultiScaleRetention<Scalar>::TrainingWorkspace retention;
+    Vector<Scalar> dResidual;  // (rows x D) dL/dh
+    Vector<Scalar> dNormed;    // (rows x D) dL/dz, then dL/d RMSNorm(x)
+    Vector<Scalar> hidden;     // (rows x F) the FFN's act(a) ⊙ b
+    Vector<Scalar> dHidden;    // (rows x 2F)
+    RowMatrix<Scalar> dInput;  // (2F x D) d[fc1; gate] of one backward
+  };
+
   /// What backward() needs from forwardTraining(), kept by the caller between the two (x is
   /// copied in, so the caller may reuse its input buffer): the retention's TrainingCache (its
-  /// input is RMSNorm(x; w_ret)), x, and the forward's scratch, whose `residual` holds h and
-  /// whose `normed` holds z = RMSNorm(h; w_final), the FFN's input. The `workspace` is the
-  /// backward's. Buffers only grow; one cache serves one backward at a time.
+  /// input is RMSNorm(x; w_ret)), x, h, z = RMSNorm(h; w_final) (the FFN's input) and the
+  /// FFN's pre-activations [a | b]: rows·(3D + 2F) values and the retention's. `workspace` serves
+  /// the calls given none. Buffers only grow; one cache serves one backward at a time.
   struct TrainingCache {
     Index batch = 0, time = 0;  // time 0: nothing cached yet
     typename MultiScaleRetention<Scalar>::TrainingCache retention;
-    Vector<Scalar> input;  // (rows x D) x
-    Scratch scratch;       // the forward's buffers: residual h, normed z (rows x D)
-
-    struct Workspace {
-      Vector<Scalar> dResidual;  // (rows x D) dL/dh
-      Vector<Scalar> dNormed;    // (rows x D) dL/dz, then dL/d RMSNorm(x)
-      Vector<Scalar> hidden;     // (rows x 2F) the FFN's, recomputed
-      Vector<Scalar> dHidden;    // (rows x 2F)
-      RowMatrix<Scalar> dInput;  // (2F x D) d[fc1; gate] of one backward
-    };
-    mutable Workspace workspace;
+    Vector<Scalar> input;          // (rows x D) x
+    Vector<Scalar> residual;       // (rows x D) h
+    Vector<Scalar> normed;         // (rows x D) RMSNorm(x; w_ret) in the forward, then z
+    Vector<Scalar> preActivation;  // (rows x 2F) [a | b] = z · [fc1; gate]ᵀ
+    mutable TrainingWorkspace workspace;
   };
   using Gradients = RetNetBlockGradients<Scalar>;
 
   /// Zero gradients shaped for this block's weights.
   Gradients zeroGradients() const { return Gradients::zeros(config_, headNormWeight_); }
 
-  /// The data path of one slab: x (batch·time x D) -> y (batch·time x D).
-  void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
-                   State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
-    forwardPath(form, x, batch, time, chunkSize, state, y, scratch, nullptr);
-  }
-
-  /// forwardSlab for training: the same data path (the same bits of y and of the state), which
-  /// also fills `cache` for backward(). Parallel and chunkwise forms only and full-precision
-  /// weights only (WeightType::kFull); an empty state is sized (zeros, position 0). The whole
-  /// input is one slab: x (batch·time x D), y (batch·time x D).
-  void forwardTraining(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time,
-                       Index chunkSize, State& state, MatrixRef<Scalar> y,
-                       TrainingCache& cache) const {
-    const char* where = "RetNetBlock::forwardTraining";
-    requireTrainable(where, form);
-    detail::require(batch >= 1 && time >= 1, where, "batch and time must be >= 1, got (", batch,
-                    ", ", time, ")");
-    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
-    const Index D = config_.embedDim, rows = batch * time;
-    detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
-    detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
-    sizeOrCheckState(where, "batch size (the state's)", batch, state);
-    cache.time = 0;  // invalid until the forward has run
-    forwardPath(form, x, batch, time, chunkSize, state, y, cache.scratch, &cache);
-    cache.batch = batch;
-    cache.time = time;
-  }
-
-  /// The backward of forwardTraining() for the loss L whose gradient with respect to y is dY
-  /// (batch·time x D): writes dX = dL/dx (batch·time x D; it may be dY's buffer) and adds dL/dW
-  /// to `grads` (an empty one is sized and zeroed first; else its shapes must be this block's).
-  /// The states are not differentiated (MultiScaleRetention::backward). The stages of
-  /// forwardPath in reverse order:
-  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
-                Gradients& grads) const {
-    const char* where = "RetNetBlock::backward";
-    checkBackward(where, cache, dY, dX, grads);
-    const Index D = config_.embedDim, F = config_.ffnDim, rows = cache.batch * cache.time;
-    typename TrainingCache::Workspace& work = cache.workspace;
-    const ConstMap x(cache.input.data(), rows, D);
-    const ConstMap h(cache.scratch.residual.data(), rows, D);
-    const ConstMap z(cache.scratch.normed.data(), rows, D);
-
-    // y = h + FFN(z):  dh = dY (the residual), dz = FFN'(dY)
-    auto dH = detail::bufferView(work.dResidual, rows, D);
-    dH = dY;
-    auto dZ = detail::bufferView(work.dNormed, rows, D);
-    auto hidden = detail::bufferView(work.hidden, rows, 2 * F);
-    auto dHidden = detail::bufferView(work.dHidden, rows, 2 * F);
-    work.dInput.setZero(2 * F, D);
-    stages::gatedFeedForwardBackward<Scalar>(z, ffn_, dY, hidden, dHidden, dZ, work.dInput,
-                                             grads.fc2);
-    grads.fc1 += work.dInput.topRows(F);
-    grads.gate += work.dInput.bottomRows(F);
-
-    // z = RMSNorm(h; w_final):  dh += RMSNorm'(dz)
-    stages::rmsNormBackward<Scalar>(h, finalNorm_.data(), config_.eps, dZ, dZ,
-                                    grads.finalNorm.data());
-    dH += dZ;
-
-    // h = x + MSR(a):  dx = dh (the residual), da = MSR'(dh)
-    auto dA = detail::bufferView(work.dNormed, rows, D);
-    retention_.backward(cache.retention, dH, dA, grads.retention);
-
-    // a = RMSNorm(x; w_ret):  dx = dh + RMSNorm'(da)
-    stages::rmsNormBackward<Scalar>(x, retentionNorm_.data(), config_.eps, dA, dA,
-                                    grads.retentionNorm.data());
-    dX = dH + dA;
-  }
-
- private:
-  using ConstMap = Eigen::Map<const RowMatrix<Scalar>>;
-
-  /// The data path (forwardSlab); with a cache, also what backward() needs.
-  void forwardPath(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
-                   State& state, MatrixRef<Scalar> y, Scratch& scratch,
-                   TrainingCache* cache) const {
-    const Index D = config_.embedDim, rows = batch * time;
-    const char* where = "RetNetBlock::forwardSlab";
-    detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
-    detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
-    auto normed = detail::bufferView(scratch.normed, rows, D);
-    auto h = detail::bufferView(scratch.residual, rows, D);
-    if (cache != nullptr) detail::bufferView(cache->input, rows, D) = x;
-
-    // h = x + MSR(RMSNorm(x; w_ret))
-    stages::rmsNorm(x, retentionNorm_.data(), config_.eps, normed);
-    if (cache != nullptr) {
-      retention_.forwardTraining(form, normed, batch, time, chunkSize, state, h, cache->retention);
-    } else {
-      retention_.forwardSlab(form, normed, batch, time, chunkSize, state, h, scratch.retention);
-    }
-    stages::addTo<Scalar>(x, h);
-
-    // y = h + FFN(RMSNorm(h; w_final)),  FFN(z) = fc2(act(fc1 z) ⊙ gate z)
-    stages::rmsNorm(h, finalNorm_.data(), config_.eps, normed);
-    auto hidden = detail::bufferView(scratch.hidden, rows, 2 * config_.ffnDim);
-    stages::gatedFeedForward(normed, ffn_, hidden, y);
-    stages::addTo<Scalar>(h, y);
-  }
-
-  /// Training: the parallel or chunkwise form, and full-precision weights.
-  void requireTrainable(const char* where, Form form) const {
-    detail::require(form != Form::kRecurrent, where,
-                    "the recurrent form has no backward; train with the parallel or chunkwise "
-                    "form");
-    forEachWeight([&](const LinearWeight<Scalar>& weight) {
-      detail::require(weight.type() == WeightType::kFull, where,
-                      "the weights must be full precision to be trained, got ",
-                      weightTypeName(weight.type()));
-    });
-  }
-
-  /// backward()'s checks, before its first write; sizes empty gradients.
-  void checkBackward(const char* where, const TrainingCache& cache,
-                     const ConstMatrixRef<Scalar>& dY, const MatrixRef<Scalar>& dX,
-                     Gradients& grads) const {
-    const Index D = config_.embedDim, F = config_.ffnDim, rows = cache.batch * cache.time;
-    detail::require(cache.time >= 1 && cache.batch >= 1, where,
-                    "the cache holds no forwardTraining call");
-    detail::require(cache.retention.batch == cache.batch && cache.retention.time == cache.time &&
-                        cache.input.size() >= rows * D &&
-                        cache.scratch.residual.size() >= rows * D &&
-                        cache.scratch.normed.size() >= rows * D,
-                    where, "the cache was not filled by this block's forwardTraining");
-    detail::requireShape(where, dY, rows, D, "dY (batch·time x embedDim)");
-    detail::requireShape(where, dX, rows, D, "dX (batch·time x embedDim)");
+  /// Sizes (zeroed) empty gradients, or checks that their shapes are this block's: what
+  /// backward() does first, before any write, and what a model checks of every block's gradients
+  /// before its own first write.
+  void sizeOrCheckGradients(const char* where, Gradients& grads) const {
+    const Index D = config_.embedDim, F = config_.ffnDim;
     bool empty = true;
     grads.forEach(
         [&](const char*, const auto& gradient) { empty = empty && gradient.size() == 0; });
@@ -409,6 +294,156 @@ class RetNetBlock
     detail::requireShape(where, grads.gate, F, D, "grads.gate (gate's shape)");
     detail::requireShape(where, grads.fc2, D, F, "grads.fc2 (fc2's shape)");
     detail::requireLength(where, grads.finalNorm, D, "grads.finalNorm (D)");
+  }
+
+  /// The data path of one slab: x (batch·time x D) -> y (batch·time x D).
+  void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
+                   State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
+    forwardPath(form, x, batch, time, chunkSize, state, y, &scratch, nullptr, nullptr);
+  }
+
+  /// forwardSlab for training: the same data path (the same bits of y and of the state), which
+  /// also fills `cache` for backward(). Parallel and chunkwise forms only and full-precision
+  /// weights only (WeightType::kFull); an empty state is sized (zeros, position 0). The whole
+  /// input is one slab: x (batch·time x D), y (batch·time x D).
+  void forwardTraining(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time,
+                       Index chunkSize, State& state, MatrixRef<Scalar> y,
+                       TrainingCache& cache) const {
+    forwardTraining(form, x, batch, time, chunkSize, state, y, cache, cache.workspace);
+  }
+  /// The same with the caller's workspace (TrainingWorkspace) in place of the cache's.
+  void forwardTraining(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time,
+                       Index chunkSize, State& state, MatrixRef<Scalar> y, TrainingCache& cache,
+                       TrainingWorkspace& work) const {
+    const char* where = "RetNetBlock::forwardTraining";
+    requireTrainable(where, form);
+    detail::require(batch >= 1 && time >= 1, where, "batch and time must be >= 1, got (", batch,
+                    ", ", time, ")");
+    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
+    const Index D = config_.embedDim, rows = batch * time;
+    detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
+    detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
+    sizeOrCheckState(where, "batch size (the state's)", batch, state);
+    cache.time = 0;  // invalid until the forward has run
+    forwardPath(form, x, batch, time, chunkSize, state, y, nullptr, &cache, &work);
+    cache.batch = batch;
+    cache.time = time;
+  }
+
+  /// The backward of forwardTraining() for the loss L whose gradient with respect to y is dY
+  /// (batch·time x D): writes dX = dL/dx (batch·time x D; it may be dY's buffer) and adds dL/dW
+  /// to `grads` (an empty one is sized and zeroed first; else its shapes must be this block's).
+  /// The states are not differentiated (MultiScaleRetention::backward). The stages of
+  /// forwardPath in reverse order:
+  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
+                Gradients& grads) const {
+    backward(cache, dY, dX, grads, cache.workspace);
+  }
+  /// The same with the caller's workspace (TrainingWorkspace) in place of the cache's.
+  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
+                Gradients& grads, TrainingWorkspace& work) const {
+    const char* where = "RetNetBlock::backward";
+    checkBackward(where, cache, dY, dX, grads);
+    const Index D = config_.embedDim, F = config_.ffnDim, rows = cache.batch * cache.time;
+    const ConstMap x(cache.input.data(), rows, D);
+    const ConstMap h(cache.residual.data(), rows, D);
+    const ConstMap z(cache.normed.data(), rows, D);
+
+    // y = h + FFN(z):  dh = dY (the residual), dz = FFN'(dY)
+    auto dH = detail::bufferView(work.dResidual, rows, D);
+    dH = dY;
+    auto dZ = detail::bufferView(work.dNormed, rows, D);
+    const ConstMap preActivation(cache.preActivation.data(), rows, 2 * F);
+    auto activated = detail::bufferView(work.hidden, rows, F);
+    auto dHidden = detail::bufferView(work.dHidden, rows, 2 * F);
+    work.dInput.setZero(2 * F, D);
+    stages::gatedFeedForwardBackward<Scalar>(z, ffn_, preActivation, dY, activated, dHidden, dZ,
+                                             work.dInput, grads.fc2);
+    grads.fc1 += work.dInput.topRows(F);
+    grads.gate += work.dInput.bottomRows(F);
+
+    // z = RMSNorm(h; w_final):  dh += RMSNorm'(dz)
+    stages::rmsNormBackward<Scalar>(h, finalNorm_.data(), config_.eps, dZ, dZ,
+                                    grads.finalNorm.data());
+    dH += dZ;
+
+    // h = x + MSR(a):  dx = dh (the residual), da = MSR'(dh)
+    auto dA = detail::bufferView(work.dNormed, rows, D);
+    retention_.backward(cache.retention, dH, dA, grads.retention, work.retention);
+
+    // a = RMSNorm(x; w_ret):  dx = dh + RMSNorm'(da)
+    stages::rmsNormBackward<Scalar>(x, retentionNorm_.data(), config_.eps, dA, dA,
+                                    grads.retentionNorm.data());
+    dX = dH + dA;
+  }
+
+ private:
+  using ConstMap = Eigen::Map<const RowMatrix<Scalar>>;
+
+  /// The data path: forwardSlab's with its `scratch`, or forwardTraining's, keeping what
+  /// backward() needs in `cache` and running in `work`.
+  void forwardPath(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
+                   State& state, MatrixRef<Scalar> y, Scratch* scratch, TrainingCache* cache,
+                   TrainingWorkspace* work) const {
+    const Index D = config_.embedDim, rows = batch * time;
+    const char* where = "RetNetBlock::forwardSlab";
+    detail::requireShape(where, x, rows, D, "x (batch·time x embedDim)");
+    detail::requireShape(where, y, rows, D, "y (batch·time x embedDim)");
+    auto normed = detail::bufferView(cache != nullptr ? cache->normed : scratch->normed, rows, D);
+    auto h = detail::bufferView(cache != nullptr ? cache->residual : scratch->residual, rows, D);
+    if (cache != nullptr) detail::bufferView(cache->input, rows, D) = x;
+
+    // h = x + MSR(RMSNorm(x; w_ret))
+    stages::rmsNorm(x, retentionNorm_.data(), config_.eps, normed);
+    if (cache != nullptr) {
+      retention_.forwardTraining(form, normed, batch, time, chunkSize, state, h, cache->retention,
+                                 work->retention);
+    } else {
+      retention_.forwardSlab(form, normed, batch, time, chunkSize, state, h, scratch->retention);
+    }
+    stages::addTo<Scalar>(x, h);
+
+    // y = h + FFN(RMSNorm(h; w_final)),  FFN(z) = fc2(act(fc1 z) ⊙ gate z)
+    stages::rmsNorm(h, finalNorm_.data(), config_.eps, normed);
+    const Index F = config_.ffnDim;
+    if (cache != nullptr) {
+      auto preActivation = detail::bufferView(cache->preActivation, rows, 2 * F);
+      auto activated = detail::bufferView(work->hidden, rows, F);
+      stages::gatedFeedForwardTraining<Scalar>(normed, ffn_, preActivation, activated, y);
+    } else {
+      auto hidden = detail::bufferView(scratch->hidden, rows, 2 * F);
+      stages::gatedFeedForward(normed, ffn_, hidden, y);
+    }
+    stages::addTo<Scalar>(h, y);
+  }
+
+  /// Training: the parallel or chunkwise form, and full-precision weights.
+  void requireTrainable(const char* where, Form form) const {
+    detail::require(form != Form::kRecurrent, where,
+                    "the recurrent form has no backward; train with the parallel or chunkwise "
+                    "form");
+    forEachWeight([&](const LinearWeight<Scalar>& weight) {
+      detail::require(weight.type() == WeightType::kFull, where,
+                      "the weights must be full precision to be trained, got ",
+                      weightTypeName(weight.type()));
+    });
+  }
+
+  /// backward()'s checks, before its first write; sizes empty gradients.
+  void checkBackward(const char* where, const TrainingCache& cache,
+                     const ConstMatrixRef<Scalar>& dY, const MatrixRef<Scalar>& dX,
+                     Gradients& grads) const {
+    const Index D = config_.embedDim, rows = cache.batch * cache.time;
+    detail::require(cache.time >= 1 && cache.batch >= 1, where,
+                    "the cache holds no forwardTraining call");
+    detail::require(cache.retention.batch == cache.batch && cache.retention.time == cache.time &&
+                        cache.input.size() >= rows * D && cache.residual.size() >= rows * D &&
+                        cache.normed.size() >= rows * D &&
+                        cache.preActivation.size() >= rows * 2 * config_.ffnDim,
+                    where, "the cache was not filled by this block's forwardTraining");
+    detail::requireShape(where, dY, rows, D, "dY (batch·time x embedDim)");
+    detail::requireShape(where, dX, rows, D, "dX (batch·time x embedDim)");
+    sizeOrCheckGradients(where, grads);
   }
 
   static Config checkedConfig(const Config& config) {

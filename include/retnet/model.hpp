@@ -336,8 +336,10 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
 
   /// What backward() needs from forwardTraining(), kept by the caller between the two. Every
   /// sequence starts at position 0 (a zero state per layer, in `state`). Each block's cache keeps
-  /// that block's input (the hidden state below it); the model keeps the rest. Buffers only grow;
-  /// one cache serves one backward at a time.
+  /// that block's input (the hidden state below it) and its activations; the model keeps the
+  /// rest. The blocks run their forwards and backwards one at a time in one shared workspace
+  /// (Block::TrainingWorkspace), so the memory of a step is the blocks' caches plus one block's
+  /// working buffers. Buffers only grow; one cache serves one backward at a time.
   struct TrainingCache {
     Index batch = 0, time = 0, width = 0;  // time 0: nothing cached yet; width: the model's D
     TokenMatrix tokens;                    // (batch, time) the input ids
@@ -351,6 +353,7 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
     struct Workspace {
       Vector<Scalar> dHidden;     // (rows x D) dL/dz, then dL/dh, then each block's dL/dx
       RowMatrix<Scalar> dLogits;  // (rows x vocab) backwardCrossEntropy's
+      typename Block::TrainingWorkspace block;  // every block's, one block at a time
     };
     mutable Workspace workspace;
   };
@@ -402,7 +405,7 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
       const Eigen::Map<const RowMatrix<Scalar>> in(cache.hidden.data(), rows, D);
       Eigen::Map<RowMatrix<Scalar>> out(cache.other.data(), rows, D);
       blocks_[l].forwardTraining(form, in, batch, time, chunk, cache.state.layers[l], out,
-                                 cache.blocks[l]);
+                                 cache.blocks[l], cache.workspace.block);
       cache.hidden.swap(cache.other);
     }
 
@@ -421,8 +424,8 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
 
   /// The backward of forwardTraining() for the loss L whose gradient with respect to the logits
   /// is dLogits (batch·time x vocab): adds dL/dW of every parameter to `grads` (an empty one is
-  /// sized and zeroed first; else its shapes must be this model's). The model's checks come
-  /// before any write; each block checks its own gradients' shapes before its first write. A
+  /// sized and zeroed first; else its shapes must be this model's). Every check, the blocks'
+  /// gradients' shapes included, comes before any write. A
   /// repeated call with the same shapes reuses the cache's workspace and allocates nothing of its
   /// own (the norms' backwards still allocate their small row-block partials,
   /// detail::sumOverRowBlocks). The stages of the forward in reverse order:
@@ -447,7 +450,7 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
 
     // h = block_{N-1}(… block_0(x)):  dx = block_0'(… block_{N-1}'(dh)), in place
     for (std::size_t l = blocks_.size(); l-- > 0;)
-      blocks_[l].backward(cache.blocks[l], dH, dH, grads.layers[l]);
+      blocks_[l].backward(cache.blocks[l], dH, dH, grads.layers[l], cache.workspace.block);
 
     // x = RMSNorm(e; w_emb) if configured:  de = RMSNorm'(dx)
     if (config_.embedNorm)
@@ -586,7 +589,7 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
     });
   }
 
-  /// backward()'s checks of the cache and of the model's own gradients, before any write; sizes
+  /// backward()'s checks of the cache and of every gradient's shape, before any write; sizes
   /// empty gradients.
   void checkBackward(const char* where, const TrainingCache& cache, Gradients& grads) const {
     const Index D = config_.block.embedDim, rows = cache.batch * cache.time;
@@ -611,6 +614,8 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
     detail::requireShape(where, grads.outputProjection, config_.tiedEmbedding ? 0 : config_.vocab,
                          config_.tiedEmbedding ? 0 : D,
                          "grads.outputProjection (outputProjection's shape; empty when tied)");
+    for (std::size_t l = 0; l < blocks_.size(); ++l)
+      blocks_[l].sizeOrCheckGradients(where, grads.layers[l]);
   }
 
   friend struct detail::ParameterSet<LanguageModel<Block>>;

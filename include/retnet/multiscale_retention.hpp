@@ -270,34 +270,40 @@ class MultiScaleRetention
     detail::requireEqual(where, "state value dim", config_.headValueDim(), state.valueDim());
   }
 
+  /// The buffers forwardTraining() and backward() use while they run and that nothing reads
+  /// afterwards. One workspace may serve the caches of many layers, one call at a time: a model
+  /// keeps one for all its blocks, so that its training memory holds one layer's backward
+  /// buffers, not one per layer. Buffers only grow.
+  struct TrainingWorkspace {
+    Scratch forward;  // the forward's rotary table, plans and per-thread scratch (its projections
+                      // and output stay empty: the cache holds those)
+    Vector<Scalar> dGated;                                     // (rows x V)
+    Vector<Scalar> dRetained;                                  // (rows x V)
+    Vector<Scalar> dProjections;                               // (rows x width) d[q|k|v|g]
+    RotaryTable<Scalar> rotary;                                // (time x dk/2)
+    std::vector<RetentionPlan<Scalar>> plans;                  // one per head
+    std::vector<RetentionBackwardScratch<Scalar>> perThread;   // the retention backward's
+    std::vector<Vector<Scalar>> keyGradients, valueGradients;  // per thread: grouped heads
+  };
+
   /// What backward() needs from forwardTraining(), kept by the caller between the two (x is
-  /// copied in, so the caller may reuse its input buffer): the forward's scratch (its
-  /// `projections` hold q, k after the scale and the rotation, v, and act(g)), the gate's
-  /// pre-activation g, the retention output o before the group norm, the group norm's gated
-  /// output, the states and positions entering the call, the form and the chunk. The
-  /// `workspace` is the backward's. Buffers only grow: a training loop that reuses one cache
-  /// allocates little after its first step. One cache serves one backward at a time.
+  /// copied in, so the caller may reuse its input buffer): the projections (q, k after the scale
+  /// and the rotation, v, and act(g)), the gate's pre-activation g, the retention output o before
+  /// the group norm, the group norm's gated output, the states and positions entering the call,
+  /// the form and the chunk: rows·(D + width + 3V) values. `workspace` serves the calls given
+  /// none. Buffers only grow: a training loop that reuses one cache allocates little after its
+  /// first step. One cache serves one backward at a time.
   struct TrainingCache {
     Form form = Form::kParallel;
     Index batch = 0, time = 0, chunkSize = 0;  // time 0: nothing cached yet
     Vector<Scalar> input;                      // (rows x D) x
-    Scratch scratch;                           // the forward's buffers (projections as above)
+    Vector<Scalar> projections;                // (rows x width) q | k | v | act(g), as above
     Vector<Scalar> gate;                       // (rows x V) g before the activation
     Vector<Scalar> retained;                   // (rows x V) o before the group norm
     Vector<Scalar> gated;                      // (rows x V) the group norm's output (step 5's x)
     Vector<Scalar> states;                     // (batch·H·dk·dv) S entering the call
     std::vector<Index> positions;              // (batch) positions entering the call
-
-    struct Workspace {
-      Vector<Scalar> dGated;                                     // (rows x V)
-      Vector<Scalar> dRetained;                                  // (rows x V)
-      Vector<Scalar> dProjections;                               // (rows x width) d[q|k|v|g]
-      RotaryTable<Scalar> rotary;                                // (time x dk/2)
-      std::vector<RetentionPlan<Scalar>> plans;                  // one per head
-      std::vector<RetentionBackwardScratch<Scalar>> perThread;   // the retention backward's
-      std::vector<Vector<Scalar>> keyGradients, valueGradients;  // per thread: grouped heads
-    };
-    mutable Workspace workspace;
+    mutable TrainingWorkspace workspace;
   };
   using Gradients = MultiScaleRetentionGradients<Scalar>;
 
@@ -318,6 +324,12 @@ class MultiScaleRetention
   void forwardTraining(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time,
                        Index chunkSize, State& state, MatrixRef<Scalar> y,
                        TrainingCache& cache) const {
+    forwardTraining(form, x, batch, time, chunkSize, state, y, cache, cache.workspace);
+  }
+  /// The same with the caller's workspace (TrainingWorkspace) in place of the cache's.
+  void forwardTraining(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time,
+                       Index chunkSize, State& state, MatrixRef<Scalar> y, TrainingCache& cache,
+                       TrainingWorkspace& work) const {
     const char* where = "MultiScaleRetention::forwardTraining";
     requireTrainable(where, form);
     detail::require(batch >= 1 && time >= 1, where, "batch and time must be >= 1, got (", batch,
@@ -325,7 +337,7 @@ class MultiScaleRetention
     if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
     if (state.empty()) sizeOrCheckState(where, "batch size (the state's)", batch, state);
     cache.time = 0;  // invalid until the forward has run
-    forwardPath(form, x, batch, time, chunkSize, state, y, cache.scratch, &cache);
+    forwardPath(form, x, batch, time, chunkSize, state, y, work.forward, &cache);
     cache.form = form;
     cache.batch = batch;
     cache.time = time;
@@ -340,6 +352,11 @@ class MultiScaleRetention
   /// them (stages::retentionBackward). The stages of forwardPath in reverse order:
   void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
                 Gradients& grads) const {
+    backward(cache, dY, dX, grads, cache.workspace);
+  }
+  /// The same with the caller's workspace (TrainingWorkspace) in place of the cache's.
+  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
+                Gradients& grads, TrainingWorkspace& work) const {
     const char* where = "MultiScaleRetention::backward";
     requireTrainable(where, cache.form);
     checkBackward(where, cache, dY, dX, grads);
@@ -347,9 +364,8 @@ class MultiScaleRetention
     const Index rows = cache.batch * cache.time, time = cache.time, width = inputWeights_.outputs();
     const Index dk = config_.keyDim(), qWidth = H * dk, rotated = qkWidth();
     const Index kvWidth = rotated - qWidth, vWidth = width - rotated - V;
-    typename TrainingCache::Workspace& work = cache.workspace;
     const ConstMap x(cache.input.data(), rows, D);
-    const ConstMap qkvg(cache.scratch.projections.data(), rows, width);
+    const ConstMap qkvg(cache.projections.data(), rows, width);
     const ConstMap gate(cache.gate.data(), rows, V), o(cache.retained.data(), rows, V);
     const ConstMap gated(cache.gated.data(), rows, V);
     const Scalar* w = headNorm_.size() ? headNorm_.data() : nullptr;
@@ -366,7 +382,7 @@ class MultiScaleRetention
                                           w != nullptr ? grads.headNorm.data() : nullptr);
 
     // 3ᵀ. dq, dk, dv of every (batch item, head)
-    retainHeadsBackward(cache, qkvg, dO, dQkvg);
+    retainHeadsBackward(cache, qkvg, dO, dQkvg, work);
 
     // 2ᵀ. rotated back, each batch item's rows by its own positions
     for (Index b = 0; b < cache.batch; ++b) {
@@ -409,7 +425,9 @@ class MultiScaleRetention
     }
 
     // 1. [q | k | v | g] = x [Wq; Wk; Wv; Wg]ᵀ                          (rows x width), one GEMM
-    auto qkvg = detail::bufferView(scratch.projections, rows, width);
+    //    (training: into the cache, which keeps them)
+    auto qkvg = detail::bufferView(cache != nullptr ? cache->projections : scratch.projections,
+                                   rows, width);
     stages::linear(x, inputWeights_, qkvg);
 
     // 1b. dk^(−1/2) on k (torchscale: S holds the scaled keys, which its normalisers read) or on
@@ -428,7 +446,7 @@ class MultiScaleRetention
 
     // 3. o = retention of every (batch item, query head), with the form's factor if any (rows x V)
     if (cache != nullptr) keepInputs(x, state, *cache);
-    auto o = detail::bufferView(scratch.retained, rows, V);
+    auto o = detail::bufferView(cache != nullptr ? cache->gated : scratch.retained, rows, V);
     retainHeads(form, qkvg, batch, time, chunkSize, state, o, scratch);
 
     // 4. o = GroupNorm(o) [⊙ w] ⊙ act(g)   (eq. 8)
@@ -438,7 +456,6 @@ class MultiScaleRetention
     }
     stages::groupNormGate<Scalar>(o, config_.heads, headNorm_.size() ? headNorm_.data() : nullptr,
                                   config_.eps, qkvg.rightCols(V), config_.gate);
-    if (cache != nullptr) detail::bufferView(cache->gated, rows, V) = o;
 
     // 5. y = o Woutᵀ
     stages::linear(o, outputWeights_, y);
@@ -507,7 +524,7 @@ class MultiScaleRetention
                     "the cache holds no forwardTraining call");
     detail::require(static_cast<Index>(cache.positions.size()) == cache.batch &&
                         cache.input.size() >= rows * D && cache.states.size() >= stateSize &&
-                        cache.scratch.projections.size() >= rows * inputWeights_.outputs() &&
+                        cache.projections.size() >= rows * inputWeights_.outputs() &&
                         cache.gate.size() >= rows * V && cache.retained.size() >= rows * V &&
                         cache.gated.size() >= rows * V,
                     where, "the cache was not filled by this layer's forwardTraining");
@@ -531,11 +548,10 @@ class MultiScaleRetention
   /// and key/value heads; the query heads sharing a key/value head add their dk, dv in order.
   void retainHeadsBackward(const TrainingCache& cache, const ConstMap& qkvg,
                            const Eigen::Map<RowMatrix<Scalar>>& dO,
-                           Eigen::Map<RowMatrix<Scalar>>& dQkvg) const {
+                           Eigen::Map<RowMatrix<Scalar>>& dQkvg, TrainingWorkspace& work) const {
     const Index H = config_.heads, kvHeads = config_.keyValueHeads(), group = H / kvHeads;
     const Index dk = config_.keyDim(), dv = config_.headValueDim(), time = cache.time;
     const Index kBegin = H * dk, vBegin = qkWidth();
-    typename TrainingCache::Workspace& work = cache.workspace;
     work.plans.clear();
     for (const RetentionHead& head : heads_)
       work.plans.emplace_back(head, cache.form, cache.chunkSize, time);

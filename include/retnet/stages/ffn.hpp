@@ -52,6 +52,37 @@ struct FeedForwardWeights {
   }
 };
 
+namespace detail {
+
+/// h = act(a) ⊙ b over the rows [begin, begin + count) of a, b, h (rows x F each; h may be a),
+/// piece by piece (kActivationPiece values) through an aligned buffer, so that every value is
+/// computed the same way whatever the buffers' strides and alignment: the forward, the training
+/// forward and the backward's h agree bit for bit. Then each(r, c, n, act) with act the piece
+/// act(a) of row r, columns [c, c + n) (the backward's use of it).
+template <typename Scalar, typename A, typename B, typename H, typename Each>
+void gatedActivation(const A& a, const B& b, H& h, Activation activation, Index begin, Index count,
+                     Each&& each) {
+  const Index F = a.cols();
+  ActivationPiece<Scalar> piece;
+  for (Index r = begin; r < begin + count; ++r) {
+    for (Index c = 0; c < F; c += kActivationPiece) {
+      const Index n = std::min(kActivationPiece, F - c);
+      piece = a.row(r).segment(c, n).array();
+      stages::activateRows<Scalar>(Eigen::Map<RowMatrix<Scalar>>(piece.data(), 1, n), activation);
+      h.row(r).segment(c, n).array() = piece * b.row(r).segment(c, n).array();
+      each(r, c, n, piece);
+    }
+  }
+}
+template <typename Scalar, typename A, typename B, typename H>
+void gatedActivation(const A& a, const B& b, H& h, Activation activation, Index begin,
+                     Index count) {
+  gatedActivation<Scalar>(a, b, h, activation, begin, count,
+                          [](Index, Index, Index, const ActivationPiece<Scalar>&) {});
+}
+
+}  // namespace detail
+
 namespace stages {
 
 /// y = (act(x W_aᵀ) ⊙ x W_bᵀ) W_outᵀ.
@@ -67,22 +98,42 @@ void gatedFeedForward(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
   linear<Scalar>(x, weights.input, hidden);
   auto activated = hidden.leftCols(F);
   detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
-    auto block = activated.middleRows(begin, count);
-    activateRows<Scalar>(block, weights.activation);
-    block.array() *= hidden.block(begin, F, count, F).array();
+    detail::gatedActivation<Scalar>(activated, hidden.rightCols(F), activated, weights.activation,
+                                    begin, count);
   });
   linear<Scalar>(activated, weights.output, y);
 }
 
-/// The backward of gatedFeedForward. It recomputes the hidden activations from x (one GEMM, the
-/// forward's first), so nothing of the forward needs to be kept but x:
-///   [a | b] = x · W_inᵀ,  h = act(a) ⊙ b                         (recomputed)
+/// gatedFeedForward for training: the same y, bit for bit, keeping what the backward needs.
+///   x (rows x D); preActivation (rows x 2F), written: [a | b] = x · [W_a; W_b]ᵀ, which
+///   gatedFeedForwardBackward reads; activated (rows x F) scratch, left holding act(a) ⊙ b;
+///   y (rows x D). No two overlap.
+template <typename Scalar>
+void gatedFeedForwardTraining(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
+                              const FeedForwardWeights<Scalar>& weights,
+                              detail::NoDeduce<MatrixRef<Scalar>> preActivation,
+                              detail::NoDeduce<MatrixRef<Scalar>> activated,
+                              detail::NoDeduce<MatrixRef<Scalar>> y) {
+  const char* where = "stages::gatedFeedForwardTraining";
+  const Index F = weights.hiddenDim(), rows = x.rows();
+  detail::requireShape(where, preActivation, rows, 2 * F, "preActivation (rows x 2F)");
+  detail::requireShape(where, activated, rows, F, "activated (rows x F)");
+  linear<Scalar>(x, weights.input, preActivation);
+  detail::forRowBlocks(rows, [&](Index begin, Index count) {
+    detail::gatedActivation<Scalar>(preActivation.leftCols(F), preActivation.rightCols(F),
+                                    activated, weights.activation, begin, count);
+  });
+  linear<Scalar>(activated, weights.output, y);
+}
+
+/// The backward of gatedFeedForward, from the pre-activations gatedFeedForwardTraining kept:
+///   [a | b] (given),  h = act(a) ⊙ b                              (recomputed, elementwise)
 ///   dh = dy · W_out,  da = dh ⊙ b ⊙ act'(a),  db = dh ⊙ act(a)
 ///   dW_out += dyᵀ · h,  dW_in += [da | db]ᵀ · x,  dx = [da | db] · W_in
-/// (dx += … with `accumulate`). Composed of linear, linearBackwardInput / linearBackwardWeight,
-/// activateRows and the activation derivative; every weight must be full precision.
-///   x (rows x D); dy (rows x D);
-///   hidden (rows x 2F) scratch, left holding [h | b] as the forward leaves it;
+/// (dx += … with `accumulate`). Composed of linearBackwardInput / linearBackwardWeight, the
+/// activation and its derivative; every weight must be full precision.
+///   x (rows x D); preActivation (rows x 2F), the training forward's [a | b]; dy (rows x D);
+///   activated (rows x F) scratch, left holding h, as the forward computed it (bit for bit);
 ///   dHidden (rows x 2F) scratch, left holding [da | db];
 ///   dx (rows x D); dWIn (2F x D): rows [0, F) the gradient of W_a (fc1, gate_proj), rows
 ///   [F, 2F) that of W_b (gate, up_proj), accumulated; dWOut (D x F), accumulated.
@@ -90,8 +141,9 @@ void gatedFeedForward(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
 template <typename Scalar>
 void gatedFeedForwardBackward(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
                               const FeedForwardWeights<Scalar>& weights,
+                              detail::NoDeduce<ConstMatrixRef<Scalar>> preActivation,
                               detail::NoDeduce<ConstMatrixRef<Scalar>> dy,
-                              detail::NoDeduce<MatrixRef<Scalar>> hidden,
+                              detail::NoDeduce<MatrixRef<Scalar>> activated,
                               detail::NoDeduce<MatrixRef<Scalar>> dHidden,
                               detail::NoDeduce<MatrixRef<Scalar>> dx,
                               detail::NoDeduce<MatrixRef<Scalar>> dWIn,
@@ -105,35 +157,30 @@ void gatedFeedForwardBackward(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
   detail::requireShape(where, weights.input, 2 * F, D, "the input weight");
   detail::requireShape(where, weights.output, D, F, "the output weight");
   detail::requireShape(where, x, rows, D, "x (rows x D)");
+  detail::requireShape(where, preActivation, rows, 2 * F, "preActivation (rows x 2F)");
   detail::requireShape(where, dy, rows, D, "dy (rows x D)");
-  detail::requireShape(where, hidden, rows, 2 * F, "hidden (rows x 2F)");
+  detail::requireShape(where, activated, rows, F, "activated (rows x F)");
   detail::requireShape(where, dHidden, rows, 2 * F, "dHidden (rows x 2F)");
   detail::requireShape(where, dx, rows, D, "dx (rows x D)");
   detail::requireShape(where, dWIn, 2 * F, D, "dWIn (2F x D)");
   detail::requireShape(where, dWOut, D, F, "dWOut (D x F)");
 
-  linear<Scalar>(x, weights.input, hidden);                               // [a | b]
   linearBackwardInput<Scalar>(dy, weights.output, dHidden.rightCols(F));  // dh
+  const auto a = preActivation.leftCols(F), b = preActivation.rightCols(F);
   detail::forRowBlocks(rows, [&](Index begin, Index count) {
-    detail::ActivationPiece<Scalar> derivative, activated;
-    for (Index r = begin; r < begin + count; ++r) {
-      for (Index c = 0; c < F; c += detail::kActivationPiece) {
-        const Index n = std::min(detail::kActivationPiece, F - c);
-        auto a = hidden.row(r).segment(c, n).array();
-        const auto b = hidden.row(r).segment(F + c, n).array();
-        auto da = dHidden.row(r).segment(c, n).array();
-        auto db = dHidden.row(r).segment(F + c, n).array();  // holds dh until written
-        detail::activationDerivativePiece<Scalar>(a, weights.activation, derivative);
-        activated = a;
-        activateRows<Scalar>(Eigen::Map<RowMatrix<Scalar>>(activated.data(), 1, n),
-                             weights.activation);
-        da = db * b * derivative;
-        db *= activated;
-        a = activated * b;  // h, as the forward leaves it
-      }
-    }
+    detail::ActivationPiece<Scalar> derivative;
+    detail::gatedActivation<Scalar>(  // h, then per piece:
+        a, b, activated, weights.activation, begin, count,
+        [&](Index r, Index c, Index n, const detail::ActivationPiece<Scalar>& act) {
+          auto da = dHidden.row(r).segment(c, n).array();
+          auto db = dHidden.row(r).segment(F + c, n).array();  // holds dh until written
+          detail::activationDerivativePiece<Scalar>(a.row(r).segment(c, n).array(),
+                                                    weights.activation, derivative);
+          da = db * b.row(r).segment(c, n).array() * derivative;
+          db *= act;
+        });
   });
-  linearBackwardWeight<Scalar>(hidden.leftCols(F), dy, dWOut);
+  linearBackwardWeight<Scalar>(activated, dy, dWOut);
   linearBackward<Scalar>(x, weights.input, dHidden, dx, dWIn, accumulate);
 }
 
