@@ -208,7 +208,10 @@ inline reference::NaiveFlaConfig flaConfig(const nlohmann::json& config) {
   if (const std::optional<double> size = optionalNumber(config, "intermediate_size")) {
     c.intermediate = static_cast<long>(*size);
   } else {
-    const double ratio = optionalNumber(config, "hidden_ratio").value_or(4.0);
+    // RetNetConfig's default 2 when absent, GatedMLP's 4 when null
+    const double ratio = config.contains("hidden_ratio")
+                             ? optionalNumber(config, "hidden_ratio").value_or(4.0)
+                             : 2.0;
     const auto m = static_cast<long>(std::trunc(static_cast<double>(c.hidden) * ratio * 2.0 / 3.0));
     c.intermediate = 256 * ((m + 255) / 256);
   }

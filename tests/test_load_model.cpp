@@ -436,6 +436,47 @@ TEST(LoadModelRefuses, DtypeOtherThanConfig) {
                           {"torch_dtype must be float32, float16 or bfloat16", "int8"});
 }
 
+// Keys of newer FLA and transformers versions: `dtype`, the name transformers 4.56 writes for
+// torch_dtype (read the same way; the two must agree), and `attnres_block_size` (FLA's attention
+// residuals: null loads, a value is refused).
+TEST(LoadModel, FlaConfigKeysOfNewerVersions) {
+  ScratchCase c("fla/fla_small");  // BF16 weights
+  nlohmann::json config = c.json("config.json");
+  config.erase("torch_dtype");
+  config["dtype"] = "bfloat16";
+  config["attnres_block_size"] = nullptr;
+  c.write("config.json", config.dump(2));
+  io::ModelInfo info;
+  EXPECT_NO_THROW(io::loadModel<float>(c.path(), &info));
+  c.setConfig("dtype", "float16");
+  EXPECT_REFUSED(c.path(), "model.embeddings.weight", "is BF16");
+  c.setConfig("dtype", "bfloat16");
+  c.setConfig("torch_dtype", "float16");
+  EXPECT_REFUSED(c.path(), "'torch_dtype' and 'dtype' name different types");
+  c.setConfig("torch_dtype", "bfloat16");
+  c.setConfig("attnres_block_size", 4);
+  EXPECT_REFUSED(c.path(), "attnres_block_size", "not supported");
+}
+
+// The MLP width without intermediate_size: 256·ceil(trunc(d·r·2/3)/256) with r = hidden_ratio,
+// 2 when the key is absent (RetNetConfig's default) and 4 when it is null (GatedMLP's). d = 256
+// tells them apart: r = 2 gives trunc(341.3) -> 512, r = 4 gives trunc(682.7) -> 768.
+TEST(LoadModel, FlaMlpWidthFromHiddenRatio) {
+  nlohmann::json config = {{"model_type", "retnet"}, {"hidden_size", 256},
+                           {"num_heads", 4},         {"num_hidden_layers", 1},
+                           {"vocab_size", 97},       {"intermediate_size", nullptr}};
+  const auto width = [&] {
+    return io::readFlaConfig(io::JsonFile::parse(config.dump(), "config.json")).model.block.ffnDim;
+  };
+  EXPECT_EQ(width(), 512);
+  config["hidden_ratio"] = nullptr;
+  EXPECT_EQ(width(), 768);
+  config["hidden_ratio"] = 3;
+  EXPECT_EQ(width(), 512);
+  config["intermediate_size"] = 100;
+  EXPECT_EQ(width(), 100);
+}
+
 TEST(LoadModelRefuses, WeightsOfAnotherDtype) {
   // The golden file itself is F64: as weights, refused (and without config.json, by names).
   ScratchCase c("fla/fla_small");

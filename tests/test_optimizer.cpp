@@ -4,7 +4,11 @@
 // resumed bit for bit.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -426,7 +430,22 @@ TEST(FlaCheckpoint, SavesADirectoryLoadModelReadsBack) {
     EXPECT_EQ(loaded.config().block.headKeyDim, config.block.headKeyDim);
     EXPECT_EQ(loaded.config().tiedEmbedding, tied);
     EXPECT_EQ(snapshot(loaded), snapshot(model));  // F32: every bit of a float model
-    EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(path) / "config.json"));
+    // fuse_norm written, not left to FLA's default: it names the head norm g_norm_swish_gate
+    std::ifstream file(std::filesystem::path(path) / "config.json");
+    const nlohmann::json json = nlohmann::json::parse(file);
+    EXPECT_EQ(json.at("fuse_norm"), true);
+    EXPECT_EQ(json.at("torch_dtype"), "float32");
+  }
+  // FLA's retention asserts a per-head key dim of at most 256 (fla/layers/multiscale_retention.py)
+  {
+    RetNetModelConfig wide = tinyModelConfig(false);
+    wide.block = smallConfig(true);
+    wide.block.rotary = RotaryLayout::kHalfSplit;
+    wide.block.scaleSide = ScaleSide::kQuery;
+    wide.block.headKeyDim = 258;
+    const RetNetModel<float> model(wide, initialRetNetWeights<float>(wide, 2));
+    RETNET_EXPECT_THROW_WITH(io::saveFlaModel(model, (dir.path() / "wide").string()),
+                             InvalidArgument, "key dim of at most 256");
   }
   // torchscale's semantics have no FLA names.
   const RetNetModelConfig torchscale = tinyModelConfig(false);

@@ -24,8 +24,10 @@ inline const std::vector<std::string>& flaConfigKeys() {
                                                 "architectures",
                                                 "attn",
                                                 "attn_mode",
+                                                "attnres_block_size",
                                                 "bos_token_id",
                                                 "conv_size",
+                                                "dtype",
                                                 "elementwise_affine",
                                                 "eos_token_id",
                                                 "expand_k",
@@ -68,18 +70,20 @@ struct FlaConfig {
 
 namespace detail {
 
-/// torch_dtype's name as a safetensors dtype.
-inline Dtype torchDtype(const JsonFile& config, const std::string& name) {
+/// torch_dtype's (or dtype's) name as a safetensors dtype.
+inline Dtype torchDtype(const JsonFile& config, const char* key, const std::string& name) {
   if (name == "float32") return Dtype::F32;
   if (name == "float16") return Dtype::F16;
   if (name == "bfloat16") return Dtype::BF16;
-  config.fail("torch_dtype must be float32, float16 or bfloat16, got \"", name, "\"");
+  config.fail(key, " must be float32, float16 or bfloat16, got \"", name, "\"");
 }
 
-/// MLP width: intermediate_size, or 256·ceil(trunc(d·r·2/3) / 256) with r = hidden_ratio (4).
+/// MLP width: intermediate_size, or 256·ceil(trunc(d·r·2/3) / 256) with r = hidden_ratio: 2 when
+/// the key is absent (RetNetConfig's default), 4 when it is null (GatedMLP's).
 inline Index flaIntermediateSize(const JsonFile& config, Index d) {
   if (const auto size = config.optionalInteger("intermediate_size")) return *size;
-  const double ratio = config.optionalNumber("hidden_ratio").value_or(4.0);
+  const double ratio =
+      config.has("hidden_ratio") ? config.optionalNumber("hidden_ratio").value_or(4.0) : 2.0;
   if (!(ratio > 0)) config.fail("key 'hidden_ratio' must be > 0, got ", ratio);
   const double width = std::trunc(static_cast<double>(d) * ratio * 2.0 / 3.0);
   if (!(width >= 1 && width <= static_cast<double>(kMaxConfigInteger))) {
@@ -123,6 +127,9 @@ inline FlaConfig readFlaConfig(const JsonFile& config) {
   if (!unknown.empty()) {
     config.fail("unknown FLA RetNet config key '", unknown.front(),
                 "': it may change the computation, so the model is refused");
+  }
+  if (!config.isNull("attnres_block_size")) {
+    config.fail("key 'attnres_block_size' is set: attention residuals are not supported");
   }
   if (!config.isNull("attn")) {
     config.fail("key 'attn' is set: hybrid models with softmax-attention layers are not supported");
@@ -176,8 +183,14 @@ inline FlaConfig readFlaConfig(const JsonFile& config) {
   } catch (const InvalidArgument& e) {
     config.fail(e.what());
   }
-  if (!config.isNull("torch_dtype"))
-    result.dtype = detail::torchDtype(config, config.string("torch_dtype", ""));
+  // the weights' dtype: torch_dtype, or dtype (its name from transformers 4.56 on); both must agree
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    if (config.isNull(key)) continue;
+    const Dtype named = detail::torchDtype(config, key, config.string(key, ""));
+    if (result.dtype && *result.dtype != named)
+      config.fail("keys 'torch_dtype' and 'dtype' name different types");
+    result.dtype = named;
+  }
   return result;
 }
 

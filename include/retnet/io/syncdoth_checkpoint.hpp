@@ -123,7 +123,7 @@ inline SyncdothConfig readSyncdothConfig(const JsonFile& config) {
   }
   if (config.boolean("use_lm_decay", false)) c.block.decays = syncdothLmDecays(c.block.heads);
   if (!config.isNull("torch_dtype"))
-    result.dtype = detail::torchDtype(config, config.string("torch_dtype", ""));
+    result.dtype = detail::torchDtype(config, "torch_dtype", config.string("torch_dtype", ""));
   result.chunkSize = config.optionalInteger("recurrent_chunk_size").value_or(0);
   return result;
 }

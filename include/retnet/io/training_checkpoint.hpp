@@ -201,6 +201,7 @@ void saveFlaModel(const RetNetModel<Scalar>& model, const std::string& dir,
          "swish (SiLU) activations only");
   refuse(config.embedScale == 1.0 && !config.embedNorm && config.norm == ModelNorm::kRms,
          "no embedding scale or embedding norm");
+  refuse(retention.keyDim() <= 256, "a per-head key dim of at most 256");
 
   SafetensorsWriter writer;
   const bool headNorm = detail::addParameters(writer, model, dtype, detail::flaName);
@@ -216,6 +217,7 @@ void saveFlaModel(const RetNetModel<Scalar>& model, const std::string& dir,
                                {"expand_k", detail::flaExpand(H * retention.keyDim(), d)},
                                {"expand_v", detail::flaExpand(H * retention.headValueDim(), d)},
                                {"feature_map", nullptr},
+                               {"fuse_norm", true},  // names the head norm g_norm_swish_gate
                                {"hidden_act", "swish"},
                                {"hidden_size", d},
                                {"intermediate_size", block.ffnDim},
