@@ -5,12 +5,19 @@
 //
 //   train/{parallel|chunkwise}/T:{512|1024|2048|4096}/B:4/thr:{1|2}   (chunkwise: chunk 64)
 //
-// Counters: tokens/s; peak_rss_mb, the process's peak resident memory; training_mb, that peak
-// over the resident memory measured once the model exists (what training holds: the gradients,
-// the cache of activations, the backward's workspace, AdamW's moments; PyTorch's figure counts
-// the same, its gradients and moments being created in the first step). Memory figures are per
-// process: run one case per process
-// (--benchmark_filter) to read them, as train_torchscale.py --compare does.
+// Counters: tokens/s; forward_ms, backward_ms, optimizer_ms (clipping and AdamW) per step;
+// linear_gflop, the linear layers' 6·parameters·tokens FLOPs of a step, and step_vs_sgemm, that
+// over the step's time as a fraction of the same-run SGEMM; peak_rss_mb, the process's peak
+// resident memory; training_mb, that peak over the resident memory measured once the model exists
+// (what training holds: the gradients, the cache of activations, the shared workspace, AdamW's
+// moments; PyTorch's figure counts the same, its gradients and moments being created in the first
+// step). Memory figures are per process: run one case per process (--benchmark_filter) to read
+// them, as train_torchscale.py --compare does, and one step (--benchmark_min_time=0.1) for a
+// fresh baseline (a second run in the process starts from memory the first freed).
+//
+//   train_linear/{forward|input|weight}/out:{..}/in:{..}/rows:2048/thr:{1|2}
+//
+// each linear product of a config-B block alone (benchLinear below).
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 

@@ -424,8 +424,9 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
 
   /// The backward of forwardTraining() for the loss L whose gradient with respect to the logits
   /// is dLogits (batch·time x vocab): adds dL/dW of every parameter to `grads` (an empty one is
-  /// sized and zeroed first; else its shapes must be this model's). Every check, the blocks'
-  /// gradients' shapes included, comes before any write. A
+  /// sized and zeroed first; else its shapes must be this model's). The model's checks and
+  /// every block's gradient shapes come before any write; each block checks its own cache when
+  /// its turn comes (a cache filled by this model's forwardTraining passes them all). A
   /// repeated call with the same shapes reuses the cache's workspace and allocates nothing of its
   /// own (the norms' backwards still allocate their small row-block partials,
   /// detail::sumOverRowBlocks). The stages of the forward in reverse order:

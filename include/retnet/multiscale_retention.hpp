@@ -344,17 +344,19 @@ class MultiScaleRetention
     cache.chunkSize = chunkSize;
   }
 
+  /// backward() below, run in the cache's own workspace.
+  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
+                Gradients& grads) const {
+    backward(cache, dY, dX, grads, cache.workspace);
+  }
   /// The backward of forwardTraining() for the loss L whose gradient with respect to y is dY
   /// (batch·time x D): writes dX = dL/dx (batch·time x D; it may be dY's buffer) and adds dL/dW
   /// to `grads` (an empty one is sized and zeroed first; else its shapes must be this layer's).
   /// The state leaving the forward is not differentiated (L does not read it), nor is the state
   /// entering it (a constant). torchscale's normalisers are constants, as its detach() makes
-  /// them (stages::retentionBackward). The stages of forwardPath in reverse order:
-  void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
-                Gradients& grads) const {
-    backward(cache, dY, dX, grads, cache.workspace);
-  }
-  /// The same with the caller's workspace (TrainingWorkspace) in place of the cache's.
+  /// them (stages::retentionBackward). `work` is the
+  /// TrainingWorkspace to run in (any one: nothing of the forward's is read from it). The stages of
+  /// forwardPath in reverse order:
   void backward(const TrainingCache& cache, ConstMatrixRef<Scalar> dY, MatrixRef<Scalar> dX,
                 Gradients& grads, TrainingWorkspace& work) const {
     const char* where = "MultiScaleRetention::backward";

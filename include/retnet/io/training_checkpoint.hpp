@@ -171,14 +171,16 @@ inline double flaExpand(Index width, Index d) {
 }  // namespace detail
 
 /// Writes `model` as an FLA (fla-hub) Hugging Face directory: `dir/config.json` (FLA's
-/// RetNetConfig: sizes, heads, key/value heads, eps, tied embeddings, torch_dtype) and
+/// RetNetConfig: sizes, heads, key/value heads, eps, tied embeddings, fuse_norm, torch_dtype) and
 /// `dir/model.safetensors` under FLA's names (model.embeddings.weight,
 /// model.layers.{i}.attn.q_proj.weight …, attn.g_norm_swish_gate.weight, mlp.gate_proj/up_proj/
 /// down_proj, model.norm.weight, lm_head.weight), which io::loadModel and FLA's
 /// RetNetForCausalLM.from_pretrained read. `dtype` is F32 (default), BF16 or F16: FLA's
 /// checkpoints have no float64. The model must have FLA's semantics (MultiScaleRetentionConfig::
 /// fla: half-split rotary, q-side scale, no normalisers, a head-norm weight, SwiGLU, no embedding
-/// scale or norm): InvalidArgument naming the setting otherwise. `dir` is created if needed;
+/// scale or norm) and a per-head key dim of at most 256 (FLA asserts it): InvalidArgument naming
+/// the setting otherwise. Loadable by FLA from b48ca31d (2025-02, every tagged release) on,
+/// read from FLA's source, not run. `dir` is created if needed;
 /// files in it are replaced.
 template <typename Scalar>
 void saveFlaModel(const RetNetModel<Scalar>& model, const std::string& dir,
