@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "retnet/block.hpp"
@@ -739,6 +740,39 @@ TEST(BlockBackward, GradientsAccumulateAndTheCacheIsReused) {
   grads.setZero();
   grads.forEach(
       [](const char* name, const auto& g) { EXPECT_EQ(g.cwiseAbs().maxCoeff(), 0.0) << name; });
+}
+
+// One workspace serves many blocks' caches, forwards then backwards in reverse order as a model
+// runs them (LanguageModel's cache holds one for all its blocks): the same bits as each block in
+// its own cache's workspace, whatever the other block left in the shared one.
+TEST(BlockBackward, OneWorkspaceServesManyCaches) {
+  const Block<double> first = randomBlock(false, 230), second = randomBlock(true, 231);
+  const Index batch = 2, time = 7, rows = batch * time;
+  const Index D1 = first.config().embedDim, D2 = second.config().embedDim;
+  const auto x1 = randomMatrix<double>(rows, D1, 232, 1.0);
+  const auto x2 = randomMatrix<double>(rows, D2, 233, 1.0);
+  const auto dy1 = randomMatrix<double>(rows, D1, 234, 1.0);
+  const auto dy2 = randomMatrix<double>(rows, D2, 235, 1.0);
+  Block<double>::TrainingWorkspace shared;
+  Block<double>::TrainingCache cache1, cache2;
+  MultiScaleRetentionState<double> state1, state2;
+  RowMatrix<double> y1(rows, D1), y2(rows, D2), dx1(rows, D1), dx2(rows, D2);
+  Block<double>::Gradients grads1, grads2;
+  first.forwardTraining(Form::kChunkwise, x1, batch, time, 3, state1, y1, cache1, shared);
+  second.forwardTraining(Form::kParallel, x2, batch, time, 0, state2, y2, cache2, shared);
+  second.backward(cache2, dy2, dx2, grads2, shared);
+  first.backward(cache1, dy1, dx1, grads1, shared);
+  const auto own1 = trainStep(first, Form::kChunkwise, x1, batch, time, 3, dy1);
+  const auto own2 = trainStep(second, Form::kParallel, x2, batch, time, 0, dy2);
+  EXPECT_TRUE(y1 == own1.y && y2 == own2.y);
+  EXPECT_TRUE(dx1 == own1.dx && dx2 == own2.dx);
+  for (const auto& [grads, own] :
+       {std::pair{&grads1, &own1.grads}, std::pair{&grads2, &own2.grads}}) {
+    std::vector<RowMatrix<double>> a, b;
+    grads->forEach([&](const char*, const auto& g) { a.emplace_back(g); });
+    own->forEach([&](const char*, const auto& g) { b.emplace_back(g); });
+    EXPECT_TRUE(a == b);
+  }
 }
 
 TEST(BlockBackward, RefusesWhatItCannotTrain) {

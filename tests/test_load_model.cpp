@@ -437,8 +437,8 @@ TEST(LoadModelRefuses, DtypeOtherThanConfig) {
 }
 
 // Keys of newer FLA and transformers versions: `dtype`, the name transformers 4.56 writes for
-// torch_dtype (read the same way; the two must agree), and `attnres_block_size` (FLA's attention
-// residuals: null loads, a value is refused).
+// torch_dtype (read the same way, by the FLA and the syncdoth readers; the two must agree), and
+// `attnres_block_size` (FLA's attention residuals: null loads, a value is refused).
 TEST(LoadModel, FlaConfigKeysOfNewerVersions) {
   ScratchCase c("fla/fla_small");  // BF16 weights
   nlohmann::json config = c.json("config.json");
@@ -456,6 +456,15 @@ TEST(LoadModel, FlaConfigKeysOfNewerVersions) {
   c.setConfig("torch_dtype", "bfloat16");
   c.setConfig("attnres_block_size", 4);
   EXPECT_REFUSED(c.path(), "attnres_block_size", "not supported");
+  // syncdoth's configs are Hugging Face configs too
+  ScratchCase sd("syncdoth/sd_small");  // F32 weights
+  nlohmann::json sdConfig = sd.json("config.json");
+  sdConfig.erase("torch_dtype");
+  sdConfig["dtype"] = "float32";
+  sd.write("config.json", sdConfig.dump(2));
+  EXPECT_NO_THROW(io::loadModel<float>(sd.path()));
+  sd.setConfig("dtype", "bfloat16");
+  EXPECT_REFUSED(sd.path(), "is F32");
 }
 
 // The MLP width without intermediate_size: 256·ceil(trunc(d·r·2/3)/256) with r = hidden_ratio,

@@ -604,6 +604,12 @@ TEST(ModelBackward, RefusesWhatItCannotTrain) {
     const Named after = namedGradients(bad);
     for (const auto& [name, g] : before) EXPECT_TRUE(after.at(name) == g) << field << ": " << name;
   }
+  {  // a block's wrong gradient is named with its layer
+    auto bad = grads;
+    bad.layers.at(1).fc2.setZero(1, 1);
+    RETNET_EXPECT_THROW_WITH(model.backward(cache, dLogits, bad), InvalidArgument, "(layer 1)",
+                             "grads.fc2");
+  }
   {
     auto bad = grads;
     bad.layers.pop_back();

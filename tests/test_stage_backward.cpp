@@ -1034,6 +1034,10 @@ TEST(BackwardArguments, AreChecked) {
                            InvalidArgument, trainingWhere, "preActivation (rows x 2F)");
   RETNET_EXPECT_THROW_WITH(stages::gatedFeedForwardTraining<double>(x, ffn, pre, m34c, y),
                            InvalidArgument, trainingWhere, "activated (rows x F)");
+  RETNET_EXPECT_THROW_WITH(stages::gatedFeedForwardTraining<double>(m35, ffn, pre, act, y),
+                           InvalidArgument, trainingWhere, "x (rows x D)");
+  RETNET_EXPECT_THROW_WITH(stages::gatedFeedForwardTraining<double>(x, ffn, pre, act, m35b),
+                           InvalidArgument, trainingWhere, "y (rows x D)");
   EXPECT_TRUE((dWIn.array() == 0.0).all() && (dWOut.array() == 0.0).all());
   // embed
   const std::vector<std::int64_t> tokens{0, 3, 1}, bad{0, 4, 1}, negative{-1, 0, 0};

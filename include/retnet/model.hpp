@@ -615,8 +615,10 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
     detail::requireShape(where, grads.outputProjection, config_.tiedEmbedding ? 0 : config_.vocab,
                          config_.tiedEmbedding ? 0 : D,
                          "grads.outputProjection (outputProjection's shape; empty when tied)");
-    for (std::size_t l = 0; l < blocks_.size(); ++l)
-      blocks_[l].sizeOrCheckGradients(where, grads.layers[l]);
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      const std::string layer = std::string(where) + " (layer " + std::to_string(l) + ")";
+      blocks_[l].sizeOrCheckGradients(layer.c_str(), grads.layers[l]);
+    }
   }
 
   friend struct detail::ParameterSet<LanguageModel<Block>>;

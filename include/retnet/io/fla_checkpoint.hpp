@@ -78,6 +78,20 @@ inline Dtype torchDtype(const JsonFile& config, const char* key, const std::stri
   config.fail(key, " must be float32, float16 or bfloat16, got \"", name, "\"");
 }
 
+/// The weights' dtype a Hugging Face config.json names: torch_dtype, or dtype (its name from
+/// transformers 4.56 on); when both are given they must agree. Empty when neither is.
+inline std::optional<Dtype> configDtype(const JsonFile& config) {
+  std::optional<Dtype> result;
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    if (config.isNull(key)) continue;
+    const Dtype named = torchDtype(config, key, config.string(key, ""));
+    if (result && *result != named)
+      config.fail("keys 'torch_dtype' and 'dtype' name different types");
+    result = named;
+  }
+  return result;
+}
+
 /// MLP width: intermediate_size, or 256·ceil(trunc(d·r·2/3) / 256) with r = hidden_ratio: 2 when
 /// the key is absent (RetNetConfig's default), 4 when it is null (GatedMLP's).
 inline Index flaIntermediateSize(const JsonFile& config, Index d) {
@@ -183,14 +197,7 @@ inline FlaConfig readFlaConfig(const JsonFile& config) {
   } catch (const InvalidArgument& e) {
     config.fail(e.what());
   }
-  // the weights' dtype: torch_dtype, or dtype (its name from transformers 4.56 on); both must agree
-  for (const char* key : {"torch_dtype", "dtype"}) {
-    if (config.isNull(key)) continue;
-    const Dtype named = detail::torchDtype(config, key, config.string(key, ""));
-    if (result.dtype && *result.dtype != named)
-      config.fail("keys 'torch_dtype' and 'dtype' name different types");
-    result.dtype = named;
-  }
+  result.dtype = detail::configDtype(config);
   return result;
 }
 

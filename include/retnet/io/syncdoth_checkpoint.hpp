@@ -51,6 +51,7 @@ inline const std::vector<std::string>& syncdothConfigKeys() {
                                                 "recurrent_chunk_size",
                                                 "subln",
                                                 "tie_word_embeddings",
+                                                "dtype",
                                                 "torch_dtype",
                                                 "transformers_version",
                                                 "unk_token_id",
@@ -122,8 +123,7 @@ inline SyncdothConfig readSyncdothConfig(const JsonFile& config) {
     config.fail(e.what());
   }
   if (config.boolean("use_lm_decay", false)) c.block.decays = syncdothLmDecays(c.block.heads);
-  if (!config.isNull("torch_dtype"))
-    result.dtype = detail::torchDtype(config, "torch_dtype", config.string("torch_dtype", ""));
+  result.dtype = detail::configDtype(config);
   result.chunkSize = config.optionalInteger("recurrent_chunk_size").value_or(0);
   return result;
 }

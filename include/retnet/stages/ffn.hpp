@@ -115,7 +115,9 @@ void gatedFeedForwardTraining(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
                               detail::NoDeduce<MatrixRef<Scalar>> activated,
                               detail::NoDeduce<MatrixRef<Scalar>> y) {
   const char* where = "stages::gatedFeedForwardTraining";
-  const Index F = weights.hiddenDim(), rows = x.rows();
+  const Index F = weights.hiddenDim(), D = weights.input.inputs(), rows = x.rows();
+  detail::requireShape(where, x, rows, D, "x (rows x D)");
+  detail::requireShape(where, y, rows, D, "y (rows x D)");
   detail::requireShape(where, preActivation, rows, 2 * F, "preActivation (rows x 2F)");
   detail::requireShape(where, activated, rows, F, "activated (rows x F)");
   linear<Scalar>(x, weights.input, preActivation);
