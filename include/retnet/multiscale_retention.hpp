@@ -275,13 +275,12 @@ class MultiScaleRetention
   /// keeps one for all its blocks, so that its training memory holds one layer's backward
   /// buffers, not one per layer. Buffers only grow.
   struct TrainingWorkspace {
-    Scratch forward;  // the forward's rotary table, plans and per-thread scratch (its projections
-                      // and output stay empty: the cache holds those)
-    Vector<Scalar> dGated;                                     // (rows x V)
+    Scratch forward;        // the rotary table and plans (forward and backward) and the forward's
+                            // per-thread scratch (its projections and output stay empty: the cache
+                            // holds those)
+    Vector<Scalar> dGated;  // (rows x V)
     Vector<Scalar> dRetained;                                  // (rows x V)
     Vector<Scalar> dProjections;                               // (rows x width) d[q|k|v|g]
-    RotaryTable<Scalar> rotary;                                // (time x dk/2)
-    std::vector<RetentionPlan<Scalar>> plans;                  // one per head
     std::vector<RetentionBackwardScratch<Scalar>> perThread;   // the retention backward's
     std::vector<Vector<Scalar>> keyGradients, valueGradients;  // per thread: grouped heads
   };
@@ -390,8 +389,8 @@ class MultiScaleRetention
     for (Index b = 0; b < cache.batch; ++b) {
       const Index position = cache.positions[static_cast<std::size_t>(b)];
       if (b == 0 || position != cache.positions[static_cast<std::size_t>(b - 1)])
-        rotary_.fillTable(position, time, work.rotary);
-      stages::rotateBackward(rotary_, work.rotary, dQkvg.block(b * time, 0, time, rotated));
+        rotary_.fillTable(position, time, work.forward.rotary);
+      stages::rotateBackward(rotary_, work.forward.rotary, dQkvg.block(b * time, 0, time, rotated));
     }
 
     // 1bᵀ. the dk^(−1/2) on k or q
@@ -554,9 +553,9 @@ class MultiScaleRetention
     const Index H = config_.heads, kvHeads = config_.keyValueHeads(), group = H / kvHeads;
     const Index dk = config_.keyDim(), dv = config_.headValueDim(), time = cache.time;
     const Index kBegin = H * dk, vBegin = qkWidth();
-    work.plans.clear();
+    work.forward.plans.clear();
     for (const RetentionHead& head : heads_)
-      work.plans.emplace_back(head, cache.form, cache.chunkSize, time);
+      work.forward.plans.emplace_back(head, cache.form, cache.chunkSize, time);
     const auto slots = static_cast<std::size_t>(detail::maxThreadSlots());
     if (work.perThread.size() < slots) work.perThread.resize(slots);
     if (group > 1 && work.keyGradients.size() < slots) {
@@ -574,7 +573,7 @@ class MultiScaleRetention
         const ConstMap S0(cache.states.data() + (b * H + h) * dk * dv, dk, dv);
         const auto run = [&](auto&& keyGradient, auto&& valueGradient) {
           stages::retentionBackward<Scalar>(
-              work.plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
+              work.forward.plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
               qkvg.block(first, kBegin + j * dk, time, dk),
               qkvg.block(first, vBegin + j * dv, time, dv), S0, start, start == 0,
               dO.block(first, h * dv, time, dv), nullptr, dQkvg.block(first, h * dk, time, dk),

@@ -81,6 +81,22 @@ void gatedActivation(const A& a, const B& b, H& h, Activation activation, Index 
                           [](Index, Index, Index, const ActivationPiece<Scalar>&) {});
 }
 
+/// The gated FFN's data path, shapes checked by the caller: [a | b] = x·W_inᵀ into
+/// preActivation, h = act(a) ⊙ b into activated (which may be preActivation's left half),
+/// y = h·W_outᵀ.
+template <typename Scalar>
+void gatedFeedForwardPath(ConstMatrixRef<Scalar> x, const FeedForwardWeights<Scalar>& weights,
+                          MatrixRef<Scalar> preActivation, MatrixRef<Scalar> activated,
+                          MatrixRef<Scalar> y) {
+  const Index F = weights.hiddenDim();
+  stages::linear<Scalar>(x, weights.input, preActivation);
+  forRowBlocks(x.rows(), [&](Index begin, Index count) {
+    gatedActivation<Scalar>(preActivation.leftCols(F), preActivation.rightCols(F), activated,
+                            weights.activation, begin, count);
+  });
+  stages::linear<Scalar>(activated, weights.output, y);
+}
+
 }  // namespace detail
 
 namespace stages {
@@ -95,13 +111,8 @@ void gatedFeedForward(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
                       detail::NoDeduce<MatrixRef<Scalar>> y) {
   const Index F = weights.hiddenDim();
   detail::requireShape("stages::gatedFeedForward", hidden, x.rows(), 2 * F, "hidden (rows x 2F)");
-  linear<Scalar>(x, weights.input, hidden);
-  auto activated = hidden.leftCols(F);
-  detail::forRowBlocks(x.rows(), [&](Index begin, Index count) {
-    detail::gatedActivation<Scalar>(activated, hidden.rightCols(F), activated, weights.activation,
-                                    begin, count);
-  });
-  linear<Scalar>(activated, weights.output, y);
+  auto activated = hidden.leftCols(F);  // h in place of a
+  detail::gatedFeedForwardPath<Scalar>(x, weights, hidden, activated, y);
 }
 
 /// gatedFeedForward for training: the same y, bit for bit, keeping what the backward needs.
@@ -120,12 +131,7 @@ void gatedFeedForwardTraining(detail::NoDeduce<ConstMatrixRef<Scalar>> x,
   detail::requireShape(where, y, rows, D, "y (rows x D)");
   detail::requireShape(where, preActivation, rows, 2 * F, "preActivation (rows x 2F)");
   detail::requireShape(where, activated, rows, F, "activated (rows x F)");
-  linear<Scalar>(x, weights.input, preActivation);
-  detail::forRowBlocks(rows, [&](Index begin, Index count) {
-    detail::gatedActivation<Scalar>(preActivation.leftCols(F), preActivation.rightCols(F),
-                                    activated, weights.activation, begin, count);
-  });
-  linear<Scalar>(activated, weights.output, y);
+  detail::gatedFeedForwardPath<Scalar>(x, weights, preActivation, activated, y);
 }
 
 /// The backward of gatedFeedForward, from the pre-activations gatedFeedForwardTraining kept:
