@@ -537,6 +537,16 @@ TEST(LayerBackward, RefusesWhatItCannotTrain) {
     // a cache of another layer's shape
     const auto other = randomLayer(true, 1e-6, 140);
     EXPECT_THROW(other.backward(cache, y, dx, grads), InvalidArgument);
+    // the same widths with one head: its cache's buffers are as large as this layer's or larger
+    // (its state: 1·8·12 values per item against 2·4·6), so only the recorded shape tells
+    MultiScaleRetentionConfig oneHead = layer.config();
+    oneHead.heads = 1;
+    const Msr<double> single(oneHead, w);
+    Msr<double>::TrainingCache singleCache;
+    MultiScaleRetentionState<double> singleState;
+    single.forwardTraining(Form::kParallel, x, batch, time, 0, singleState, y, singleCache);
+    RETNET_EXPECT_THROW_WITH(layer.backward(singleCache, y, dx, grads), InvalidArgument,
+                             "another shape");
     EXPECT_NO_THROW(layer.backward(cache, y, dx, grads));
   }
 }
@@ -858,6 +868,15 @@ TEST(BlockBackward, RefusesWhatItCannotTrain) {
     // a cache of another block's shape
     const auto other = randomBlock(false, 240);
     EXPECT_THROW(other.backward(cache, y, dx, grads), InvalidArgument);
+    // a wider FFN's cache: every buffer large enough, only the recorded F tells
+    RetNetBlockConfig widerConfig = config;
+    widerConfig.ffnDim += 4;
+    const Block<double> wider(widerConfig, randomBlockWeights(widerConfig, 250).weights());
+    Block<double>::TrainingCache widerCache;
+    MultiScaleRetentionState<double> widerState;
+    wider.forwardTraining(Form::kParallel, x, batch, time, 0, widerState, y, widerCache);
+    RETNET_EXPECT_THROW_WITH(block.backward(widerCache, y, dx, grads), InvalidArgument,
+                             "another FFN width");
     EXPECT_NO_THROW(block.backward(cache, y, dx, grads));
   }
 }

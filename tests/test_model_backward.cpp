@@ -604,6 +604,15 @@ TEST(ModelBackward, RefusesWhatItCannotTrain) {
     const Named after = namedGradients(bad);
     for (const auto& [name, g] : before) EXPECT_TRUE(after.at(name) == g) << field << ": " << name;
   }
+  {  // a block's cache of another shape is refused before any write, named with its layer
+    RetNetModel<double>::TrainingCache bad = cache;
+    bad.blocks.at(0).ffnDim += 1;
+    const Named before = namedGradients(grads);
+    RETNET_EXPECT_THROW_WITH(model.backward(bad, dLogits, grads), InvalidArgument, "(layer 0)",
+                             "another FFN width");
+    const Named after = namedGradients(grads);
+    for (const auto& [name, g] : before) EXPECT_TRUE(after.at(name) == g) << name;
+  }
   {  // a block's wrong gradient is named with its layer
     auto bad = grads;
     bad.layers.at(1).fc2.setZero(1, 1);

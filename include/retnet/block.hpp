@@ -254,10 +254,12 @@ class RetNetBlock
   /// What backward() needs from forwardTraining(), kept by the caller between the two (x is
   /// copied in, so the caller may reuse its input buffer): the retention's TrainingCache (its
   /// input is RMSNorm(x; w_ret)), x, h, z = RMSNorm(h; w_final) (the FFN's input) and the
-  /// FFN's pre-activations [a | b]: rows·(3D + 2F) values and the retention's. `workspace` serves
+  /// FFN's pre-activations [a | b]: rows·(3D + 2F) values and the retention's, and the FFN width
+  /// F of the block that filled it (backward refuses a cache of another shape). `workspace` serves
   /// the calls given none. Buffers only grow; one cache serves one backward at a time.
   struct TrainingCache {
     Index batch = 0, time = 0;  // time 0: nothing cached yet
+    Index ffnDim = 0;           // F of the block that filled it
     typename MultiScaleRetention<Scalar>::TrainingCache retention;
     Vector<Scalar> input;          // (rows x D) x
     Vector<Scalar> residual;       // (rows x D) h
@@ -296,6 +298,24 @@ class RetNetBlock
     detail::requireLength(where, grads.finalNorm, D, "grads.finalNorm (D)");
   }
 
+  /// Throws unless `cache` holds a forwardTraining() call of a block of this one's shape (its
+  /// retention's too): what backward() checks first, and what a model checks of every block's
+  /// cache before its own first write.
+  void checkCache(const char* where, const TrainingCache& cache) const {
+    const Index D = config_.embedDim, rows = cache.batch * cache.time;
+    detail::require(cache.time >= 1 && cache.batch >= 1, where,
+                    "the cache holds no forwardTraining call");
+    detail::require(cache.ffnDim == config_.ffnDim, where,
+                    "the cache was filled by a block of another FFN width: ", cache.ffnDim,
+                    ", this block's ", config_.ffnDim);
+    retention_.checkCache(where, cache.retention);
+    detail::require(cache.retention.batch == cache.batch && cache.retention.time == cache.time &&
+                        cache.input.size() >= rows * D && cache.residual.size() >= rows * D &&
+                        cache.normed.size() >= rows * D &&
+                        cache.preActivation.size() >= rows * 2 * config_.ffnDim,
+                    where, "the cache was not filled by this block's forwardTraining");
+  }
+
   /// The data path of one slab: x (batch·time x D) -> y (batch·time x D).
   void forwardSlab(Form form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunkSize,
                    State& state, MatrixRef<Scalar> y, Scratch& scratch) const {
@@ -328,6 +348,7 @@ class RetNetBlock
     forwardPath(form, x, batch, time, chunkSize, state, y, nullptr, &cache, &work);
     cache.batch = batch;
     cache.time = time;
+    cache.ffnDim = config_.ffnDim;
   }
 
   /// backward() below, run in the cache's own workspace.
@@ -434,14 +455,8 @@ class RetNetBlock
   void checkBackward(const char* where, const TrainingCache& cache,
                      const ConstMatrixRef<Scalar>& dY, const MatrixRef<Scalar>& dX,
                      Gradients& grads) const {
+    checkCache(where, cache);
     const Index D = config_.embedDim, rows = cache.batch * cache.time;
-    detail::require(cache.time >= 1 && cache.batch >= 1, where,
-                    "the cache holds no forwardTraining call");
-    detail::require(cache.retention.batch == cache.batch && cache.retention.time == cache.time &&
-                        cache.input.size() >= rows * D && cache.residual.size() >= rows * D &&
-                        cache.normed.size() >= rows * D &&
-                        cache.preActivation.size() >= rows * 2 * config_.ffnDim,
-                    where, "the cache was not filled by this block's forwardTraining");
     detail::requireShape(where, dY, rows, D, "dY (batch·time x embedDim)");
     detail::requireShape(where, dX, rows, D, "dX (batch·time x embedDim)");
     sizeOrCheckGradients(where, grads);

@@ -425,8 +425,7 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
   /// The backward of forwardTraining() for the loss L whose gradient with respect to the logits
   /// is dLogits (batch·time x vocab): adds dL/dW of every parameter to `grads` (an empty one is
   /// sized and zeroed first; else its shapes must be this model's). The model's checks and
-  /// every block's gradient shapes come before any write; each block checks its own cache when
-  /// its turn comes (a cache filled by this model's forwardTraining passes them all). A
+  /// every block's cache and gradient shapes come before any write. A
   /// repeated call with the same shapes reuses the cache's workspace and allocates nothing of its
   /// own (the norms' backwards still allocate their small row-block partials,
   /// detail::sumOverRowBlocks). The stages of the forward in reverse order:
@@ -617,6 +616,10 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
                          "grads.outputProjection (outputProjection's shape; empty when tied)");
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       const std::string layer = std::string(where) + " (layer " + std::to_string(l) + ")";
+      const typename Block::TrainingCache& block = cache.blocks[l];
+      detail::require(block.batch == cache.batch && block.time == cache.time, layer.c_str(),
+                      "the cache was not filled by this model's forwardTraining");
+      blocks_[l].checkCache(layer.c_str(), block);
       blocks_[l].sizeOrCheckGradients(layer.c_str(), grads.layers[l]);
     }
   }

@@ -2,6 +2,7 @@
 // by configuration FLA's (flash-linear-attention) MultiScaleRetention, one data path for both.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -289,12 +290,14 @@ class MultiScaleRetention
   /// copied in, so the caller may reuse its input buffer): the projections (q, k after the scale
   /// and the rotation, v, and act(g)), the gate's pre-activation g, the retention output o before
   /// the group norm, the group norm's gated output, the states and positions entering the call,
-  /// the form and the chunk: rows·(D + width + 3V) values. `workspace` serves the calls given
+  /// the form and the chunk: rows·(D + width + 3V) values, and the shape of the layer that
+  /// filled it (backward refuses a cache of another shape). `workspace` serves the calls given
   /// none. Buffers only grow: a training loop that reuses one cache allocates little after its
   /// first step. One cache serves one backward at a time.
   struct TrainingCache {
     Form form = Form::kParallel;
     Index batch = 0, time = 0, chunkSize = 0;  // time 0: nothing cached yet
+    std::array<Index, 6> layerShape{};         // the filling layer's D, width, V, H, dk, dv
     Vector<Scalar> input;                      // (rows x D) x
     Vector<Scalar> projections;                // (rows x width) q | k | v | act(g), as above
     Vector<Scalar> gate;                       // (rows x V) g before the activation
@@ -308,6 +311,30 @@ class MultiScaleRetention
 
   /// Zero gradients shaped for this layer's weights.
   Gradients zeroGradients() const { return Gradients::zeros(config_, headNorm_.size() != 0); }
+
+  /// Throws unless `cache` holds a forwardTraining() call of a layer of this one's shape: what
+  /// backward() checks first, and what a block or model checks of every cache before its own
+  /// first write.
+  void checkCache(const char* where, const TrainingCache& cache) const {
+    const Index D = config_.embedDim, V = config_.valueDim, rows = cache.batch * cache.time;
+    const Index stateSize = cache.batch * config_.heads * config_.keyDim() * config_.headValueDim();
+    detail::require(cache.time >= 1 && cache.batch >= 1, where,
+                    "the cache holds no forwardTraining call");
+    const std::array<Index, 6> shape = layerShape();
+    detail::require(
+        cache.layerShape == shape, where,
+        "the cache was filled by a layer of another shape: (D, width, V, H, dk, dv) = (",
+        cache.layerShape[0], ", ", cache.layerShape[1], ", ", cache.layerShape[2], ", ",
+        cache.layerShape[3], ", ", cache.layerShape[4], ", ", cache.layerShape[5],
+        "), this layer's (", shape[0], ", ", shape[1], ", ", shape[2], ", ", shape[3], ", ",
+        shape[4], ", ", shape[5], ")");
+    detail::require(static_cast<Index>(cache.positions.size()) == cache.batch &&
+                        cache.input.size() >= rows * D && cache.states.size() >= stateSize &&
+                        cache.projections.size() >= rows * inputWeights_.outputs() &&
+                        cache.gate.size() >= rows * V && cache.retained.size() >= rows * V &&
+                        cache.gated.size() >= rows * V,
+                    where, "the cache was not filled by this layer's forwardTraining");
+  }
 
   /// The data path of one slab: x (batch·time x D) -> y (batch·time x D), every batch item
   /// `time` positions long and at its own position in `state` (sized by prepare()).
@@ -341,6 +368,7 @@ class MultiScaleRetention
     cache.batch = batch;
     cache.time = time;
     cache.chunkSize = chunkSize;
+    cache.layerShape = layerShape();
   }
 
   /// backward() below, run in the cache's own workspace.
@@ -515,20 +543,19 @@ class MultiScaleRetention
     cache.positions.assign(state.positions().begin(), state.positions().end());
   }
 
+  /// D, the projections' width, V, H, dk and dv: what a TrainingCache records of the layer that
+  /// filled it.
+  std::array<Index, 6> layerShape() const {
+    return {config_.embedDim, inputWeights_.outputs(), config_.valueDim,
+            config_.heads,    config_.keyDim(),        config_.headValueDim()};
+  }
+
   /// backward()'s checks, before its first write; sizes empty gradients.
   void checkBackward(const char* where, const TrainingCache& cache,
                      const ConstMatrixRef<Scalar>& dY, const MatrixRef<Scalar>& dX,
                      Gradients& grads) const {
+    checkCache(where, cache);
     const Index D = config_.embedDim, V = config_.valueDim, rows = cache.batch * cache.time;
-    const Index stateSize = cache.batch * config_.heads * config_.keyDim() * config_.headValueDim();
-    detail::require(cache.time >= 1 && cache.batch >= 1, where,
-                    "the cache holds no forwardTraining call");
-    detail::require(static_cast<Index>(cache.positions.size()) == cache.batch &&
-                        cache.input.size() >= rows * D && cache.states.size() >= stateSize &&
-                        cache.projections.size() >= rows * inputWeights_.outputs() &&
-                        cache.gate.size() >= rows * V && cache.retained.size() >= rows * V &&
-                        cache.gated.size() >= rows * V,
-                    where, "the cache was not filled by this layer's forwardTraining");
     detail::requireShape(where, dY, rows, D, "dY (batch·time x embedDim)");
     detail::requireShape(where, dX, rows, D, "dX (batch·time x embedDim)");
     bool empty = true;
