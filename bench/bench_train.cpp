@@ -20,6 +20,7 @@
 // each linear product of a config-B block alone (benchLinear below).
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -33,6 +34,9 @@
 namespace retnet_bench {
 namespace {
 
+// Memory in MB of 2^20 bytes (MiB), as bench/train_torchscale.py counts PyTorch's, so that the
+// two sides' figures compare directly.
+
 /// Resident memory now (MB), from /proc/self/statm; 0 where that does not exist.
 double residentMb() {
   std::FILE* file = std::fopen("/proc/self/statm", "r");
@@ -40,14 +44,17 @@ double residentMb() {
   long pages = 0, resident = 0;
   const int read = std::fscanf(file, "%ld %ld", &pages, &resident);
   std::fclose(file);
-  return read == 2 ? static_cast<double>(resident) * 4096.0 / 1e6 : 0;
+  const long pageBytes = sysconf(_SC_PAGESIZE);
+  return read == 2 && pageBytes > 0
+             ? static_cast<double>(resident) * static_cast<double>(pageBytes) / 1048576.0
+             : 0;
 }
 
 /// The process's peak resident memory (MB).
 double peakResidentMb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1e3;  // Linux: KB
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux: KiB
 }
 
 void benchTrain(benchmark::State& state, retnet::Form form) {
