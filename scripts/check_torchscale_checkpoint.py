@@ -69,6 +69,7 @@ def main():
         decoder_layers=int(meta["layers"]), vocab_size=int(meta["vocab"]),
         layernorm_eps=float(meta["layernorm_eps"]), activation_fn=meta["activation_fn"],
         no_scale_embedding=(scale == 1.0), share_decoder_input_output_embed=tied,
+        layernorm_embedding=(meta.get("layernorm_embedding", "False") == "True"),
         dropout=0.0, drop_path_rate=0.0)
     embed = torch.nn.Embedding(int(meta["vocab"]), embed_dim)
     model = RetNetDecoder(config, embed_tokens=embed).eval()

@@ -384,12 +384,14 @@ TEST(TorchscaleCheckpoint, SavesWhatLoadModelReadsBack) {
     RetNetModelConfig config = tinyModelConfig(tied);
     config.embedScale = 4.0;
     config.block.eps = 1e-5;
+    config.embedNorm = tied;  // torchscale's layernorm_embedding, once with and once without
     const RetNetModel<double> model(config, initialRetNetWeights<double>(config, 9));
     const std::string path =
         (dir.path() / (tied ? "tied.safetensors" : "model.safetensors")).string();
     io::saveTorchscaleModel(model, path);
     const RetNetModel<double> loaded = io::loadModel<double>(path);
     EXPECT_EQ(loaded.config().tiedEmbedding, tied);
+    EXPECT_EQ(loaded.config().embedNorm, tied);
     EXPECT_EQ(loaded.config().embedScale, 4.0);
     EXPECT_EQ(loaded.config().block.eps, 1e-5);
     EXPECT_EQ(snapshot(loaded), snapshot(model));  // F64: every bit

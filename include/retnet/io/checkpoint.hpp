@@ -259,16 +259,14 @@ RetNetBlock<Scalar> loadRetNetBlock(const SafetensorsFile& file, const std::stri
 
 /// The configuration of a torchscale RetNetDecoder checkpoint: layers from the metadata or by
 /// counting `layers.{i}.` prefixes, each block's shape from layer 0, the vocabulary from the
-/// embedding, the embedding scale from `embed_scale` / `no_scale_embedding`, and tied output
-/// embeddings when `share_decoder_input_output_embed` says so or no output projection is stored.
+/// embedding, the embedding scale from `embed_scale` / `no_scale_embedding`, the embedding's
+/// RMSNorm (`layernorm_embedding.weight`) when `layernorm_embedding` says so or the weight is
+/// stored, and tied output embeddings when `share_decoder_input_output_embed` says so or no
+/// output projection is stored.
 inline RetNetModelConfig readRetNetModelConfig(const SafetensorsFile& file) {
   const auto flag = [&](const char* key) {
     return file.metadataValue(key).value_or("False") == "True";
   };
-  if (flag("layernorm_embedding")) {
-    detail::failFile(file,
-                     "layernorm_embedding=True is not supported (torchscale's default is False)");
-  }
   if (flag("deepnorm"))
     detail::failFile(file, "deepnorm=True is not supported (torchscale's default is False)");
   RetNetModelConfig config;
@@ -293,6 +291,7 @@ inline RetNetModelConfig readRetNetModelConfig(const SafetensorsFile& file) {
     const bool noScale = file.metadataValue("no_scale_embedding").value_or("True") == "True";
     config.embedScale = noScale ? 1.0 : std::sqrt(static_cast<double>(config.block.embedDim));
   }
+  config.embedNorm = flag("layernorm_embedding") || file.contains("layernorm_embedding.weight");
   config.tiedEmbedding =
       flag("share_decoder_input_output_embed") || !file.contains("output_projection.weight");
   return config;
@@ -310,6 +309,8 @@ RetNetModel<Scalar> loadRetNetModel(const SafetensorsFile& file,
   const Index D = c.block.embedDim;
   RetNetModelWeights<Scalar> w;
   w.embed = detail::readWeight<Scalar>(file, "embed_tokens.weight", c.vocab, D, storage);
+  if (c.embedNorm)
+    w.embedNorm = detail::readVectorWeight<Scalar>(file, "layernorm_embedding.weight", D);
   for (Index i = 0; i < c.layers; ++i) {
     const std::string prefix = "layers." + std::to_string(i) + ".";
     detail::checkPositionBuffers(file, prefix, c.block.retention());

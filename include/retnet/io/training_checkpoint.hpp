@@ -71,7 +71,7 @@ bool addParameters(SafetensorsWriter& writer, const RetNetModel<Scalar>& model, 
 /// (`embed_tokens.weight`, `layers.{i}.retention.q_proj.weight` …, `layer_norm.weight`,
 /// `output_projection.weight` unless tied), with the `retnet_rel_pos.decay` / `angle` buffers
 /// torchscale's state_dict holds and its arguments as metadata (embed_dim, value_dim, heads,
-/// ffn_dim, layers, vocab, layernorm_eps, activation_fn, embed_scale,
+/// ffn_dim, layers, vocab, layernorm_eps, activation_fn, embed_scale, layernorm_embedding,
 /// share_decoder_input_output_embed). `dtype` is F32 or F64 (by default Scalar's: the weights'
 /// exact bits, so that training resumes where it stopped), BF16 or F16. The model's weights must be
 /// full precision, and its configuration one torchscale can express: InvalidArgument naming the
@@ -98,7 +98,6 @@ void saveTorchscaleModel(const RetNetModel<Scalar>& model, const std::string& pa
   refuse(block.normalization == RetentionNormalization::kTorchscale,
          "retention without its normalisers (FLA's semantics)");
   refuse(block.scaleSide == ScaleSide::kKey, "query-side dk^-1/2 scale");
-  refuse(!config.embedNorm, "embedding norm in this library's support");
   refuse(config.norm == ModelNorm::kRms, "LayerNorm final norm");
   refuse(block.gate == Activation::kSwish, "retention gate other than swish");
   refuse(block.activation == Activation::kGelu || block.activation == Activation::kSwish,
@@ -124,6 +123,7 @@ void saveTorchscaleModel(const RetNetModel<Scalar>& model, const std::string& pa
   writer.addMetadata("layernorm_eps", detail::exactNumber(block.eps));
   writer.addMetadata("activation_fn", activationName(block.activation));
   writer.addMetadata("embed_scale", detail::exactNumber(config.embedScale));
+  writer.addMetadata("layernorm_embedding", config.embedNorm ? "True" : "False");
   writer.addMetadata("share_decoder_input_output_embed", config.tiedEmbedding ? "True" : "False");
   writer.write(path);
 }
