@@ -7,6 +7,7 @@
 // chunkwise form the chunk size. Counters per wall-clock second: tokens/s (B·T per call),
 // GFLOP/s (the form's FLOP model, see bench_common.hpp) and sgemm_fraction.
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -34,17 +35,29 @@ double callFlops(Layer layer, retnet::Form form, const ModelConfig& c, double B,
   return flops;
 }
 
-/// One stateless call of `form` (a fresh zero state each time, as for a new sequence).
+/// Calls of `form` on a layer as a loop of prefills makes them: a fresh zero state each time (a
+/// new sequence), the output and scratch kept from call to call (forward(form, x, chunk, state,
+/// out, scratch), as RetNetModel keeps one scratch for all its blocks), after one untimed call
+/// that sizes them. PER_CALL_BUFFERS=1 runs the value-returning forms instead, which allocate
+/// and first-touch them on every call.
 template <typename LayerType>
-retnet::Tensor3<float> runLayer(const LayerType& layer, retnet::Form form,
-                                const retnet::ConstTensor3Ref<float>& x, Index chunk) {
-  switch (form) {
-    case retnet::Form::kParallel:
-      return layer.forwardParallel(x);
-    case retnet::Form::kChunkwise:
-      return layer.forwardChunkwise(x, chunk);
-    default:
-      return layer.forwardRecurrent(x);
+void runLayer(benchmark::State& state, const LayerType& layer, retnet::Form form,
+              const retnet::ConstTensor3Ref<float>& x, Index chunk) {
+  static const bool perCall = std::getenv("PER_CALL_BUFFERS") != nullptr;
+  typename LayerType::Scratch scratch;
+  retnet::Tensor3<float> out;
+  typename LayerType::State warmUp;
+  layer.forward(form, x, chunk, warmUp, out, scratch);
+  for (auto _ : state) {
+    typename LayerType::State fresh;
+    if (perCall) {
+      const retnet::Tensor3<float> result = layer.forward(form, x, chunk, fresh);
+      benchmark::DoNotOptimize(result.data());
+    } else {
+      layer.forward(form, x, chunk, fresh, out, scratch);
+      benchmark::DoNotOptimize(out.data());
+    }
+    benchmark::ClobberMemory();
   }
 }
 
@@ -76,19 +89,9 @@ void benchForm(benchmark::State& state, Layer layer, retnet::Form form) {
   } else {
     const retnet::ConstTensor3Ref<float> x(randomPool(B * T * c.embed), B, T, c.embed);
     if (layer == Layer::kMsr) {
-      const auto& msr = sharedMsr(config);
-      for (auto _ : state) {
-        retnet::Tensor3<float> out = runLayer(msr, form, x, chunk);
-        benchmark::DoNotOptimize(out.data());
-        benchmark::ClobberMemory();
-      }
+      runLayer(state, sharedMsr(config), form, x, chunk);
     } else {
-      const auto& block = sharedBlock(config);
-      for (auto _ : state) {
-        retnet::Tensor3<float> out = runLayer(block, form, x, chunk);
-        benchmark::DoNotOptimize(out.data());
-        benchmark::ClobberMemory();
-      }
+      runLayer(state, sharedBlock(config), form, x, chunk);
     }
   }
   setComputeCounters(state, static_cast<double>(B * T),

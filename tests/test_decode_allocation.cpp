@@ -12,11 +12,21 @@
 namespace retnet {
 namespace {
 
+io::SafetensorsFile dataFile(const std::string& name) {
+  return io::SafetensorsFile::open(std::string(RETNET_TEST_DATA_DIR) + "/" + name);
+}
+
+struct SmallLayer {  // layer_small's block and its retention, in float
+  RetNetBlock<float> block;
+  MultiScaleRetention<float> msr;
+};
+SmallLayer smallLayer() {
+  const auto file = dataFile("layer_small.safetensors");
+  return {io::loadRetNetBlock<float>(file), io::loadMultiScaleRetention<float>(file, "retention.")};
+}
+
 TEST(DecodeAllocation, RecurrentStepsAllocateNothingAfterTheFirst) {
-  const auto file =
-      io::SafetensorsFile::open(std::string(RETNET_TEST_DATA_DIR) + "/layer_small.safetensors");
-  const auto block = io::loadRetNetBlock<float>(file);
-  const auto msr = io::loadMultiScaleRetention<float>(file, "retention.");
+  const auto [block, msr] = smallLayer();
   Tensor3<float> token(3, 1, 64), out;
   token.setConstant(0.25f);
   MultiScaleRetentionState<float> blockState, msrState;
@@ -34,8 +44,7 @@ TEST(DecodeAllocation, RecurrentStepsAllocateNothingAfterTheFirst) {
 }
 
 TEST(DecodeAllocation, StepsWithAnExplicitScratchAndModelDecodingAllocateNothing) {
-  const auto file =
-      io::SafetensorsFile::open(std::string(RETNET_TEST_DATA_DIR) + "/decoder_small.safetensors");
+  const auto file = dataFile("decoder_small.safetensors");
   const auto model = io::loadRetNetModel<float>(file);
   RetNetModelState<float> state;
   RetNetModel<float>::Scratch scratch;
@@ -62,11 +71,36 @@ TEST(DecodeAllocation, StepsWithAnExplicitScratchAndModelDecodingAllocateNothing
   EXPECT_EQ(state.position(1), 5 + 2 + 10);
 }
 
+// Prefill into kept buffers (forward(form, x, chunk, state, out, scratch)) allocates nothing
+// either once they have their size: every form, a batch of three, for the layer and the block.
+// (This layer's products are small enough for Eigen to pack them on the stack.)
+TEST(DecodeAllocation, EveryFormIntoKeptBuffersAllocatesNothing) {
+  const auto [block, msr] = smallLayer();
+  Tensor3<float> x(3, 9, 64), out;
+  x.setConstant(0.5f);
+  MultiScaleRetentionState<float> state;
+  RetNetBlockScratch<float> blockScratch;
+  MultiScaleRetentionScratch<float> msrScratch;
+  const Form forms[] = {Form::kParallel, Form::kChunkwise, Form::kRecurrent};
+  for (const Form form : forms) {  // the first calls size the buffers
+    block.forward(form, x, 4, state, out, blockScratch);
+    msr.forward(form, x, 4, state, out, msrScratch);
+  }
+  Eigen::internal::set_is_malloc_allowed(false);
+  for (int round = 0; round < 2; ++round) {
+    for (const Form form : forms) {
+      block.forward(form, x, 4, state, out, blockScratch);
+      msr.forward(form, x, 4, state, out, msrScratch);
+    }
+  }
+  Eigen::internal::set_is_malloc_allowed(true);
+  EXPECT_EQ(state.position(0), 9 * 18);
+}
+
 // Reduced-precision weights decode through their own kernels (codes read as stored, no panel):
 // no allocation either, in each weight type.
 TEST(DecodeAllocation, ReducedPrecisionDecodingAllocatesNothing) {
-  const auto file =
-      io::SafetensorsFile::open(std::string(RETNET_TEST_DATA_DIR) + "/decoder_small.safetensors");
+  const auto file = dataFile("decoder_small.safetensors");
   for (WeightType type : {WeightType::kBf16, WeightType::kF16, WeightType::kInt8}) {
     auto model = io::loadRetNetModel<float>(file);
     model.convertWeights(type);

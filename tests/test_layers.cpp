@@ -220,6 +220,62 @@ TEST(LayerThreads, ResultsAreBitwiseIdenticalForAnyThreadCount) {
   }
 }
 
+// forward(form, x, chunk, state, out, scratch) is the value-returning forward with the buffers
+// kept: the same bits for every form, batch 1 and 3, inputs within one slab and over several (T =
+// 1100: slabs of 1024 positions, a batch gathered slab by slab through the scratch), one `out`
+// and one scratch carried across all calls of every shape, and the same state afterwards.
+template <typename Layer>
+void expectKeptBuffersMatchTheValueForms(const Layer& layer) {
+  typename Layer::Scratch scratch;
+  Tensor3<double> out;
+  for (const Index batch : {1, 3}) {
+    for (const Index time : {9, 1100}) {
+      const Tensor3<double> x = randomInput<double>(batch, time, 64, 40 + time);
+      for (const Form form : {Form::kParallel, Form::kChunkwise, Form::kRecurrent}) {
+        SCOPED_TRACE(std::string(formName(form)) + " batch " + std::to_string(batch) + " T " +
+                     std::to_string(time));
+        MultiScaleRetentionState<double> valueState, keptState;
+        const Tensor3<double> expected = layer.forward(form, x, 4, valueState);
+        layer.forward(form, x, 4, keptState, out, scratch);
+        ASSERT_EQ(out.dimension(0), batch);
+        ASSERT_EQ(out.dimension(1), time);
+        ASSERT_EQ(out.dimension(2), 64);
+        EXPECT_EQ(std::memcmp(out.data(), expected.data(),
+                              sizeof(double) * static_cast<std::size_t>(out.size())),
+                  0);
+        EXPECT_EQ(std::memcmp(keptState.values().data(), valueState.values().data(),
+                              sizeof(double) * static_cast<std::size_t>(keptState.values().size())),
+                  0);
+      }
+    }
+  }
+}
+
+TEST(LayerKeptBuffers, AnyFormIntoKeptBuffersEqualsTheValueForms) {
+  expectKeptBuffersMatchTheValueForms(goldenRetention<double>(1e-6));
+  expectKeptBuffersMatchTheValueForms(goldenBlock<double>(1e-6));
+}
+
+TEST(LayerKeptBuffers, RejectsAnOutputOverlappingTheInputAndBadChunks) {
+  const auto block = goldenBlock<double>(1e-6);
+  RetNetBlockScratch<double> scratch;
+  MultiScaleRetentionState<double> state;
+  Tensor3<double> out = randomInput<double>(2, 5, 64, 3);
+  const ConstTensor3Ref<double> inOut(out.data() + 64, 1, 2, 64);
+  RETNET_EXPECT_THROW_WITH(block.forward(Form::kChunkwise, inOut, 2, state, out, scratch),
+                           InvalidArgument, "RetNetBlock::forwardChunkwise",
+                           "out must not overlap x");
+  const Tensor3<double> x = randomInput<double>(2, 5, 64, 4);
+  RETNET_EXPECT_THROW_WITH(block.forward(Form::kChunkwise, x, 0, state, out, scratch),
+                           InvalidArgument, "chunkSize must be >= 1, got 0");
+  RETNET_EXPECT_THROW_WITH(
+      block.forward(Form::kParallel, randomInput<double>(2, 5, 63, 5), 0, state, out, scratch),
+      InvalidArgument, "RetNetBlock::forwardParallel",
+      "x's last dimension (embedDim) must be 64, got 63");
+  block.forward(Form::kParallel, x, 0, state, out, scratch);  // the parallel form takes no chunk
+  EXPECT_EQ(state.position(1), 5);
+}
+
 // ---- bad input ------------------------------------------------------------------------------
 
 MultiScaleRetentionWeights<double> zeroWeights(Index D, Index V) {

@@ -139,7 +139,7 @@ struct RetNetBlockGradients : detail::GradientSet<RetNetBlockGradients<Scalar>> 
 
 /// Buffers of one block call (not part of any state's value).
 template <typename Scalar>
-struct RetNetBlockScratch {
+struct RetNetBlockScratch : detail::SlabBuffers<Scalar> {
   Vector<Scalar> normed;    // (rows x D): RMSNorm of the block input, then of h
   Vector<Scalar> residual;  // (rows x D): h = x + MSR(...)
   Vector<Scalar> hidden;    // (rows x 2F): the FFN's two branches

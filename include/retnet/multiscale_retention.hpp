@@ -152,7 +152,7 @@ struct MultiScaleRetentionGradients : detail::GradientSet<MultiScaleRetentionGra
 
 /// Buffers of one multi-scale retention call (not part of any state's value).
 template <typename Scalar>
-struct MultiScaleRetentionScratch {
+struct MultiScaleRetentionScratch : detail::SlabBuffers<Scalar> {
   Vector<Scalar> projections;                       // (rows x width): q | k | v | g
   Vector<Scalar> retained;                          // (rows x V): heads side by side
   RotaryTable<Scalar> rotary;                       // (time x dk/2)

@@ -67,7 +67,7 @@ struct Rwkv4BlockWeights {
 
 /// Buffers of one block call (not part of any state's value).
 template <typename Scalar>
-struct Rwkv4BlockScratch {
+struct Rwkv4BlockScratch : detail::SlabBuffers<Scalar> {
   Vector<Scalar> normed;    // (rows x C): ln1 of x, then ln2 of h
   Vector<Scalar> mixed;     // (rows x 3C): the token-shift mixes
   Vector<Scalar> kvr;       // (rows x 3A): k | v | r, or channel mixing's (rows x C) receptance

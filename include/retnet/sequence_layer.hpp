@@ -9,13 +9,15 @@
 //   forwardRecurrent(x)             forwardRecurrent(x, state)
 //   forwardRecurrent(x, state, out[, scratch])    decoding without allocation
 //   forward(x)  forward(x, state)   forward(form, x, chunk, state)
+//   forward(form, x, chunk, state, out, scratch)  any form without allocation (kept buffers)
 //   forwardRows(form, x, batch, time, chunk, state, y, scratch)   raw buffers, for compositions
 //
 // Each form checks its arguments (prepare), then runs the layer's data path
 // (Layer::forwardSlab, public, in the layer's header) over the input, long inputs in slabs of
 // whole chunks so that scratch memory is bounded by the slab. The state is the layer's value
 // (what a user saves and hands between forms); the scratch is not: it is passed in, or made
-// per call, or — for forwardRecurrent(x, state, out) — kept per thread.
+// per call, or — for forwardRecurrent(x, state, out) — kept per thread. A Scratch derives from
+// detail::SlabBuffers (where a batch of several items is gathered slab by slab).
 //
 // What the Layer provides (all public):
 //   static constexpr FormNames kFormNames;                  names for error messages
@@ -25,6 +27,8 @@
 //   void forwardSlab(Form, ConstMatrixRef<Scalar> x, Index batch, Index time, Index chunk,
 //                    State&, MatrixRef<Scalar> y, Scratch&) const;
 #pragma once
+
+#include <functional>
 
 #include "retnet/detail/checks.hpp"
 #include "retnet/detail/workspace.hpp"
@@ -82,11 +86,7 @@ class SequenceLayer {
   /// its first step.
   void forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state, Tensor3<Scalar>& out,
                         Scratch& scratch) const {
-    prepare(Layer::kFormNames.recurrent, x, state);
-    const Index width = layer().outputWidth();
-    if (out.dimension(0) != x.batch() || out.dimension(1) != x.time() || out.dimension(2) != width)
-      out.resize(x.batch(), x.time(), width);
-    forwardRows(Form::kRecurrent, x.data(), x.batch(), x.time(), 0, state, out.data(), scratch);
+    forward(Form::kRecurrent, x, 0, state, out, scratch);
   }
   /// The same with a scratch kept per thread and layer type (grown to the largest call).
   void forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state, Tensor3<Scalar>& out) const {
@@ -118,6 +118,29 @@ class SequenceLayer {
   }
 
   /// Checks x (B, T, inputWidth) and the state against the layer, sizing an empty state.
+  /// `form` into `out` (resized to (B, T, outputWidth) if its shape differs) with the caller's
+  /// scratch: once both have their sizes, a call allocates nothing beyond what Eigen's products
+  /// take for packing (heap above EIGEN_STACK_ALLOCATION_LIMIT), so a loop of calls (prefills,
+  /// decoding) keeps its buffers warm. The scratch then holds one slab's buffers (about
+  /// kSlabPositions rows, or all of x for the parallel form). `out` must not overlap x.
+  void forward(Form form, ConstTensor3Ref<Scalar> x, Index chunkSize, State& state,
+               Tensor3<Scalar>& out, Scratch& scratch) const {
+    const char* where = form == Form::kParallel    ? Layer::kFormNames.parallel
+                        : form == Form::kChunkwise ? Layer::kFormNames.chunkwise
+                                                   : Layer::kFormNames.recurrent;
+    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
+    const std::less<const Scalar*> before;
+    const Scalar* xEnd = x.data() + x.size();
+    const Scalar* outEnd = out.data() + out.size();
+    detail::require(out.size() == 0 || !before(x.data(), outEnd) || !before(out.data(), xEnd),
+                    where, "out must not overlap x (its buffer may be resized)");
+    prepare(where, x, state);  // sizes an empty state: the last check
+    const Index width = layer().outputWidth();
+    if (out.dimension(0) != x.batch() || out.dimension(1) != x.time() || out.dimension(2) != width)
+      out.resize(x.batch(), x.time(), width);
+    forwardRows(form, x.data(), x.batch(), x.time(), chunkSize, state, out.data(), scratch);
+  }
+
   void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
     detail::requireNonEmpty(where, "x", x);
     detail::requireEqual(where, "x's last dimension (embedDim)", layer().inputWidth(),
@@ -140,14 +163,13 @@ class SequenceLayer {
                     time, ")");
     if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
     const Index in = layer().inputWidth(), out = layer().outputWidth();
-    Vector<Scalar> slabInput, slabOutput;  // used (allocated) only for batch > 1 over slabs
-    detail::forEachSlab(x, batch, time, in, out, detail::slabLength(form, time, chunkSize), y,
-                        slabInput, slabOutput, [&](const Scalar* xs, Index slabTime, Scalar* ys) {
-                          const Eigen::Map<const RowMatrix<Scalar>> xSlab(xs, batch * slabTime, in);
-                          Eigen::Map<RowMatrix<Scalar>> ySlab(ys, batch * slabTime, out);
-                          layer().forwardSlab(form, xSlab, batch, slabTime, chunkSize, state, ySlab,
-                                              scratch);
-                        });
+    detail::forEachSlab(
+        x, batch, time, in, out, detail::slabLength(form, time, chunkSize), y, scratch.slabInput,
+        scratch.slabOutput, [&](const Scalar* xs, Index slabTime, Scalar* ys) {
+          const Eigen::Map<const RowMatrix<Scalar>> xSlab(xs, batch * slabTime, in);
+          Eigen::Map<RowMatrix<Scalar>> ySlab(ys, batch * slabTime, out);
+          layer().forwardSlab(form, xSlab, batch, slabTime, chunkSize, state, ySlab, scratch);
+        });
   }
 
  protected:

@@ -29,6 +29,14 @@ inline Index slabLength(Form form, Index time, Index chunkSize) {
   return kSlabPositions;
 }
 
+/// The buffers forEachSlab gathers a slab of several batch items into: part of every sequence
+/// layer's scratch (its base), so that a call with a kept scratch allocates nothing.
+template <typename Scalar>
+struct SlabBuffers {
+  Vector<Scalar> slabInput;   // (batch·slab x in)
+  Vector<Scalar> slabOutput;  // (batch·slab x out)
+};
+
 /// Runs step(xSlab, slabTime, ySlab) over consecutive slabs of at most `slab` positions of x
 /// (batch, time, inWidth) -> y (batch, time, outWidth), in order (states carry across slabs). A
 /// single batch item is used in place; several are gathered into `in`/`out` and scattered back.
