@@ -1139,6 +1139,48 @@ INSTANTIATE_TEST_SUITE_P(Stages, StageOp, ::testing::ValuesIn(stageParams()),
 // The callers' mistakes the stages' helpers check (the stage functions themselves take validated
 // arguments and only assert).
 
+// A plan kept from call to call (RetentionPlan::serves): the same head, form and chunk; the
+// parallel form's exact length, or at most the plan's for the others, whose tables then give
+// the same bits as a plan made for the call.
+TEST(StageArguments, APlanServesTheCallsItsTablesFit) {
+  const RetentionHead head{0.9, RetentionNormalization::kTorchscale, 0.25, ScaleSide::kKey};
+  const RetentionPlan<double> chunkwise(head, Form::kChunkwise, 16, 100);
+  EXPECT_TRUE(chunkwise.serves(head, Form::kChunkwise, 16, 100));
+  EXPECT_TRUE(chunkwise.serves(head, Form::kChunkwise, 16, 7));
+  EXPECT_FALSE(chunkwise.serves(head, Form::kChunkwise, 16, 101));
+  EXPECT_FALSE(chunkwise.serves(head, Form::kChunkwise, 8, 100));
+  EXPECT_FALSE(chunkwise.serves(head, Form::kParallel, 16, 100));
+  std::vector<RetentionHead> others(4, head);  // one field changed in each
+  others[0].gamma = 0.8;
+  others[1].normalization = RetentionNormalization::kNone;
+  others[2].scale = 0.5;
+  others[3].scaleSide = ScaleSide::kQuery;
+  for (std::size_t i = 0; i < others.size(); ++i)
+    EXPECT_FALSE(chunkwise.serves(others[i], Form::kChunkwise, 16, 100)) << "field " << i;
+  const RetentionPlan<double> parallel(head, Form::kParallel, 0, 40);
+  EXPECT_TRUE(parallel.serves(head, Form::kParallel, 99, 40));  // no chunk in this form
+  EXPECT_FALSE(parallel.serves(head, Form::kParallel, 0, 39));
+
+  // Chunk 16 over 30 rows (a ragged second chunk) and chunk 64 > 30: plans made for 100 rows.
+  const RowMatrix<double> q = RowMatrix<double>::Random(30, 4),
+                          k = RowMatrix<double>::Random(30, 4);
+  const RowMatrix<double> v = RowMatrix<double>::Random(30, 3),
+                          S0 = RowMatrix<double>::Random(4, 3);
+  RetentionScratch<double> scratch;
+  for (const Index chunk : {16, 64}) {
+    for (const Index planTime : {30, 100}) {
+      SCOPED_TRACE("chunk " + std::to_string(chunk) + ", plan for " + std::to_string(planTime));
+      const RetentionPlan<double> fits(head, Form::kChunkwise, chunk, 30);
+      const RetentionPlan<double> plan(head, Form::kChunkwise, chunk, planTime);
+      RowMatrix<double> S = S0, expectedS = S0, out(30, 3), expected(30, 3);
+      stages::retention<double>(fits, q, k, v, expectedS, 5, false, expected, scratch);
+      stages::retention<double>(plan, q, k, v, S, 5, false, out, scratch);
+      EXPECT_TRUE(out == expected);
+      EXPECT_TRUE(S == expectedS);
+    }
+  }
+}
+
 TEST(StageArguments, DecaySchedulesAreChecked) {
   EXPECT_NO_THROW(stages::checkDecays("test", {0.0, 0.5, 1.0}, 3));
   RETNET_EXPECT_THROW_WITH(stages::checkDecays("test", {0.5, 0.5}, 3), InvalidArgument, "test",

@@ -153,11 +153,11 @@ struct MultiScaleRetentionGradients : detail::GradientSet<MultiScaleRetentionGra
 /// Buffers of one multi-scale retention call (not part of any state's value).
 template <typename Scalar>
 struct MultiScaleRetentionScratch : detail::SlabBuffers<Scalar> {
-  Vector<Scalar> projections;                       // (rows x width): q | k | v | g
-  Vector<Scalar> retained;                          // (rows x V): heads side by side
-  RotaryTable<Scalar> rotary;                       // (time x dk/2)
-  std::vector<RetentionPlan<Scalar>> plans;         // one per head
-  std::vector<RetentionScratch<Scalar>> perThread;  // the retention stage's
+  Vector<Scalar> projections;                               // (rows x width): q | k | v | g
+  Vector<Scalar> retained;                                  // (rows x V): heads side by side
+  RotaryTable<Scalar> rotary;                               // (time x dk/2)
+  std::array<std::vector<RetentionPlan<Scalar>>, 3> plans;  // per form (Form's value), per head
+  std::vector<RetentionScratch<Scalar>> perThread;          // the retention stage's
 };
 
 /// Multi-scale retention in all three forms:
@@ -499,6 +499,22 @@ class MultiScaleRetention
   /// Width of q and k together, the rotated columns: (H + H_kv)·dk.
   Index qkWidth() const { return (config_.heads + config_.keyValueHeads()) * config_.keyDim(); }
 
+  /// The heads' plans for a call of `form`, from the scratch's set for that form: kept while they
+  /// serve (every slab of a long input, a repeated call with a kept scratch, whatever other forms
+  /// ran between), else made anew (the recurrent form's allocate nothing).
+  const std::vector<RetentionPlan<Scalar>>& keepPlans(Scratch& scratch, Form form, Index chunkSize,
+                                                      Index time) const {
+    auto& plans = scratch.plans[static_cast<std::size_t>(form)];
+    bool serve = plans.size() == heads_.size();
+    for (std::size_t h = 0; serve && h < heads_.size(); ++h)
+      serve = plans[h].serves(heads_[h], form, chunkSize, time);
+    if (!serve) {
+      plans.clear();  // keeps its capacity
+      for (const RetentionHead& head : heads_) plans.emplace_back(head, form, chunkSize, time);
+    }
+    return plans;
+  }
+
   /// Step 3: the retention stage of every (batch item, head), in parallel over both.
   void retainHeads(Form form, const Eigen::Map<RowMatrix<Scalar>>& qkvg, Index batch, Index time,
                    Index chunkSize, State& state, Eigen::Map<RowMatrix<Scalar>>& o,
@@ -506,9 +522,7 @@ class MultiScaleRetention
     const Index H = config_.heads, group = H / config_.keyValueHeads();
     const Index dk = config_.keyDim(), dv = config_.headValueDim();
     const Index kBegin = H * dk, vBegin = qkWidth();
-    scratch.plans.clear();  // keeps its capacity: the recurrent plans allocate nothing
-    for (const RetentionHead& head : heads_)
-      scratch.plans.emplace_back(head, form, chunkSize, time);
+    const auto& plans = keepPlans(scratch, form, chunkSize, time);
     const auto slots = static_cast<std::size_t>(detail::maxThreadSlots());
     if (scratch.perThread.size() < slots) scratch.perThread.resize(slots);
 
@@ -516,11 +530,11 @@ class MultiScaleRetention
       const Index b = task / H, h = task % H, j = h / group, first = b * time;
       // this item's rows; query head h's q and o, key/value head j's k and v; S (dk x dv)
       const Index start = state.position(b);
-      stages::retention(
-          scratch.plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
-          qkvg.block(first, kBegin + j * dk, time, dk),
-          qkvg.block(first, vBegin + j * dv, time, dv), state.matrix(b, h), start, start == 0,
-          o.block(first, h * dv, time, dv), scratch.perThread[static_cast<std::size_t>(thread)]);
+      stages::retention(plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
+                        qkvg.block(first, kBegin + j * dk, time, dk),
+                        qkvg.block(first, vBegin + j * dv, time, dv), state.matrix(b, h), start,
+                        start == 0, o.block(first, h * dv, time, dv),
+                        scratch.perThread[static_cast<std::size_t>(thread)]);
     });
   }
 
@@ -580,9 +594,7 @@ class MultiScaleRetention
     const Index H = config_.heads, kvHeads = config_.keyValueHeads(), group = H / kvHeads;
     const Index dk = config_.keyDim(), dv = config_.headValueDim(), time = cache.time;
     const Index kBegin = H * dk, vBegin = qkWidth();
-    work.forward.plans.clear();
-    for (const RetentionHead& head : heads_)
-      work.forward.plans.emplace_back(head, cache.form, cache.chunkSize, time);
+    const auto& plans = keepPlans(work.forward, cache.form, cache.chunkSize, time);
     const auto slots = static_cast<std::size_t>(detail::maxThreadSlots());
     if (work.perThread.size() < slots) work.perThread.resize(slots);
     if (group > 1 && work.keyGradients.size() < slots) {
@@ -600,7 +612,7 @@ class MultiScaleRetention
         const ConstMap S0(cache.states.data() + (b * H + h) * dk * dv, dk, dv);
         const auto run = [&](auto&& keyGradient, auto&& valueGradient) {
           stages::retentionBackward<Scalar>(
-              work.forward.plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
+              plans[static_cast<std::size_t>(h)], qkvg.block(first, h * dk, time, dk),
               qkvg.block(first, kBegin + j * dk, time, dk),
               qkvg.block(first, vBegin + j * dv, time, dv), S0, start, start == 0,
               dO.block(first, h * dv, time, dv), nullptr, dQkvg.block(first, h * dk, time, dk),

@@ -57,6 +57,7 @@ class RetentionPlan {
   RetentionPlan(const RetentionHead& head, Form form, Index chunkSize, Index time)
       : head_(checkedHead(head, form, chunkSize, time)),
         form_(form),
+        chunkSize_(form == Form::kChunkwise ? chunkSize : 0),
         time_(time),
         decay_(head.gamma),
         chunks_(decay_,
@@ -71,6 +72,17 @@ class RetentionPlan {
   const detail::DecayPowers& decay() const { return decay_; }
   const detail::ChunkPlan<Scalar>& chunks() const { return chunks_; }
 
+  /// Whether this plan serves a call that would make RetentionPlan(head, form, chunkSize, time):
+  /// the same head, form and chunk, and the same length for the parallel form or at most the
+  /// plan's for the others (whose tables then hold the same values, so the results are the same
+  /// bits). Lets a caller keep its plans from call to call.
+  bool serves(const RetentionHead& head, Form form, Index chunkSize, Index time) const {
+    return head.gamma == head_.gamma && head.normalization == head_.normalization &&
+           head.scale == head_.scale && head.scaleSide == head_.scaleSide && form == form_ &&
+           (form != Form::kChunkwise || chunkSize == chunkSize_) &&
+           (form == Form::kParallel ? time == time_ : time <= time_);
+  }
+
  private:
   static const RetentionHead& checkedHead(const RetentionHead& head, Form form, Index chunkSize,
                                           Index time) {
@@ -84,6 +96,7 @@ class RetentionPlan {
 
   RetentionHead head_;
   Form form_;
+  Index chunkSize_;
   Index time_;
   detail::DecayPowers decay_;
   detail::ChunkPlan<Scalar> chunks_;
