@@ -107,8 +107,8 @@ using Values = std::vector<std::int64_t>;
 /// The grid: a few ArgsProduct blocks per (layer, form), sized so that the full run stays within
 /// minutes on a 2-core machine. Cost is linear in B·T (quadratic in T for the parallel form),
 /// so batch 4 stops at T = 2048, the parallel form at T = 4096, and two threads are measured at
-/// three lengths only. Chunk sizes: all five for the retention core, three for MSR, C = 128 for
-/// the block (its chunk-dependent part is MSR's).
+/// three lengths only. Chunk sizes: all five for the retention core, four for MSR, the two
+/// recommendedChunkSize() picks from for the block (its chunk-dependent part is MSR's).
 void registerForms() {
   const bool quick = quickMode();
   const Values configs = {0, 1};
@@ -143,9 +143,9 @@ void registerForms() {
         } else if (layer == Layer::kRetention) {
           extra.push_back({32, 64, 128, 256, 512});
         } else if (layer == Layer::kMsr) {
-          extra.push_back({32, 128, 512});
+          extra.push_back({32, 64, 128, 512});
         } else {
-          extra.push_back({128});
+          extra.push_back({64, 128});
         }
       } else {
         b->ArgNames({"T", "B", "cfg", "thr"});
