@@ -117,7 +117,6 @@ class SequenceLayer {
     }
   }
 
-  /// Checks x (B, T, inputWidth) and the state against the layer, sizing an empty state.
   /// `form` into `out` (resized to (B, T, outputWidth) if its shape differs) with the caller's
   /// scratch: once both have their sizes, a call allocates nothing beyond what Eigen's products
   /// take for packing (heap above EIGEN_STACK_ALLOCATION_LIMIT), so a loop of calls (prefills,
@@ -141,6 +140,7 @@ class SequenceLayer {
     forwardRows(form, x.data(), x.batch(), x.time(), chunkSize, state, out.data(), scratch);
   }
 
+  /// Checks x (B, T, inputWidth) and the state against the layer, sizing an empty state.
   void prepare(const char* where, const ConstTensor3Ref<Scalar>& x, State& state) const {
     detail::requireNonEmpty(where, "x", x);
     detail::requireEqual(where, "x's last dimension (embedDim)", layer().inputWidth(),
