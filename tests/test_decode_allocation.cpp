@@ -101,6 +101,27 @@ TEST(DecodeAllocation, EveryFormIntoKeptBuffersAllocatesNothing) {
   EXPECT_EQ(state.position(0), 9 * 24);
 }
 
+// A model's prefill into kept buffers (the scratch decode takes) allocates nothing either once
+// sized: both forms, then decoding steps in the same scratch.
+TEST(DecodeAllocation, ModelPrefillIntoKeptBuffersAllocatesNothing) {
+  const auto model = io::loadRetNetModel<float>(dataFile("decoder_small.safetensors"));
+  RetNetModelState<float> state;
+  RetNetModel<float>::Scratch scratch;
+  RowMatrix<float> logits;
+  TokenMatrix prompt(2, 5);
+  prompt << 1, 2, 3, 4, 5, 6, 7, 8, 9, 10;
+  const std::vector<std::int64_t> tokens{3, 4};
+  for (int round = 0; round < 3; ++round) {  // sizes: a zero state, then a non-zero one
+    if (round == 2) Eigen::internal::set_is_malloc_allowed(false);
+    for (const Form form : {Form::kChunkwise, Form::kParallel}) {
+      model.prefill(prompt, state, logits, scratch, 2, form);
+      model.decode(tokens, state, logits, scratch);
+    }
+  }
+  Eigen::internal::set_is_malloc_allowed(true);
+  EXPECT_EQ(state.position(1), 3 * 2 * (5 + 1));
+}
+
 // Reduced-precision weights decode through their own kernels (codes read as stored, no panel):
 // no allocation either, in each weight type.
 TEST(DecodeAllocation, ReducedPrecisionDecodingAllocatesNothing) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -224,6 +225,42 @@ TYPED_TEST(Model, ChunkwisePrefillThenDecodeMatchesTorchscaleForEveryPrefixLengt
     const std::vector<double> ref = goldenRows("logits_chunkwise", k - 1, k);
     EXPECT_LE(normwiseError(got.data(), ref.data(), ref.size()), goldenTolerance<Scalar>()) << k;
     EXPECT_EQ(state.position(0), time);
+  }
+}
+
+// prefill(tokens, state, logits, scratch) is prefill(tokens, state) with kept buffers: the same
+// bits for every prefix length and both forms, one scratch serving the prefills and the decoding
+// steps between them, and the same states.
+TYPED_TEST(Model, PrefillIntoKeptBuffersEqualsTheValuePrefill) {
+  using Scalar = TypeParam;
+  const auto model = io::loadRetNetModel<Scalar>(decoderFile());
+  const TokenMatrix tokens = tokensOf(decoderFile());
+  typename RetNetModel<Scalar>::Scratch scratch;
+  RowMatrix<Scalar> kept, stepLogits;
+  for (const Form form : {Form::kChunkwise, Form::kParallel}) {
+    for (Index k = 1; k < tokens.cols(); ++k) {
+      RetNetModelState<Scalar> valueState, keptState;
+      const RowMatrix<Scalar> expected = model.prefill(tokens.leftCols(k), valueState, 4, form);
+      model.prefill(tokens.leftCols(k), keptState, kept, scratch, 4, form);
+      EXPECT_TRUE(kept == expected) << formName(form) << " " << k;
+      // Then the rest of the prompt into the same buffers, a decoding step between.
+      model.decode({tokens(0, k), tokens(1, k)}, keptState, stepLogits, scratch);
+      model.decode({tokens(0, k), tokens(1, k)}, valueState, stepLogits);
+      if (k + 1 < tokens.cols()) {
+        const TokenMatrix rest = tokens.rightCols(tokens.cols() - k - 1);
+        const RowMatrix<Scalar> restExpected = model.prefill(rest, valueState, 4, form);
+        model.prefill(rest, keptState, kept, scratch, 4, form);
+        EXPECT_TRUE(kept == restExpected) << formName(form) << " " << k;
+      }
+      for (std::size_t l = 0; l < keptState.layers.size(); ++l) {
+        const auto& a = keptState.layers[l].values();
+        const auto& b = valueState.layers[l].values();
+        ASSERT_EQ(a.size(), b.size());
+        EXPECT_EQ(
+            std::memcmp(a.data(), b.data(), sizeof(Scalar) * static_cast<std::size_t>(a.size())), 0)
+            << "layer " << l;
+      }
+    }
   }
 }
 

@@ -36,7 +36,8 @@ inline std::uint64_t drawSeed(std::uint64_t seed, Index position) {
 /// Feeds next[i] to sequence i of `state` (chunkwise, each at its own position; an empty state
 /// starts every sequence at position 0), then samples and decodes until every sequence has
 /// ended: see LanguageModel::continueGeneration. The Model provides config().vocab,
-/// prefill(tokens, state, chunk) and decode(tokens, state, logits, scratch).
+/// prefill(tokens, state, logits, scratch, chunk, form) and decode(tokens, state, logits,
+/// scratch): one scratch serves every prefill and step.
 template <typename Model>
 std::vector<std::vector<std::int64_t>> continueGeneration(
     const Model& model, typename Model::State& state,
@@ -55,14 +56,16 @@ std::vector<std::vector<std::int64_t>> continueGeneration(
                   " sequences but ", batch, " continuations were given");
 
   // Prefill: each sequence on its own (prompts differ in length and position).
-  RowMatrix<Scalar> logits(batch, model.config().vocab);
+  RowMatrix<Scalar> logits(batch, model.config().vocab), itemLogits;
+  typename Model::Scratch scratch;
   State grown;
   for (Index b = 0; b < batch; ++b) {
     const auto& tokens = next[static_cast<std::size_t>(b)];
     detail::require(!tokens.empty(), where, "sequence ", b, " has no tokens to feed");
     State single = state.empty() ? State() : state.item(b);
     const TokenMatrix row = TokenMatrix::Map(tokens.data(), 1, static_cast<Index>(tokens.size()));
-    logits.row(b) = model.prefill(row, single, options.chunkSize, options.prefillForm);
+    model.prefill(row, single, itemLogits, scratch, options.chunkSize, options.prefillForm);
+    logits.row(b) = itemLogits.row(0);
     grown.append(single);
   }
   state = std::move(grown);
@@ -76,7 +79,6 @@ std::vector<std::vector<std::int64_t>> continueGeneration(
   State running = state;
   std::vector<std::int64_t> tokens(static_cast<std::size_t>(batch), 0);
   std::vector<Index> sampleScratch, staying;
-  typename Model::Scratch scratch;
   for (Index step = 0; step < options.maxNewTokens && !active.empty(); ++step) {
     staying.clear();
     for (std::size_t r = 0; r < active.size(); ++r) {

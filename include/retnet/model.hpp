@@ -107,10 +107,10 @@ struct BlockGradientsOf<Block, std::void_t<typename Block::Gradients>> {
 };
 }  // namespace detail
 
-/// Buffers of a decoding step (not part of any state's value).
+/// Buffers of a decoding step or a prefill (not part of any state's value).
 template <typename BlockScratch, typename Scalar>
 struct LanguageModelScratch {
-  Vector<Scalar> hidden, other;  // (batch x D) activations between blocks
+  Vector<Scalar> hidden, other;  // (rows x D) activations between blocks
   BlockScratch block;
 };
 
@@ -252,16 +252,26 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
   /// state continues from where it was (empty: position 0).
   RowMatrix<Scalar> prefill(const TokenMatrix& tokens, State& state, Index chunkSize = 64,
                             Form form = Form::kChunkwise) const {
+    RowMatrix<Scalar> logits;
+    Scratch scratch;
+    prefill(tokens, state, logits, scratch, chunkSize, form);
+    return logits;
+  }
+  /// The same into `logits` (resized to B x vocab if its shape differs) with the caller's
+  /// scratch (the one decode() takes): a loop of prompts keeps its buffers, and once they have
+  /// their sizes a call allocates nothing beyond what Eigen's products take for packing.
+  void prefill(const TokenMatrix& tokens, State& state, RowMatrix<Scalar>& logits, Scratch& scratch,
+               Index chunkSize = 64, Form form = Form::kChunkwise) const {
     const char* where = "RetNetModel::prefill";
     detail::requireChunkSize(where, chunkSize);
     prepare(where, tokens, state);
-    const Index batch = tokens.rows(), time = tokens.cols();
-    RowMatrix<Scalar> hidden = runBlocks(form, tokens, chunkSize, state);
-    RowMatrix<Scalar> last(batch, config_.block.embedDim);
+    const Index batch = tokens.rows(), time = tokens.cols(), D = config_.block.embedDim;
+    const auto hidden = runBlocks(form, tokens, chunkSize, state, scratch);
+    auto last = detail::bufferView(scratch.other, batch, D);  // free once the blocks have run
     for (Index b = 0; b < batch; ++b) last.row(b) = hidden.row(b * time + time - 1);
-    RowMatrix<Scalar> logits(batch, config_.vocab);
+    if (logits.rows() != batch || logits.cols() != config_.vocab)
+      logits.resize(batch, config_.vocab);
     project(last, logits);
-    return logits;
   }
 
   /// One decoding step: `tokens` holds one id per batch item; writes logits (B x vocab). O(1) in
@@ -538,19 +548,19 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
     if (config_.embedNorm) normalize(x, embedNorm_, embedNormBias_);
   }
 
-  /// Embeds the tokens and runs every block: hidden states (B·T x D) before the final norm.
-  RowMatrix<Scalar> runBlocks(Form form, const TokenMatrix& tokens, Index chunkSize,
-                              State& state) const {
+  /// Embeds the tokens and runs every block in `scratch` (one block scratch for all): the
+  /// hidden states (B·T x D) before the final norm, a view of scratch.hidden.
+  Eigen::Map<RowMatrix<Scalar>> runBlocks(Form form, const TokenMatrix& tokens, Index chunkSize,
+                                          State& state, Scratch& scratch) const {
     const Index rows = tokens.size(), D = config_.block.embedDim;
-    RowMatrix<Scalar> x(rows, D), y(rows, D);
-    embed(tokens.data(), x);
-    Scratch scratch;
+    embed(tokens.data(), detail::bufferView(scratch.hidden, rows, D));
+    detail::bufferView(scratch.other, rows, D);
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
-      blocks_[l].forwardRows(form, x.data(), tokens.rows(), tokens.cols(), chunkSize,
-                             state.layers[l], y.data(), scratch.block);
-      x.swap(y);
+      blocks_[l].forwardRows(form, scratch.hidden.data(), tokens.rows(), tokens.cols(), chunkSize,
+                             state.layers[l], scratch.other.data(), scratch.block);
+      scratch.hidden.swap(scratch.other);
     }
-    return x;
+    return Eigen::Map<RowMatrix<Scalar>>(scratch.hidden.data(), rows, D);
   }
 
   /// logits = Norm(hidden; w_final) · Wᵀ, W the output projection (or the tied embedding).
@@ -562,7 +572,8 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
   Tensor3<Scalar> forward(const char* where, Form form, const TokenMatrix& tokens, Index chunkSize,
                           State& state) const {
     prepare(where, tokens, state);
-    RowMatrix<Scalar> hidden = runBlocks(form, tokens, chunkSize, state);
+    Scratch scratch;
+    auto hidden = runBlocks(form, tokens, chunkSize, state, scratch);
     Tensor3<Scalar> logits(tokens.rows(), tokens.cols(), config_.vocab);
     project(hidden, Eigen::Map<RowMatrix<Scalar>>(logits.data(), tokens.size(), config_.vocab));
     return logits;
