@@ -554,7 +554,7 @@ class LanguageModel : public detail::ParameterSet<LanguageModel<Block>> {
                                           State& state, Scratch& scratch) const {
     const Index rows = tokens.size(), D = config_.block.embedDim;
     embed(tokens.data(), detail::bufferView(scratch.hidden, rows, D));
-    detail::bufferView(scratch.other, rows, D);
+    detail::bufferView(scratch.other, rows, D);  // sized for the blocks' outputs
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       blocks_[l].forwardRows(form, scratch.hidden.data(), tokens.rows(), tokens.cols(), chunkSize,
                              state.layers[l], scratch.other.data(), scratch.block);
