@@ -58,7 +58,7 @@ class SequenceLayer {
   /// The parallel form (eq. 5). With a non-empty incoming state it computes the chunkwise
   /// formula with one chunk spanning x.
   Tensor3<Scalar> forwardParallel(ConstTensor3Ref<Scalar> x, State& state) const {
-    return run(Layer::kFormNames.parallel, Form::kParallel, x, 0, state);
+    return run(Form::kParallel, x, 0, state);
   }
 
   /// Chunks of `chunkSize` positions; the last may be shorter (same rows as torchscale's
@@ -68,8 +68,7 @@ class SequenceLayer {
     return forwardChunkwise(x, chunkSize, state);
   }
   Tensor3<Scalar> forwardChunkwise(ConstTensor3Ref<Scalar> x, Index chunkSize, State& state) const {
-    detail::requireChunkSize(Layer::kFormNames.chunkwise, chunkSize);
-    return run(Layer::kFormNames.chunkwise, Form::kChunkwise, x, chunkSize, state);
+    return run(Form::kChunkwise, x, chunkSize, state);
   }
 
   /// One position at a time (eq. 6).
@@ -78,7 +77,7 @@ class SequenceLayer {
     return forwardRecurrent(x, state);
   }
   Tensor3<Scalar> forwardRecurrent(ConstTensor3Ref<Scalar> x, State& state) const {
-    return run(Layer::kFormNames.recurrent, Form::kRecurrent, x, 0, state);
+    return run(Form::kRecurrent, x, 0, state);
   }
 
   /// The recurrent form writing into `out` (resized only if its shape differs) with the caller's
@@ -178,12 +177,12 @@ class SequenceLayer {
  private:
   const Layer& layer() const { return static_cast<const Layer&>(*this); }
 
-  Tensor3<Scalar> run(const char* where, Form form, const ConstTensor3Ref<Scalar>& x,
-                      Index chunkSize, State& state) const {
-    prepare(where, x, state);
-    Tensor3<Scalar> out(x.batch(), x.time(), layer().outputWidth());
+  /// A value-returning form: forward() into a new output with one call's scratch.
+  Tensor3<Scalar> run(Form form, const ConstTensor3Ref<Scalar>& x, Index chunkSize,
+                      State& state) const {
+    Tensor3<Scalar> out;
     Scratch scratch;  // one call's buffers, sized by its slab
-    forwardRows(form, x.data(), x.batch(), x.time(), chunkSize, state, out.data(), scratch);
+    forward(form, x, chunkSize, state, out, scratch);
     return out;
   }
 };
