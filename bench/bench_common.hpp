@@ -91,6 +91,46 @@ inline bool listingOnly(int argc, char** argv) {
 /// QUICK=1: reduced grids for smoke tests.
 inline bool quickMode() { return envFlag("QUICK"); }
 
+/// WEIGHTS=f32|bf16|f16|int8: how the shared layers store their dense weights (default f32).
+inline retnet::WeightType benchWeights() {
+  static const retnet::WeightType type = [] {
+    const char* value = std::getenv("WEIGHTS");
+    if (value == nullptr || value[0] == '\0') return retnet::WeightType::kFull;
+    const auto parsed = retnet::weightTypeFromName(value);
+    if (!parsed) {
+      std::fprintf(stderr, "WEIGHTS=%s: expected f32, bf16, f16 or int8\n", value);
+      std::exit(2);
+    }
+    return *parsed;
+  }();
+  return type;
+}
+
+/// BF16_GEMM=never|fast|wherever: retnet::setBf16Gemm for BF16 weights' prefill products (a
+/// build with RETNET_ONEDNN; default: the library's, fast). Applied by measureLimits.
+inline void applyBf16GemmChoice() {
+  const char* value = std::getenv("BF16_GEMM");
+  if (value == nullptr || value[0] == '\0') return;
+  const std::string name = value;
+  if (name == "never") {
+    retnet::setBf16Gemm(retnet::Bf16Gemm::kNever);
+  } else if (name == "fast") {
+    retnet::setBf16Gemm(retnet::Bf16Gemm::kWhereFast);
+  } else if (name == "wherever") {
+    retnet::setBf16Gemm(retnet::Bf16Gemm::kWherever);
+  } else {
+    std::fprintf(stderr, "BF16_GEMM=%s: expected never, fast or wherever\n", value);
+    std::exit(2);
+  }
+}
+
+/// The layer with its dense weights stored as benchWeights() says.
+template <typename Layer>
+void storeBenchWeights(Layer& layer) {
+  if (benchWeights() == retnet::WeightType::kFull) return;
+  layer.forEachWeight([](retnet::LinearWeight<float>& w) { w = w.converted(benchWeights()); });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random numbers (a small fast generator: setup cost matters for GB-sized KV caches)
 
@@ -163,6 +203,7 @@ inline const retnet::MultiScaleRetention<float>& sharedMsr(std::int64_t config) 
   if (!layer) {
     const ModelConfig& c = modelConfig(config);
     layer = std::make_unique<retnet::MultiScaleRetention<float>>(c.msr(), msrWeights(c, 42));
+    storeBenchWeights(*layer);
   }
   return *layer;
 }
@@ -173,6 +214,7 @@ inline const retnet::RetNetBlock<float>& sharedBlock(std::int64_t config) {
   if (!layer) {
     const ModelConfig& c = modelConfig(config);
     layer = std::make_unique<retnet::RetNetBlock<float>>(c.block(), blockWeights(c, 42));
+    storeBenchWeights(*layer);
   }
   return *layer;
 }
@@ -284,8 +326,6 @@ BestTimes bestTimes(Run&& run, double seconds) {
   return best;
 }
 
-/// C = A Bᵀ with row-major n x n float matrices, the shape of every retnet projection
-/// (x · Wᵀ): best GFLOP/s over `seconds`, by wall time and by CPU time.
 /// What the build runs on: OpenMP, and whose kernels Eigen's matrix products use (retnet's own
 /// with Eigen's; a BLAS library's with -DRETNET_BLAS=ON, i.e. EIGEN_USE_BLAS).
 inline void addBuildContext() {
@@ -295,10 +335,34 @@ inline void addBuildContext() {
 #else
   benchmark::AddCustomContext("retnet_products", "Eigen");
 #endif
+  const retnet::WeightType weights = benchWeights();
+  benchmark::AddCustomContext("retnet_weights", weights == retnet::WeightType::kFull
+                                                    ? "f32"
+                                                    : retnet::weightTypeName(weights));
+  benchmark::AddCustomContext("retnet_bf16_gemm", retnet::detail::bf16GemmInUse() ? "on" : "off");
 }
 
-inline BestTimes measureSgemmGflops(Index n, int threads, double seconds) {
+/// Best GFLOP/s of `product`, an n x n x n matrix product, over `seconds` at `threads` threads
+/// (after one warm-up call), by wall time and by CPU time.
+template <typename Product>
+BestTimes cubeProductGflops(Index n, int threads, double seconds, Product&& product) {
   setThreads(threads);
+  product();  // warm-up
+  const BestTimes t = bestTimes(
+      [&] {
+        product();
+        benchmark::ClobberMemory();
+      },
+      seconds);
+  setThreads(1);
+  const double gflop =
+      2e-9 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n);
+  return {gflop / t.wall, gflop / t.cpu};
+}
+
+/// C = A Bᵀ with row-major n x n float matrices, the shape of every retnet projection
+/// (x · Wᵀ): best GFLOP/s over `seconds`, by wall time and by CPU time.
+inline BestTimes measureSgemmGflops(Index n, int threads, double seconds) {
   Random rng(3);
   Matrix a(n, n), b(n, n), c(n, n);
   rng.fill(a.data(), a.size(), 1.0f);
@@ -317,18 +381,9 @@ inline BestTimes measureSgemmGflops(Index n, int threads, double seconds) {
     c.noalias() = a * b.transpose();
 #endif
   };
-  product();  // warm-up
-  const BestTimes t = bestTimes(
-      [&] {
-        product();
-        benchmark::ClobberMemory();
-      },
-      seconds);
+  const BestTimes rates = cubeProductGflops(n, threads, seconds, product);
   benchmark::DoNotOptimize(c.data());
-  setThreads(1);
-  const double gflop =
-      2e-9 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n);
-  return {gflop / t.wall, gflop / t.cpu};
+  return rates;
 }
 
 /// Σ data[i], read as 4 interleaved streams per thread (one stream reaches ~20% less
@@ -377,6 +432,21 @@ inline void streamTriad(float* a, const float* b, const float* c, float s, Index
 /// Elements in the 256 MiB arrays of the bandwidth baselines (far beyond the 32 MiB L3).
 inline constexpr Index kStreamElements = Index(256) * 1024 * 1024 / 4;
 
+/// y = x · Wᵀ through stages::linear with a BF16 W (n x n) and n rows of x: the BF16 GEMM's rate
+/// where it runs (RETNET_ONEDNN), best GFLOP/s over `seconds`.
+inline BestTimes measureBf16GemmGflops(Index n, int threads, double seconds) {
+  Random rng(4);
+  Matrix x(n, n), w(n, n), y(n, n);
+  rng.fill(x.data(), x.size(), 1.0f);
+  rng.fill(w.data(), w.size(), 1.0f);
+  const retnet::LinearWeight<float> weight =
+      retnet::LinearWeight<float>(w).converted(retnet::WeightType::kBf16);
+  const BestTimes rates =
+      cubeProductGflops(n, threads, seconds, [&] { retnet::stages::linear<float>(x, weight, y); });
+  benchmark::DoNotOptimize(y.data());
+  return rates;
+}
+
 /// Read bandwidth of a sum over a 256 MiB float array: best GB/s (1e9 bytes) over `seconds`,
 /// by wall time and by CPU time.
 inline BestTimes measureReadBandwidthGBs(int threads, double seconds) {
@@ -408,6 +478,7 @@ inline MachineLimits& limits() {
 /// (what the counters are divided by) and, for one thread, by CPU time (`_cpu`, for
 /// bench/plot.py --cpu-time on a shared machine).
 inline void measureLimits(bool sgemm, bool bandwidth) {
+  applyBf16GemmChoice();
   const double seconds = quickMode() ? 0.2 : 0.6;
   const auto record = [](const char* what, const std::string& key, const BestTimes& value,
                          int threads, const char* unit) {
@@ -426,6 +497,10 @@ inline void measureLimits(bool sgemm, bool bandwidth) {
       const BestTimes g = measureSgemmGflops(1024, t, seconds);
       limits().sgemmGflops[t] = g.wall;
       record("SGEMM 1024^3", "sgemm1024_gflops" + suffix, g, t, "GFLOP/s");
+      if (retnet::detail::bf16GemmInUse()) {
+        const BestTimes h = measureBf16GemmGflops(1024, t, seconds);
+        record("BF16 GEMM 1024^3 (oneDNN)", "bf16gemm1024_gflops" + suffix, h, t, "GFLOP/s");
+      }
     }
     if (bandwidth) {
       const BestTimes r = measureReadBandwidthGBs(t, seconds);

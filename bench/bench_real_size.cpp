@@ -4,11 +4,13 @@
 //   bench_real_size DIR [--mode load|speed|all] [--cold] [--threads N] [--lengths 512,2048]
 //                       [--chunks 64,128,256] [--reps N] [--decode-prompt 128]
 //                       [--decode-steps 32] [--breakdown-steps 4] [--batches 1,4,16,64]
-//                       [--weights f32|bf16|f16|int8] [--json FILE]
+//                       [--weights f32|bf16|f16|int8] [--bf16-gemm never|fast|wherever]
+//                       [--json FILE]
 //
 // --weights: how the dense weights are stored (io::LoadOptions); memory and streamed-bytes
-// figures are then those of the stored bytes. --batches: batched decoding, B sequences per step
-// (tokens/s over all of them).
+// figures are then those of the stored bytes. --bf16-gemm: when BF16 weights' prefill products
+// run as BF16 GEMMs (retnet::setBf16Gemm; a build with RETNET_ONEDNN, else never). --batches:
+// batched decoding, B sequences per step (tokens/s over all of them).
 //
 // --mode load: the load only (time, peak resident memory against the converted weights), so
 // that the peak is the load's and nothing else's, then (after those figures are taken) where its
@@ -83,6 +85,7 @@ struct Options {
   int breakdownSteps = 4;
   std::vector<Index> batches = {1, 4, 16, 64};
   retnet::WeightType weights = retnet::WeightType::kFull;
+  retnet::Bf16Gemm bf16Gemm = retnet::bf16GemmChoice();
   std::string json;
 };
 
@@ -91,7 +94,8 @@ struct Options {
             << "usage: bench_real_size DIR [--mode load|speed|all] [--cold] [--threads N]\n"
                "         [--lengths 512,2048] [--chunks 64,128,256] [--reps N]\n"
                "         [--decode-prompt 128] [--decode-steps 32] [--breakdown-steps 4]\n"
-               "         [--batches 1,4,16,64] [--weights f32|bf16|f16|int8] [--json FILE]\n";
+               "         [--batches 1,4,16,64] [--weights f32|bf16|f16|int8]\n"
+               "         [--bf16-gemm never|fast|wherever] [--json FILE]\n";
   std::exit(2);
 }
 
@@ -129,6 +133,17 @@ Options parse(int argc, char** argv) {
       const auto type = retnet::weightTypeFromName(name);
       if (!type) usage("unknown weight type " + name);
       o.weights = *type;
+    } else if (arg == "--bf16-gemm") {
+      const std::string name = next();
+      if (name == "never") {
+        o.bf16Gemm = retnet::Bf16Gemm::kNever;
+      } else if (name == "fast") {
+        o.bf16Gemm = retnet::Bf16Gemm::kWhereFast;
+      } else if (name == "wherever") {
+        o.bf16Gemm = retnet::Bf16Gemm::kWherever;
+      } else {
+        usage("unknown --bf16-gemm " + name);
+      }
     } else if (arg == "--json") {
       o.json = next();
     } else if (!arg.empty() && arg[0] == '-') {
@@ -304,6 +319,10 @@ int run(const Options& o) {
   result["weights"] =
       o.weights == retnet::WeightType::kFull ? "f32" : retnet::weightTypeName(o.weights);
   result["kernels"] = retnet::simdLevelName(retnet::simdLevel());
+  retnet::setBf16Gemm(o.bf16Gemm);
+  // Whether BF16 weights' prefill products run as BF16 GEMMs (oneDNN) in this run.
+  result["bf16_gemm"] = retnet::detail::bf16GemmInUse();
+  result["bf16_gemm_amx"] = retnet::bf16GemmFast();
 #ifdef _OPENMP
   result["openmp"] = true;
 #else
@@ -381,10 +400,11 @@ int run(const Options& o) {
   result["load"] = load;
 
   std::printf(
-      "retnet bench_real_size: %s (%s, %s on disk), %d thread(s), weights %s (kernels %s)\n",
+      "retnet bench_real_size: %s (%s, %s on disk), %d thread(s), weights %s (kernels %s%s)\n",
       o.dir.c_str(), model_["family"].get<std::string>().c_str(),
       model_["dtype_on_disk"].get<std::string>().c_str(), retnet::numThreads(),
-      result["weights"].get<std::string>().c_str(), retnet::simdLevelName(retnet::simdLevel()));
+      result["weights"].get<std::string>().c_str(), retnet::simdLevelName(retnet::simdLevel()),
+      result["bf16_gemm"].get<bool>() ? ", BF16 GEMM" : "");
   std::printf(
       "  model: d %lld, %lld layers, %lld heads (dk %lld, dv %lld), MLP %lld, vocab %lld, "
       "%.3f G parameters; as kept %.3f GB, file %.3f GB\n",

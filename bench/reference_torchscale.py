@@ -4,6 +4,7 @@ bench_forms / bench_decode, so that retnet's figures can be read against it on t
 
     bench/reference_torchscale.py --torchscale DIR [--threads 1 2] [--out FILE]       # sweep
     bench/reference_torchscale.py --torchscale DIR --compare build-bench [--rounds 3]  # vs retnet
+    bench/reference_torchscale.py --torchscale DIR --compare build-bench-dnnl --dtype bfloat16
 
 Needs PyTorch (Debian: python3-torch, with an optimised BLAS such as libopenblas0-openmp selected
 as libblas.so.3) and a checkout of torchscale (github.com/microsoft/torchscale; the golden files
@@ -34,6 +35,11 @@ it is. The BLAS runs as many threads as PyTorch (openblas_set_num_threads, when 
 loaded), and PyTorch's own SGEMM rate at each thread count is recorded in the JSON beside the
 cases, as is retnet's (bench_forms' same-run SGEMM, with --compare), so that every speed-up is
 read against a peer whose GEMM rate is on record.
+--dtype bfloat16 runs the peer in BF16 (modules, inputs and position tensors cast: PyTorch's BF16
+products go to oneDNN, with AMX where the CPU has it) against retnet's layers with BF16 weights
+(bench_forms under WEIGHTS=bf16: float32 activations, the BF16 GEMM of a -DRETNET_ONEDNN=ON build
+for the projections); the peer's and retnet's GEMM rates are then the BF16 ones (PyTorch's
+1024³ torch.mm in BF16; retnet's stages::linear with a BF16 weight).
 Each case runs once to warm up, then repeats until --min-time seconds have passed (at least
 --min-reps times); the JSON holds the median and the minimum wall time of one call.
 """
@@ -168,11 +174,12 @@ def set_blas_threads(threads):
     return None
 
 
-def torch_sgemm(torch, threads, min_time):
-    """PyTorch's 1024³ SGEMM rate at `threads` threads (GFLOP/s), median of the repetitions."""
+def torch_sgemm(torch, threads, min_time, dtype=None):
+    """PyTorch's 1024³ GEMM rate (float32 unless `dtype`) at `threads` threads (GFLOP/s), median of
+    the repetitions."""
     torch.set_num_threads(threads)
     set_blas_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
     seconds = time_call(lambda: torch.mm(a, b), min_time, 5)[0]
     return 2 * 1024**3 / seconds / 1e9
 
@@ -181,7 +188,7 @@ class Reference:
     """torchscale's MultiScaleRetention and DecoderLayer at one configuration; each method returns
     a zero-argument callable that runs one case on prepared inputs."""
 
-    def __init__(self, torchscale_dir, dims):
+    def __init__(self, torchscale_dir, dims, dtype_name="float32"):
         install_import_stand_ins()
         sys.path.insert(0, os.path.abspath(torchscale_dir))
         import torch
@@ -189,9 +196,18 @@ class Reference:
         from torchscale.architecture.retnet import DecoderLayer, RetNetRelPos
         self.torch, self.RetNetConfig, self.RetNetRelPos = torch, RetNetConfig, RetNetRelPos
         self.dims = dims
+        self.dtype = getattr(torch, dtype_name)
         torch.manual_seed(0)
-        self.layer = DecoderLayer(self.args(64), depth=0).eval()
+        self.layer = DecoderLayer(self.args(64), depth=0).eval().to(self.dtype)
         self.msr = self.layer.retention
+
+    def cast(self, value):
+        """Floating tensors (in tuples, lists) in the run's dtype."""
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.cast(v) for v in value)
+        if self.torch.is_tensor(value) and value.is_floating_point():
+            return value.to(self.dtype)
+        return value
 
     def args(self, chunk):
         d = self.dims
@@ -203,12 +219,12 @@ class Reference:
 
     def rel_pos(self, length, chunk, mode):
         relpos = self.RetNetRelPos(self.args(chunk))
-        return relpos(length, activate_recurrent=(mode == "recurrent"),
-                      chunkwise_recurrent=(mode == "chunkwise"))
+        return self.cast(relpos(length, activate_recurrent=(mode == "recurrent"),
+                                chunkwise_recurrent=(mode == "chunkwise")))
 
     def sequence(self, module, length, chunk=None):
         """The whole-sequence case: parallel when chunk is None, else chunkwise."""
-        x = self.torch.randn(1, length, self.dims["embed"])
+        x = self.torch.randn(1, length, self.dims["embed"], dtype=self.dtype)
         mode = "parallel" if chunk is None else "chunkwise"
         rel_pos = self.rel_pos(length, chunk or 64, mode)
         if module == "msr":
@@ -219,7 +235,7 @@ class Reference:
     def decode_step(self, module):
         """One recurrent step after a few, so the state exists (its size does not depend on the
         context length)."""
-        x = self.torch.randn(1, 1, self.dims["embed"])
+        x = self.torch.randn(1, 1, self.dims["embed"], dtype=self.dtype)
         rel_pos = self.rel_pos(513, 64, "recurrent")
         state = {}
         if module == "msr":
@@ -249,7 +265,7 @@ COMPARISONS = [
 ]
 
 
-def retnet_benchmark(build_dir, binary, benchmark_filter, min_time):
+def retnet_benchmark(build_dir, binary, benchmark_filter, min_time, weights="f32"):
     """Runs the one benchmark of a retnet bench binary that benchmark_filter (a regular
     expression) selects; returns its JSON row, its wall time per iteration in seconds and the
     binary's own SGEMM rates (GFLOP/s by context key)."""
@@ -259,7 +275,7 @@ def retnet_benchmark(build_dir, binary, benchmark_filter, min_time):
                              "--benchmark_min_time=%g" % min_time, "--benchmark_format=json"],
                             check=True, capture_output=True, text=True,
                             env=dict(os.environ, OPENBLAS_NUM_THREADS="1",
-                                     BLIS_NUM_THREADS="1")).stdout
+                                     BLIS_NUM_THREADS="1", WEIGHTS=weights)).stdout
     report = json.loads(output)
     rows = report["benchmarks"]
     if len(rows) != 1:
@@ -269,15 +285,18 @@ def retnet_benchmark(build_dir, binary, benchmark_filter, min_time):
     # bench_forms measures its own 1024³ SGEMM first (context sgemm1024_gflops_<n>t)
     context = report.get("context", {})
     sgemm = {key: float(value) for key, value in context.items()
-             if key.startswith("sgemm1024_gflops_") and not key.endswith("_cpu")}
+             if ("gemm1024_gflops_" in key) and not key.endswith("_cpu")}
+    if weights == "bf16" and context.get("retnet_bf16_gemm") != "on":
+        print("note: %s runs BF16 weights without the BF16 GEMM (no RETNET_ONEDNN build, or no "
+              "AMX): float32 products on decoded panels" % binary, flush=True)
     return rows[0], rows[0]["real_time"] * scale, sgemm
 
 
-def retnet_seconds(build_dir, binary, name, min_time):
+def retnet_seconds(build_dir, binary, name, min_time, weights="f32"):
     """Runs one retnet benchmark and returns its wall time per iteration in seconds."""
     import re
     _, seconds, sgemm = retnet_benchmark(build_dir, binary,
-                                         "^" + re.escape(name) + "/real_time$", min_time)
+                                         "^" + re.escape(name) + "/real_time$", min_time, weights)
     return seconds, sgemm
 
 
@@ -285,11 +304,13 @@ def compare(reference, options):
     """Alternates reference and retnet runs of the same cases, round after round, so both see
     the same machine; reports each round's speed-up and their median."""
     torch = reference.torch
+    bf16 = options.dtype == "bfloat16"
+    weights, gemm = ("bf16", "bf16gemm1024_gflops_") if bf16 else ("f32", "sgemm1024_gflops_")
     rows = []
     for threads in options.threads:
-        peer_sgemm = torch_sgemm(torch, threads, options.min_time)
-        print("PyTorch SGEMM 1024^3, %d thread(s): %.1f GFLOP/s" % (threads, peer_sgemm),
-              flush=True)
+        peer_sgemm = torch_sgemm(torch, threads, options.min_time, reference.dtype)
+        print("PyTorch %s GEMM 1024^3, %d thread(s): %.1f GFLOP/s"
+              % (options.dtype, threads, peer_sgemm), flush=True)
         speedups = {label: [] for label, *_ in COMPARISONS}
         for round_index in range(options.rounds):
             for label, module, length, chunks, binary, name in COMPARISONS:
@@ -302,12 +323,14 @@ def compare(reference, options):
                         if best is None or seconds < best[0]:
                             best = (seconds, chunk)
                 ours, ours_sgemm = retnet_seconds(options.compare, binary,
-                                                  name.format(thr=threads), options.min_time)
+                                                  name.format(thr=threads), options.min_time,
+                                                  weights)
                 speedups[label].append(best[0] / ours)
                 row = dict(label=label, threads=threads, round=round_index,
                            reference_s=best[0], reference_chunk=best[1], retnet_s=ours,
-                           speedup=best[0] / ours, reference_sgemm_gflops=peer_sgemm,
-                           retnet_sgemm_gflops=ours_sgemm.get("sgemm1024_gflops_%dt" % threads))
+                           speedup=best[0] / ours, dtype=options.dtype,
+                           reference_sgemm_gflops=peer_sgemm,
+                           retnet_sgemm_gflops=ours_sgemm.get("%s%dt" % (gemm, threads)))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         for label, values in speedups.items():
@@ -328,6 +351,8 @@ def main():
     parser.add_argument("--compare", metavar="BUILD_DIR", default=None,
                         help="alternate with retnet's bench binaries from BUILD_DIR (config A)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the peer's dtype; bfloat16: against retnet's BF16 weights")
     parser.add_argument("--out", default=None, help="JSON output file (default: stdout only)")
     parser.add_argument("--blas-core", default="auto",
                         help="OPENBLAS_CORETYPE for PyTorch's BLAS: auto (the fastest SGEMM of "
@@ -336,11 +361,12 @@ def main():
     blas_trials = pin_blas_core(options.blas_core)
 
     dims = CONFIGS[options.config]
-    reference = Reference(options.torchscale, dims)
+    reference = Reference(options.torchscale, dims, options.dtype)
     torch = reference.torch
     context = dict(torch=torch.__version__, python=platform.python_version(),
                    machine=platform.machine(), processor=platform.processor(),
                    config=options.config, dims=dims, date=time.strftime("%Y-%m-%d"),
+                   dtype=options.dtype,
                    loadavg=open("/proc/loadavg").read().split()[:3],
                    torch_config=torch.__config__.show(),
                    openblas_coretype=os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
@@ -374,8 +400,8 @@ def main():
         torch.set_num_threads(threads)
         set_blas_threads(threads)
         with torch.no_grad():
-            a = torch.randn(1024, 1024)
-            b = torch.randn(1024, 1024)
+            a = torch.randn(1024, 1024, dtype=reference.dtype)
+            b = torch.randn(1024, 1024, dtype=reference.dtype)
             seconds, best, reps = time_call(lambda: torch.mm(a, b), options.min_time, 5)
             row = dict(name="sgemm1024", threads=threads, median_s=seconds, min_s=best, reps=reps,
                        gflops=2 * 1024**3 / seconds / 1e9)

@@ -14,12 +14,16 @@
 //
 // More rows (prefill): full precision is one GEMM per column block; reduced precision decodes each
 // block of 256 rows of W into a per-thread float panel once and runs the same GEMM on it, so
-// prefill keeps the GEMM's speed and pays one pass over the codes.
+// prefill keeps the GEMM's speed and pays one pass over the codes. In a build with RETNET_ONEDNN,
+// a BF16 weight's block is instead a BF16 GEMM (oneDNN; AMX where the CPU has it) on x rounded to
+// BF16 once per call (detail/bf16_gemm.hpp: its speed, its error bound, setBf16Gemm to choose).
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
+#include "retnet/detail/bf16_gemm.hpp"
 #include "retnet/detail/checks.hpp"
 #include "retnet/detail/parallel_for.hpp"
 #include "retnet/errors.hpp"
@@ -35,6 +39,20 @@ Scalar* linearPanel(Index size) {
   thread_local std::vector<Scalar> panel;
   if (static_cast<Index>(panel.size()) < size) panel.resize(static_cast<std::size_t>(size));
   return panel.data();
+}
+
+/// x rounded to BF16 (rows x in, contiguous) in the calling thread's buffer (grows, never shrinks).
+inline const std::uint16_t* bf16Rows(ConstMatrixRef<float> x) {
+  thread_local std::vector<std::uint16_t> codes;
+  const Index rows = x.rows(), in = x.cols();
+  if (static_cast<Index>(codes.size()) < rows * in)
+    codes.resize(static_cast<std::size_t>(rows * in));
+  std::uint16_t* out = codes.data();
+  forRowBlocks(rows, [&](Index begin, Index count) {
+    for (Index r = begin; r < begin + count; ++r)
+      for (Index i = 0; i < in; ++i) out[r * in + i] = floatToBf16(x(r, i));
+  });
+  return out;
 }
 }  // namespace detail
 
@@ -71,6 +89,12 @@ void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scala
   bool stream = !full && rows <= kLinearReducedStreamRows;
   if constexpr (std::is_same_v<Scalar, float>)
     stream = stream || (full && rows <= kLinearStreamRows);
+  // BF16 weights' GEMMs as BF16 GEMMs (a build with RETNET_ONEDNN): x rounded once, here.
+  const std::uint16_t* xBf16 = nullptr;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (!stream && weight.type() == WeightType::kBf16 && in > 0 && detail::bf16GemmInUse())
+      xBf16 = detail::bf16Rows(x);
+  }
   // Column blocks of blockWidth rows of W (kLinearColumnBlock, or linearGemmColumnBlock for a
   // full-precision GEMM), each inside one part of a stacked reduced weight (a full one is a
   // single part). They do not depend on the thread count.
@@ -101,6 +125,13 @@ void linear(detail::NoDeduce<ConstMatrixRef<Scalar>> x, const LinearWeight<Scala
                                  x.outerStride(), std::min(detail::kLowpPassRows, rows - r),
                                  y.data() + r * y.outerStride() + first, y.outerStride());
       }
+    } else if (xBf16 != nullptr) {
+#ifdef RETNET_ONEDNN
+      if constexpr (std::is_same_v<Scalar, float>)
+        detail::bf16Gemm(xBf16, rows, in, in,
+                         static_cast<const std::uint16_t*>(codes.data) + begin * in, width,
+                         y.data() + first + begin, y.outerStride());
+#endif
     } else if (!full) {
       Eigen::Map<RowMatrix<Scalar>> panel(detail::linearPanel<Scalar>(width * in), width, in);
       for (Index j = 0; j < width; ++j) codes.decode(begin + j, 0, in, panel.row(j).data());
