@@ -19,7 +19,9 @@
 # Environment: CHECKPOINT_DIR (default /tmp/fla-1.3b-synthetic; /tmp/fla-small-synthetic with
 # SMALL=1), BUILD_DIR (default build-bench), JOBS (build parallelism, default 1), CXX_COMPILER
 # (default clang++), THREADS (default "1 2"), WEIGHTS (default "f32"), OUT (default
-# bench/results/real_size.json; bench/results/quick/real_size.json with SMALL=1).
+# bench/results/real_size.json; bench/results/quick/real_size.json with SMALL=1), ONEDNN (ON: build
+# with RETNET_ONEDNN, so that BF16 weights prefill through the BF16 GEMM; pass --bf16-gemm never to
+# time them without it; default OFF).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,7 +43,7 @@ weights=${WEIGHTS:-f32}
 cmake -S "$root" -B "$build" \
   -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CXX_COMPILER="${CXX_COMPILER:-clang++}" \
-  -DRETNET_NATIVE=ON -DRETNET_OPENMP=ON -DRETNET_WERROR=ON \
+  -DRETNET_NATIVE=ON -DRETNET_OPENMP=ON -DRETNET_WERROR=ON -DRETNET_ONEDNN="${ONEDNN:-OFF}" \
   -DRETNET_BUILD_BENCHMARKS=ON -DRETNET_BUILD_TESTS=OFF -DRETNET_BUILD_EXAMPLES=OFF
 cmake --build "$build" -j"${JOBS:-1}" --target make_fla_checkpoint bench_real_size
 make=$build/bench/make_fla_checkpoint

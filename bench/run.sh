@@ -8,7 +8,8 @@
 # Environment: BUILD_DIR (default build-bench), RESULTS_DIR (default bench/results, or
 # bench/results/quick with QUICK=1), JOBS (build parallelism, default 1), CXX_COMPILER
 # (default clang++), BENCHES (default "baselines forms decode stages rwkv4"), MIN_TIME (overrides the
-# per-binary minimum time per benchmark). Then: bench/plot.py "$RESULTS_DIR".
+# per-binary minimum time per benchmark), ONEDNN (ON: build with RETNET_ONEDNN, the BF16 GEMM that
+# WEIGHTS=bf16 runs use; default OFF). Then: bench/plot.py "$RESULTS_DIR".
 #
 # The build is Release, -march=native (RETNET_NATIVE) and OpenMP (RETNET_OPENMP), so the thr=2
 # rows use two threads for retnet's batch x heads loops and Eigen's GEMMs. Timings are wall
@@ -29,7 +30,7 @@ export QUICK=$quick
 cmake -S "$root" -B "$build" \
   -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CXX_COMPILER="${CXX_COMPILER:-clang++}" \
-  -DRETNET_NATIVE=ON -DRETNET_OPENMP=ON -DRETNET_WERROR=ON \
+  -DRETNET_NATIVE=ON -DRETNET_OPENMP=ON -DRETNET_WERROR=ON -DRETNET_ONEDNN="${ONEDNN:-OFF}" \
   -DRETNET_BUILD_BENCHMARKS=ON -DRETNET_BUILD_TESTS=OFF -DRETNET_BUILD_EXAMPLES=OFF
 cmake --build "$build" -j"${JOBS:-1}" --target bench_baselines bench_forms bench_decode bench_stages \
   bench_rwkv4

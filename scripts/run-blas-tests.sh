@@ -25,11 +25,12 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="${CXX:-g
   -DRETNET_WERROR=ON -DRETNET_OPENMP=ON -DRETNET_BLAS=ON -DBLA_VENDOR=OpenBLAS -DRETNET_ONEDNN=ON \
   -DRETNET_BUILD_BENCHMARKS=OFF -DRETNET_BUILD_EXAMPLES=OFF
 cmake --build "$build" -j"$(nproc)" --target "${tests[@]}"
-# The products must really be the BLAS's: the binaries import sgemm_.
-nm -D --undefined-only "$build/tests/test_layers" | grep -qw sgemm_ ||
+# The products must really be the BLAS's: the binaries import sgemm_. (grep reads all of nm's
+# output, not -q: under pipefail an early exit would fail the pipeline with nm's SIGPIPE.)
+nm -D --undefined-only "$build/tests/test_layers" | grep -w sgemm_ >/dev/null ||
   { echo "run-blas-tests: test_layers does not call sgemm_: EIGEN_USE_BLAS did not take" >&2; exit 1; }
 # And the BF16 GEMM oneDNN's: test_bf16_gemm imports its matmul.
-nm -D --undefined-only "$build/tests/test_bf16_gemm" | grep -q dnnl_primitive_execute ||
+nm -D --undefined-only "$build/tests/test_bf16_gemm" | grep -w dnnl_primitive_execute >/dev/null ||
   { echo "run-blas-tests: test_bf16_gemm does not call oneDNN: RETNET_ONEDNN did not take" >&2; exit 1; }
 export OPENBLAS_NUM_THREADS=1
 passed=0

@@ -4,7 +4,9 @@
 // model directory and file) in each weight type against the same model at full precision.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -463,8 +465,11 @@ void checkModel(const Model& full, const Model& reduced, WeightType type, const 
   const double weights = weightError(full, reduced), error = logitError(logits, reference);
   const bool bf16Gemm = type == WeightType::kBf16 && detail::bf16GemmInUse();
   const double bound = 16 * (weights + (bf16Gemm ? std::exp2(-8) : 0.0)) + 1e-5;
-  std::printf("%-30s %-5s weights %.2e logits %.2e (%.1fx)\n", name.c_str(), weightTypeName(type),
-              weights, error, error / std::max(weights, 1e-30));
+  // The ratio only where the weights changed (a BF16 checkpoint kept as BF16 is exact).
+  char ratio[32] = "weights exact";
+  if (weights > 0) std::snprintf(ratio, sizeof ratio, "%.1fx", error / weights);
+  std::printf("%-30s %-5s weights %.2e logits %.2e (%s)\n", name.c_str(), weightTypeName(type),
+              weights, error, ratio);
   EXPECT_LE(error, bound) << name << " " << weightTypeName(type);
   // Top-1 agreement where full precision's choice is clear (a margin over the runner-up of at
   // least twice the bound times the largest logit).

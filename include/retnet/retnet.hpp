@@ -7,6 +7,7 @@
 
 #include "retnet/activation.hpp"            // IWYU pragma: export
 #include "retnet/block.hpp"                 // IWYU pragma: export
+#include "retnet/detail/bf16_gemm.hpp"      // IWYU pragma: export (setBf16Gemm, Bf16Gemm)
 #include "retnet/detail/parallel_for.hpp"   // IWYU pragma: export (numThreads, setNumThreads)
 #include "retnet/errors.hpp"                // IWYU pragma: export
 #include "retnet/form.hpp"                  // IWYU pragma: export
