@@ -322,7 +322,7 @@ int run(const Options& o) {
   retnet::setBf16Gemm(o.bf16Gemm);
   // Whether BF16 weights' prefill products run as BF16 GEMMs (oneDNN) in this run.
   result["bf16_gemm"] = retnet::detail::bf16GemmInUse();
-  result["bf16_gemm_amx"] = retnet::bf16GemmFast();
+  result["bf16_gemm_fast"] = retnet::bf16GemmFast();
 #ifdef _OPENMP
   result["openmp"] = true;
 #else

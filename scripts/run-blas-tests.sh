@@ -9,7 +9,8 @@
 #   -DRETNET_ONEDNN=ON: BF16 weights' prefill products as oneDNN BF16 GEMMs. Checked by
 #     test_bf16_gemm (the stated bound, threads, a model) and test_lowp_weights (the golden models
 #     in every weight type). Without AVX-512 oneDNN has no BF16 matmul and the GEMM's cases skip,
-#     saying so; with AVX-512 but no AMX, test_bf16_gemm forces the GEMM on.
+#     saying so; where it is not the default (an Intel CPU without AMX), test_bf16_gemm forces it
+#     on.
 # (The other golden and oracle tests run the same products through the same stages: the default
 # builds cover them, and leaving them out keeps CI's time on a slower 2-core machine well inside
 # its limit.)

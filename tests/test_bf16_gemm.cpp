@@ -6,6 +6,7 @@
 // GEMM cases skip, saying why; the choice's semantics are checked everywhere.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <retnet/io/load_model.hpp>
 #include <retnet/retnet.hpp>
 #include <string>
@@ -76,6 +77,29 @@ TEST(Bf16Gemm, TheChoiceIsKeptAndNeverWithoutTheBuild) {
 //    way (truncated, twice) or W read wrongly;
 //  - against the exact product of x itself: the bound bf16_gemm.hpp states,
 //    (2⁻⁸ + 1.01·(n + 1)·2⁻²⁴)·Σ|x||w|.
+/// The CPU's vendor and flags as Linux reports them (/proc/cpuinfo's first processor), or empty.
+std::string cpuinfoLine(const std::string& key) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.compare(0, key.size(), key) == 0) return line;
+  return "";
+}
+
+// The rule of kWhereFast, checked against the kernel's own account of the CPU: AMX-BF16, or
+// AVX512-BF16 on an AMD CPU (where oneDNN runs BF16 matmul at all).
+TEST(Bf16Gemm, FastWhereAmxOrAmdAvx512Bf16) {
+  if (!whyNot().empty()) GTEST_SKIP() << whyNot();
+  const std::string flags = cpuinfoLine("flags"), vendor = cpuinfoLine("vendor_id");
+  if (flags.empty()) GTEST_SKIP() << "no /proc/cpuinfo to check against";
+  const auto has = [&](const std::string& flag) {
+    return (flags + " ").find(" " + flag + " ") != std::string::npos;
+  };
+  const bool amd = vendor.find("AuthenticAMD") != std::string::npos;
+  EXPECT_EQ(bf16GemmFast(), has("amx_bf16") || (amd && has("avx512_bf16"))) << vendor << "\n"
+                                                                            << flags;
+}
+
 TEST(Bf16Gemm, LinearWithinTheStatedBound) {
   if (!whyNot().empty()) GTEST_SKIP() << whyNot();
   Bf16GemmGuard guard;

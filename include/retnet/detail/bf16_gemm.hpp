@@ -5,17 +5,18 @@
 // and links oneDNN and OpenMP), a product y = x · Wᵀ of many rows of x by a BF16 W runs as oneDNN's
 // BF16 matmul: x is rounded to BF16 once per call (nearest even), every product of two BF16
 // values is exact in float32, and the sums are float32. On a CPU with AMX-BF16 that is oneDNN's
-// AMX kernel, 2.3x Eigen's float32 GEMM on one thread of an Intel Xeon (Sapphire Rapids family,
-// docs/performance.md). Without the macro, or where it is not used, the product decodes W into a
-// float panel and runs Eigen's float32 GEMM with x as it is.
+// AMX kernel, 2.3x Eigen's float32 GEMM on one thread of an Intel Xeon (Sapphire Rapids family);
+// on an AMD CPU with AVX512-BF16 its VDPBF16PS kernel, 2.0-2.3x on one thread of an AMD EPYC
+// (Zen 5) (docs/performance.md). Without the macro, or where it is not used, the product decodes
+// W into a float panel and runs Eigen's float32 GEMM with x as it is.
 //
 // Accuracy. The only new error is x's rounding, |x̂_i − x_i| ≤ 2⁻⁸|x_i| (BF16 keeps 8 significant
 // bits), so with n = in products summed in float32 (u = 2⁻²⁴, Higham Thm 3.1):
 //   |ŷ_rj − y_rj| ≤ (2⁻⁸ + 1.01·(n + 1)·2⁻²⁴) · Σ_i |x_ri| |W_ji|
-// where y is the exact product of x and the stored W. AMX treats BF16 subnormals (below 2⁻¹²⁶) as
-// zero, which adds at most 2⁻¹²⁶·Σ_i |W_ji| + 2⁻¹²⁶·Σ_i|x_ri| — nothing at any real activation.
-// Against the float32 path (x kept exact, relative error ~n·2⁻²⁴) that is 2⁻⁸ of Σ|x||w|: the
-// price of the speed, and why the use is a choice (setBf16Gemm).
+// where y is the exact product of x and the stored W. AMX and VDPBF16PS treat BF16 subnormals
+// (below 2⁻¹²⁶) as zero, which adds at most 2⁻¹²⁶·Σ_i |W_ji| + 2⁻¹²⁶·Σ_i|x_ri| — nothing at any
+// real activation. Against the float32 path (x kept exact, relative error ~n·2⁻²⁴) that is 2⁻⁸ of
+// Σ|x||w|: the price of the speed, and why the use is a choice (setBf16Gemm).
 //
 // Threads. Each call runs single-threaded (OpenMP's thread count set to 1 around it and put back):
 // stages::linear calls it once per fixed column block, one thread per block, so no bit depends on
@@ -46,9 +47,10 @@ namespace retnet {
 /// When BF16 weights' products of many rows (prefill) run as BF16 GEMMs (detail/bf16_gemm.hpp).
 enum class Bf16Gemm {
   kNever,      ///< always the float32 path: W decoded into panels, x exact
-  kWhereFast,  ///< where the CPU has AMX-BF16 (the default): 2.3x float32 on one Xeon thread
-  kWherever    ///< wherever oneDNN runs BF16 matmul (AVX-512 without AMX: slower than float32;
-               ///< for tests)
+  kWhereFast,  ///< where it beats float32 (the default): AMX-BF16, or AVX512-BF16 on AMD
+               ///< (bf16GemmFast)
+  kWherever    ///< wherever oneDNN runs BF16 matmul (an Intel CPU's AVX512-BF16 without AMX:
+               ///< slower than float32; for tests)
 };
 
 namespace detail {
@@ -89,13 +91,27 @@ inline bool bf16GemmAvailable() {
 #endif
 }
 
-/// Whether the BF16 GEMM is available and the CPU has AMX-BF16, where it is fast.
+/// Whether the BF16 GEMM is available and faster than the float32 path here: where the CPU has
+/// AMX-BF16 (a tile multiply, 2.3x float32 on a Xeon thread), or is an AMD CPU with AVX512-BF16.
+/// AMD's cores issue VDPBF16PS (32 products a 512-bit instruction) as often as their float FMAs
+/// (16 products), which doubles the peak (measured on Zen 5: 2.0-2.3x at 1024³; Zen 4 not
+/// measured); an Intel core without AMX gains nothing from it (measured on Sapphire Rapids with
+/// AMX withheld from oneDNN: 0.7x), so there it stays off.
 inline bool bf16GemmFast() {
 #ifdef RETNET_ONEDNN
   static const bool fast = [] {
     const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
-    const auto amx = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_amx);
-    return (isa & amx) == amx && bf16GemmAvailable();
+    const auto has = [isa](dnnl::cpu_isa level) {
+      const auto bits = static_cast<unsigned>(level);
+      return (isa & bits) == bits;
+    };
+#if defined(__x86_64__) || defined(__i386__)
+    const bool amd = __builtin_cpu_is("amd");
+#else
+    const bool amd = false;
+#endif
+    return (has(dnnl::cpu_isa::avx512_core_amx) || (amd && has(dnnl::cpu_isa::avx512_core_bf16))) &&
+           bf16GemmAvailable();
   }();
   return fast;
 #else
