@@ -35,6 +35,15 @@ it is. The BLAS runs as many threads as PyTorch (openblas_set_num_threads, when 
 loaded), and PyTorch's own SGEMM rate at each thread count is recorded in the JSON beside the
 cases, as is retnet's (bench_forms' same-run SGEMM, with --compare), so that every speed-up is
 read against a peer whose GEMM rate is on record.
+PyTorch allocates every intermediate tensor afresh, and glibc hands large blocks back to the
+system when they are freed, so each op faults its output's pages in again; on some VMs a first
+touch costs 30x a reused page (an elementwise mul on 64 MB tensors at 1 GB/s instead of 30, the
+2-vCPU Zen 5 VM of 2026-12-01), which would slow the peer for reasons that are the machine's, not
+the method's. --allocator auto (the default) times that mul on fresh outputs under each allocator
+present — glibc's; tcmalloc (Debian: libtcmalloc-minimal4) with TCMALLOC_RELEASE_RATE=0;
+jemalloc (libjemalloc2) with its decay off — and runs the peer under the fastest (LD_PRELOAD);
+--allocator NAME takes one, keep leaves the environment as it is. retnet's binaries keep their
+buffers between calls and run under glibc's allocator as they are.
 --dtype bfloat16 runs the peer in BF16 (modules, inputs and position tensors cast: PyTorch's BF16
 products go to oneDNN, with AMX where the CPU has it) against retnet's layers with BF16 weights
 (bench_forms under WEIGHTS=bf16: float32 activations, the BF16 GEMM of a -DRETNET_ONEDNN=ON build
@@ -133,13 +142,83 @@ def probe_sgemm(core):
         return None
 
 
-def pin_blas_core(choice):
-    """Re-runs this script under the OPENBLAS_CORETYPE that gives PyTorch its fastest SGEMM (auto)
-    or the one named; returns the trials when already pinned. The variable must be set before the
-    BLAS is loaded, hence the re-execution."""
-    if choice == "keep" or os.environ.get("RETNET_BENCH_BLAS_PINNED"):
-        return json.loads(os.environ.get("RETNET_BENCH_BLAS_TRIALS", "{}"))
-    trials = {}
+# Allocators that keep freed memory for reuse: the library (LD_PRELOAD) and the settings that stop
+# it from handing pages back to the system. glibc's is the default (no preload).
+ALLOCATORS = {
+    "glibc": ("", {}),
+    "tcmalloc": ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                 {"TCMALLOC_RELEASE_RATE": "0"}),
+    "jemalloc": ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                 {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}),
+}
+ALLOCATOR_VARIABLES = ["LD_PRELOAD", "TCMALLOC_RELEASE_RATE", "MALLOC_CONF"]
+FRESH_MUL_PROBE = ("import time, torch\n"
+                   "torch.set_num_threads(1)\n"
+                   "x, y = torch.randn(1 << 24), torch.randn(1 << 24)\n"
+                   "x * y\n"
+                   "best = min(__import__('timeit').repeat(lambda: x * y, number=3, repeat=5))\n"
+                   "print(3 * 4 * (1 << 24) * 3 / best / 1e9)\n")
+
+
+def allocator_env(env, name):
+    """env with the allocator `name` set up (and any other's variables removed)."""
+    env = {k: v for k, v in env.items() if k not in ALLOCATOR_VARIABLES}
+    library, settings = ALLOCATORS[name]
+    if library:
+        env["LD_PRELOAD"] = library
+    env.update(settings)
+    return env
+
+
+def probe_fresh_mul(allocator):
+    """GB/s of a one-thread elementwise mul of 64 MB tensors into fresh outputs under `allocator`;
+    None where it is not installed or the interpreter fails."""
+    import subprocess
+    library = ALLOCATORS[allocator][0]
+    if library and not os.path.exists(library):
+        return None
+    env = allocator_env(dict(os.environ), allocator)
+    done = subprocess.run([sys.executable, "-c", FRESH_MUL_PROBE], env=env, capture_output=True,
+                          text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def pin_peer(blas_choice, allocator_choice):
+    """Re-runs this script under the OPENBLAS_CORETYPE that gives PyTorch its fastest SGEMM and the
+    allocator that gives it its fastest fresh outputs (auto), or the ones named; returns the trials
+    when already pinned. Both must be set before the libraries load, hence the re-execution."""
+    if os.environ.get("RETNET_BENCH_PEER_PINNED"):
+        return json.loads(os.environ.get("RETNET_BENCH_PEER_TRIALS", "{}"))
+    env = dict(os.environ, RETNET_BENCH_PEER_PINNED="1")
+    trials = {"blas_core_sgemm_1t_gflops": {}, "allocator_fresh_mul_1t_gbs": {}}
+    if allocator_choice == "auto":
+        found = trials["allocator_fresh_mul_1t_gbs"]
+        for name in ALLOCATORS:
+            found[name] = probe_fresh_mul(name)
+            print("allocator %-9s PyTorch mul into fresh 64 MB outputs, 1 thread: %s GB/s"
+                  % (name, found[name]), flush=True)
+        allocator_choice = max((rate or 0, name) for name, rate in found.items())[1]
+    if allocator_choice != "keep":
+        env = allocator_env(env, allocator_choice)
+        print("running with allocator %s" % allocator_choice, flush=True)
+    env["RETNET_BENCH_ALLOCATOR"] = allocator_choice
+    blas = pin_blas_core(blas_choice, trials["blas_core_sgemm_1t_gflops"])
+    if blas != "keep":
+        env.pop("OPENBLAS_CORETYPE", None)
+        if blas:
+            env["OPENBLAS_CORETYPE"] = blas
+    env["RETNET_BENCH_PEER_TRIALS"] = json.dumps(trials)
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def pin_blas_core(choice, trials):
+    """The OPENBLAS_CORETYPE that gives PyTorch its fastest SGEMM (auto: each candidate timed, the
+    rates put in `trials`), the one named, or "keep"; "" for unset."""
+    if choice == "keep":
+        return choice
     if choice == "auto":
         for core in BLAS_CORE_CANDIDATES:
             # OpenBLAS falls back to another kernel for a core type it does not know (and says so
@@ -149,13 +228,8 @@ def pin_blas_core(choice):
                   % (core or "(detected)", trials[core or "(detected)"]), flush=True)
         best = max((rate or 0, core) for core, rate in trials.items())[1]
         choice = "" if best == "(detected)" else best
-    env = dict(os.environ, RETNET_BENCH_BLAS_PINNED="1",
-               RETNET_BENCH_BLAS_TRIALS=json.dumps(trials))
-    env.pop("OPENBLAS_CORETYPE", None)
-    if choice:
-        env["OPENBLAS_CORETYPE"] = choice
     print("running with OPENBLAS_CORETYPE=%s" % (choice or "(unset)"), flush=True)
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    return choice
 
 
 def set_blas_threads(threads):
@@ -274,8 +348,9 @@ def retnet_benchmark(build_dir, binary, benchmark_filter, min_time, weights="f32
     output = subprocess.run([path, "--benchmark_filter=" + benchmark_filter,
                              "--benchmark_min_time=%g" % min_time, "--benchmark_format=json"],
                             check=True, capture_output=True, text=True,
-                            env=dict(os.environ, OPENBLAS_NUM_THREADS="1",
-                                     BLIS_NUM_THREADS="1", WEIGHTS=weights)).stdout
+                            env=dict(allocator_env(dict(os.environ), "glibc"),
+                                     OPENBLAS_NUM_THREADS="1", BLIS_NUM_THREADS="1",
+                                     WEIGHTS=weights)).stdout
     report = json.loads(output)
     rows = report["benchmarks"]
     if len(rows) != 1:
@@ -288,7 +363,8 @@ def retnet_benchmark(build_dir, binary, benchmark_filter, min_time, weights="f32
              if ("gemm1024_gflops_" in key) and not key.endswith("_cpu")}
     if weights == "bf16" and context.get("retnet_bf16_gemm") != "on":
         print("note: %s runs BF16 weights without the BF16 GEMM (no RETNET_ONEDNN build, or a "
-              "CPU where it is not faster: neither AMX nor AMD's AVX512-BF16): float32 products on decoded panels" % binary, flush=True)
+              "CPU where it is not faster: neither AMX nor AMD's AVX512-BF16): float32 products "
+              "on decoded panels" % binary, flush=True)
     return rows[0], rows[0]["real_time"] * scale, sgemm
 
 
@@ -357,8 +433,12 @@ def main():
     parser.add_argument("--blas-core", default="auto",
                         help="OPENBLAS_CORETYPE for PyTorch's BLAS: auto (the fastest SGEMM of "
                              "the candidates), keep (the environment's), or a name")
+    parser.add_argument("--allocator", default="auto",
+                        choices=["auto", "keep"] + sorted(ALLOCATORS),
+                        help="PyTorch's allocator: auto (the fastest mul into fresh outputs of "
+                             "those installed), keep (the environment's), or a name")
     options = parser.parse_args()
-    blas_trials = pin_blas_core(options.blas_core)
+    trials = pin_peer(options.blas_core, options.allocator)
 
     dims = CONFIGS[options.config]
     reference = Reference(options.torchscale, dims, options.dtype)
@@ -370,7 +450,9 @@ def main():
                    loadavg=open("/proc/loadavg").read().split()[:3],
                    torch_config=torch.__config__.show(),
                    openblas_coretype=os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
-                   blas_core_trials_sgemm_1t_gflops=blas_trials,
+                   blas_core_trials_sgemm_1t_gflops=trials.get("blas_core_sgemm_1t_gflops"),
+                   allocator=os.environ.get("RETNET_BENCH_ALLOCATOR", "keep"),
+                   allocator_trials_fresh_mul_1t_gbs=trials.get("allocator_fresh_mul_1t_gbs"),
                    blas_library=set_blas_threads(1))
     if options.compare:
         if options.config != "A":
