@@ -128,14 +128,18 @@ SGEMM_PROBE = ("import time, torch\n"
 def probe_sgemm(core):
     """PyTorch's one-thread SGEMM rate (GFLOP/s) in a fresh interpreter with OPENBLAS_CORETYPE =
     core (unset if empty); None if the interpreter fails."""
-    import subprocess
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
     env["OPENBLAS_NUM_THREADS"] = "1"
     if core:
         env["OPENBLAS_CORETYPE"] = core
-    done = subprocess.run([sys.executable, "-c", SGEMM_PROBE], env=env, capture_output=True,
-                          text=True)
+    return run_probe(SGEMM_PROBE, env)
+
+
+def run_probe(code, env):
+    """The number a probe prints last, run in a fresh interpreter with `env`; None if it fails."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     try:
         return float(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -173,17 +177,10 @@ def allocator_env(env, name):
 def probe_fresh_mul(allocator):
     """GB/s of a one-thread elementwise mul of 64 MB tensors into fresh outputs under `allocator`;
     None where it is not installed or the interpreter fails."""
-    import subprocess
     library = ALLOCATORS[allocator][0]
     if library and not os.path.exists(library):
         return None
-    env = allocator_env(dict(os.environ), allocator)
-    done = subprocess.run([sys.executable, "-c", FRESH_MUL_PROBE], env=env, capture_output=True,
-                          text=True)
-    try:
-        return float(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
+    return run_probe(FRESH_MUL_PROBE, allocator_env(dict(os.environ), allocator))
 
 
 def pin_peer(blas_choice, allocator_choice):
