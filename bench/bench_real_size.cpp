@@ -1,12 +1,15 @@
 // A real-size model in one process: retnet::io::loadModel<float> on a checkpoint directory (e.g.
 // the fla-hub retnet-1.3B layout written by make_fla_checkpoint), then prefill and decode speed.
 //
-//   bench_real_size DIR [--mode load|speed|all] [--cold] [--threads N] [--lengths 512,2048]
+//   bench_real_size DIR [--mode load|speed|all] [--cold] [--no-map] [--threads N] [--lengths
+//   512,2048]
 //                       [--chunks 64,128,256] [--reps N] [--decode-prompt 128]
 //                       [--decode-steps 32] [--breakdown-steps 4] [--batches 1,4,16,64]
 //                       [--weights f32|bf16|f16|int8] [--bf16-gemm never|fast|wherever]
 //                       [--json FILE]
 //
+// --no-map: weights kept in the file's type are read into owned memory (LoadOptions::map = false)
+// instead of used in place in the mapped file.
 // --weights: how the dense weights are stored (io::LoadOptions); memory and streamed-bytes
 // figures are then those of the stored bytes. --bf16-gemm: when BF16 weights' prefill products
 // run as BF16 GEMMs (retnet::setBf16Gemm; a build with RETNET_ONEDNN, else never). --batches:
@@ -76,6 +79,7 @@ struct Options {
   std::string dir;
   std::string mode = "all";
   bool cold = false;
+  bool map = true;
   int threads = 0;  // 0: OMP_NUM_THREADS / the OpenMP default
   std::vector<Index> lengths = {512, 2048};
   std::vector<Index> chunks = {64, 128, 256};
@@ -90,12 +94,13 @@ struct Options {
 };
 
 [[noreturn]] void usage(const std::string& message) {
-  std::cerr << "error: " << message << "\n"
-            << "usage: bench_real_size DIR [--mode load|speed|all] [--cold] [--threads N]\n"
-               "         [--lengths 512,2048] [--chunks 64,128,256] [--reps N]\n"
-               "         [--decode-prompt 128] [--decode-steps 32] [--breakdown-steps 4]\n"
-               "         [--batches 1,4,16,64] [--weights f32|bf16|f16|int8]\n"
-               "         [--bf16-gemm never|fast|wherever] [--json FILE]\n";
+  std::cerr
+      << "error: " << message << "\n"
+      << "usage: bench_real_size DIR [--mode load|speed|all] [--cold] [--no-map] [--threads N]\n"
+         "         [--lengths 512,2048] [--chunks 64,128,256] [--reps N]\n"
+         "         [--decode-prompt 128] [--decode-steps 32] [--breakdown-steps 4]\n"
+         "         [--batches 1,4,16,64] [--weights f32|bf16|f16|int8]\n"
+         "         [--bf16-gemm never|fast|wherever] [--json FILE]\n";
   std::exit(2);
 }
 
@@ -112,6 +117,8 @@ Options parse(int argc, char** argv) {
       if (o.mode != "load" && o.mode != "speed" && o.mode != "all") usage("unknown mode " + o.mode);
     } else if (arg == "--cold") {
       o.cold = true;
+    } else if (arg == "--no-map") {
+      o.map = false;
     } else if (arg == "--threads") {
       o.threads = std::stoi(next());
     } else if (arg == "--lengths") {
@@ -316,6 +323,7 @@ int run(const Options& o) {
   result["dir"] = o.dir;
   result["mode"] = o.mode;
   result["threads"] = retnet::numThreads();
+  result["mapped"] = o.map;
   result["weights"] =
       o.weights == retnet::WeightType::kFull ? "f32" : retnet::weightTypeName(o.weights);
   result["kernels"] = retnet::simdLevelName(retnet::simdLevel());
@@ -343,7 +351,7 @@ int run(const Options& o) {
   const double loadCpuStart = processCpuSeconds();
   const auto loadStart = Clock::now();
   const Model model =
-      retnet::io::loadModel<float>(o.dir, retnet::io::LoadOptions{o.weights}, &info);
+      retnet::io::loadModel<float>(o.dir, retnet::io::LoadOptions{o.weights, o.map}, &info);
   const double loadSeconds = secondsSince(loadStart);
   const double loadCpuSeconds = processCpuSeconds() - loadCpuStart;
   const Json after = memoryJson();

@@ -7,12 +7,14 @@
 //                   tokenizer or --tokenizer FILE|DIR: the generated text is streamed)
 //                   [--temperature 0.8] [--top-k 40] [--top-p 0.95] [--seed 7] [--stop-ids 0,2]
 //                   [--chunk 64] [--prefill chunkwise|parallel] [--threads 2]
-//                   [--precision float|double] [--weights f32|bf16|f16|int8]
+//                   [--precision float|double] [--weights f32|bf16|f16|int8] [--no-mmap]
 //                   [--save-state FILE] [--load-state FILE] [--interactive]
 //
 // --weights: how the dense weights are kept (f32 = the --precision type; bf16/f16 round each weight
 // once, int8 per group of 32 with float scales: half or a quarter of the bytes a decoding step
-// reads).
+// reads). --no-mmap: weights kept in the file's own type are read into memory the process owns
+// instead of used in place in the mapped file (io::LoadOptions::map): slower to load, but the
+// kernel cannot drop their pages and read them from disk again in the middle of decoding.
 //
 // --interactive: after the prompt (if any), a conversation on standard input: each line read is
 // fed (with a newline) after what came before, a reply generated and streamed, the state kept
@@ -54,7 +56,7 @@ const char* const kUsage =
     "FILE) [--tokenizer FILE|DIR] [--max-new N] [--temperature T] "
     "[--top-k K] "
     "[--top-p P] [--seed S] [--stop-ids a,b] [--chunk C] [--prefill chunkwise|parallel] "
-    "[--threads N] [--precision float|double] [--weights f32|bf16|f16|int8] "
+    "[--threads N] [--precision float|double] [--weights f32|bf16|f16|int8] [--no-mmap] "
     "[--save-state FILE] [--load-state FILE] [--interactive]";
 
 std::vector<std::int64_t> parseIds(const std::string& flag, const std::string& text) {
@@ -85,7 +87,7 @@ struct Arguments {
   std::vector<std::int64_t> prompt, stop;
   retnet::GenerationOptions options;
   int threads = 0;
-  retnet::io::LoadOptions load;  // --weights
+  retnet::io::LoadOptions load;  // --weights, --no-mmap
 };
 
 Arguments parse(int argc, char** argv) {
@@ -93,10 +95,11 @@ Arguments parse(int argc, char** argv) {
       "--model",      "--prompt-ids", "--max-new", "--temperature", "--top-k",     "--top-p",
       "--seed",       "--stop-ids",   "--chunk",   "--prefill",     "--threads",   "--precision",
       "--save-state", "--load-state", "--prompt",  "--prompt-file", "--tokenizer", "--weights"};
-  const retnet_examples::Flags flags(argc, argv, valued, {"--interactive"});
+  const retnet_examples::Flags flags(argc, argv, valued, {"--interactive", "--no-mmap"});
   std::map<std::string, std::string> given = flags.values;
   Arguments a;
   a.interactive = flags.switches.at("--interactive");
+  a.load.map = !flags.switches.at("--no-mmap");
   if (!given.count("--model")) throw UsageError("--model is required");
   const int prompts = static_cast<int>(given.count("--prompt-ids") + given.count("--prompt") +
                                        given.count("--prompt-file"));

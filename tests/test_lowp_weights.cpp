@@ -731,6 +731,28 @@ TEST(LowpLoading, ModelWeightsPointIntoTheMappedFile) {
   });
   EXPECT_GE(parts, 4 * model.config().layers + 1);  // q, k, v, g as parts, o, the FFN, the table
 }
+
+// LoadOptions::map = false: the same weights read into owned memory; the file is never mapped.
+TEST(LowpLoading, WithoutMappingTheWeightsAreOwnedCopies) {
+  const fs::path dir = fs::path(RETNET_TEST_DATA_DIR) / "fla" / "fla_small";
+  io::LoadOptions options{WeightType::kBf16};
+  options.map = false;
+  const auto copied = io::loadModel<float>(dir.string(), options);
+  EXPECT_TRUE(mappedRanges(dir / "model.safetensors").empty());
+  Index parts = 0;
+  copied.forEachWeight([&](const LinearWeight<float>& w) {
+    if (w.empty()) return;
+    EXPECT_EQ(w.type(), WeightType::kBf16);
+    parts += static_cast<Index>(w.parts().size());
+  });
+  EXPECT_GE(parts, 4 * copied.config().layers + 1);
+  // Same codes, same kernels: the logits of the mapped model, bit for bit.
+  const auto mapped = io::loadModel<float>(dir.string(), {WeightType::kBf16});
+  const TokenMatrix tokens = randomTokens(copied.config().vocab, 2, 12, 9);
+  const Tensor3<float> a = copied.forwardChunkwise(tokens, 4),
+                       b = mapped.forwardChunkwise(tokens, 4);
+  EXPECT_TRUE(std::equal(a.data(), a.data() + a.size(), b.data()));
+}
 #endif
 
 // Double activations with reduced weights take the portable kernels: same stored weights, same

@@ -49,6 +49,14 @@ foreach(type bf16 f16 int8)
   expect_match("${reduced}" "\nweights: ${type}, [0-9.]+ MB as stored; kernels: [a-z0-9]+\n" "--weights ${type}")
   expect_match("${reduced}" "generated:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\n" "--weights ${type} generates")
 endforeach()
+# --no-mmap: the weights read into owned memory instead of mapped; the same tokens.
+run_cli(0 mapped err --model ${MODEL} --prompt-ids 1,2,3 --max-new 5 --weights int8)
+run_cli(0 copied err --model ${MODEL} --prompt-ids 1,2,3 --max-new 5 --weights int8 --no-mmap)
+string(REGEX MATCH "generated:[ 0-9]+" mapped_ids "${mapped}")
+string(REGEX MATCH "generated:[ 0-9]+" copied_ids "${copied}")
+if(mapped_ids STREQUAL "" OR NOT mapped_ids STREQUAL copied_ids)
+  message(FATAL_ERROR "--no-mmap generated '${copied_ids}', mapped '${mapped_ids}'")
+endif()
 
 # Errors: one line on stderr, a non-zero exit, never a crash.
 function(expect_error code regex)

@@ -276,6 +276,17 @@ class TensorFile {
     return readTensor<Scalar, Rank>(name);
   }
 
+  /// From now on stored() copies instead of mapping the file (a mapping made before stays with the
+  /// tensors that use it). For weights that must live in memory the process owns: the kernel can
+  /// drop a mapped file's clean pages at any time (memory pressure, proactive reclaim) and read
+  /// them from disk again at the next touch; pages the process owns stay where there is no swap.
+  void neverMap() const {
+    if (!stream_) return;
+    const std::lock_guard<std::mutex> lock(stream_->mutex);
+    stream_->mapTried = true;
+    stream_->mapping.reset();
+  }
+
   /// Tensor `name`'s bytes as stored (StoredTensor): in place in the file mapped read-only when
   /// `mapping` allows, the system can map it, the host is little-endian and the tensor's offset is
   /// a multiple of its element size; else a copy (an in-memory file's tensors are copied too).

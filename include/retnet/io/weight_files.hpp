@@ -116,6 +116,12 @@ class WeightFiles {
     return names;
   }
 
+  /// Tensors read from now on are copies in owned memory, not views of the mapped files
+  /// (TensorFile::neverMap; LoadOptions::map).
+  void neverMap() const {
+    for (const auto& file : files_) file->neverMap();
+  }
+
   /// The file holding `name`; FormatError if none does.
   const TensorFile& fileOf(const std::string& name) const {
     const auto found = where_.find(name);
