@@ -31,8 +31,9 @@ the other, round after round (--rounds); the speed-up retnet / torchscale is the
 rounds. When the binary is missing the reference runs alone.
 
 PyTorch runs at full strength as in reference_torchscale.py (whose machinery this reuses): the
-OpenBLAS core type giving the fastest SGEMM is chosen first (--blas-core), and the BLAS runs as
-many threads as PyTorch.
+OpenBLAS core type giving the fastest SGEMM (--blas-core) and the allocator giving the fastest
+fresh outputs (--allocator: glibc's, tcmalloc or jemalloc, where installed) are chosen first, and
+the BLAS runs as many threads as PyTorch. The reference's memory is then that allocator's.
 """
 
 import argparse
@@ -280,6 +281,10 @@ def main():
     parser.add_argument("--blas-core", default="auto",
                         help="OPENBLAS_CORETYPE for PyTorch's BLAS: auto (the fastest SGEMM of "
                              "the candidates), keep (the environment's), or a name")
+    parser.add_argument("--allocator", default="auto",
+                        choices=["auto", "keep"] + sorted(ref.ALLOCATORS),
+                        help="PyTorch's allocator: auto (the fastest mul into fresh outputs of "
+                             "those installed), keep (the environment's), or a name")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.retnet_min_time is None:
@@ -291,7 +296,7 @@ def main():
         print(json.dumps(row), flush=True)
         return
 
-    blas_trials = ref.pin_blas_core(options.blas_core)
+    trials = ref.pin_peer(options.blas_core, options.allocator)
     lengths = [128] if options.quick else options.lengths
     rounds = options.rounds or (2 if options.compare else 1)
     cases = [(form, length, threads) for threads in options.threads
@@ -310,7 +315,9 @@ def main():
                    date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                    loadavg_start=open("/proc/loadavg").read().split()[:3],
                    openblas_coretype=os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
-                   blas_core_trials_sgemm_1t_gflops=blas_trials,
+                   blas_core_trials_sgemm_1t_gflops=trials.get("blas_core_sgemm_1t_gflops"),
+                   allocator=os.environ.get("RETNET_BENCH_ALLOCATOR", "keep"),
+                   allocator_trials_fresh_mul_1t_gbs=trials.get("allocator_fresh_mul_1t_gbs"),
                    retnet_binary=(os.path.join(options.compare, "bench", RETNET_BINARY)
                                   if compare else None),
                    rounds=rounds, min_time=options.min_time, min_reps=options.min_reps)
