@@ -1,9 +1,8 @@
 // A real-size model in one process: retnet::io::loadModel<float> on a checkpoint directory (e.g.
 // the fla-hub retnet-1.3B layout written by make_fla_checkpoint), then prefill and decode speed.
 //
-//   bench_real_size DIR [--mode load|speed|all] [--cold] [--no-map] [--threads N] [--lengths
-//   512,2048]
-//                       [--chunks 64,128,256] [--reps N] [--decode-prompt 128]
+//   bench_real_size DIR [--mode load|speed|all] [--cold] [--no-map] [--threads N]
+//                       [--lengths 512,2048] [--chunks 64,128,256] [--reps N] [--decode-prompt 128]
 //                       [--decode-steps 32] [--breakdown-steps 4] [--batches 1,4,16,64]
 //                       [--weights f32|bf16|f16|int8] [--bf16-gemm never|fast|wherever]
 //                       [--json FILE]
