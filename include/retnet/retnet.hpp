@@ -6,9 +6,8 @@
 #pragma once
 
 #include "retnet/activation.hpp"            // IWYU pragma: export
+#include "retnet/bf16_gemm.hpp"             // IWYU pragma: export
 #include "retnet/block.hpp"                 // IWYU pragma: export
-#include "retnet/detail/bf16_gemm.hpp"      // IWYU pragma: export (setBf16Gemm, Bf16Gemm)
-#include "retnet/detail/parallel_for.hpp"   // IWYU pragma: export (numThreads, setNumThreads)
 #include "retnet/errors.hpp"                // IWYU pragma: export
 #include "retnet/form.hpp"                  // IWYU pragma: export
 #include "retnet/generation.hpp"            // IWYU pragma: export
@@ -34,3 +33,4 @@
 #include "retnet/stages/wkv.hpp"            // IWYU pragma: export
 #include "retnet/state.hpp"                 // IWYU pragma: export
 #include "retnet/tensor.hpp"                // IWYU pragma: export
+#include "retnet/threads.hpp"               // IWYU pragma: export

@@ -7,30 +7,13 @@
 
 #include <Eigen/Core>
 
+#include "retnet/threads.hpp"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 namespace retnet {
-
-/// Number of threads retnet's loops use: OpenMP's current setting, or 1 without OpenMP.
-inline int numThreads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-/// Sets the thread count for retnet's loops (and every other OpenMP region of the process).
-/// Without OpenMP this is a no-op: the library is then single-threaded.
-inline void setNumThreads(int threads) {
-#ifdef _OPENMP
-  if (threads >= 1) omp_set_num_threads(threads);
-#else
-  (void)threads;
-#endif
-}
 
 namespace detail {
 

@@ -16,7 +16,8 @@
 // block of 256 rows of W into a per-thread float panel once and runs the same GEMM on it, so
 // prefill keeps the GEMM's speed and pays one pass over the codes. In a build with RETNET_ONEDNN,
 // a BF16 weight's block is instead a BF16 GEMM (oneDNN: AMX, or AVX512-BF16 on AMD) on x rounded to
-// BF16 once per call (detail/bf16_gemm.hpp: its speed, its error bound, setBf16Gemm to choose).
+// BF16 once per call (detail/bf16_gemm.hpp: its speed, its error bound; retnet/bf16_gemm.hpp:
+// setBf16Gemm to choose).
 #pragma once
 
 #include <algorithm>
