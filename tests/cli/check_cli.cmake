@@ -49,9 +49,10 @@ foreach(type bf16 f16 int8)
   expect_match("${reduced}" "\nweights: ${type}, [0-9.]+ MB as stored; kernels: [a-z0-9]+\n" "--weights ${type}")
   expect_match("${reduced}" "generated:( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)( [0-9]+)\n" "--weights ${type} generates")
 endforeach()
-# --no-mmap: the weights read into owned memory instead of mapped; the same tokens.
-run_cli(0 mapped err --model ${MODEL} --prompt-ids 1,2,3 --max-new 5 --weights int8)
-run_cli(0 copied err --model ${MODEL} --prompt-ids 1,2,3 --max-new 5 --weights int8 --no-mmap)
+# --no-mmap: the weights kept in the file's own type (the FLA directory's BF16, kept as bf16) are
+# read into owned memory instead of used in place in the mapped file; the same tokens.
+run_cli(0 mapped err --model ${DATA}/fla/fla_small --prompt-ids 1,2,3 --max-new 5 --weights bf16)
+run_cli(0 copied err --model ${DATA}/fla/fla_small --prompt-ids 1,2,3 --max-new 5 --weights bf16 --no-mmap)
 string(REGEX MATCH "generated:[ 0-9]+" mapped_ids "${mapped}")
 string(REGEX MATCH "generated:[ 0-9]+" copied_ids "${copied}")
 if(mapped_ids STREQUAL "" OR NOT mapped_ids STREQUAL copied_ids)
