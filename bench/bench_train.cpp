@@ -12,8 +12,8 @@
 // (what training holds: the gradients, the cache of activations, the shared workspace, AdamW's
 // moments; PyTorch's figure counts the same, its gradients and moments being created in the first
 // step). Memory figures are per process: run one case per process (--benchmark_filter) to read
-// them, as train_torchscale.py --compare does, and one step (--benchmark_min_time=0.1) for a
-// fresh baseline (a second run in the process starts from memory the first freed).
+// them, as train_torchscale.py --compare does (a second run in the process starts from memory the
+// first freed). Each run takes one untimed warm-up step first, as the peer's loop does.
 //
 //   train_linear/{forward|input|weight}/out:{..}/in:{..}/rows:2048/thr:{1|2}
 //
@@ -85,7 +85,8 @@ void benchTrain(benchmark::State& state, retnet::Form form) {
   const auto since = [](Clock::time_point start) {
     return std::chrono::duration<double>(Clock::now() - start).count();
   };
-  for (auto _ : state) {
+  // one step, adding its forward, backward and optimiser times to `into`
+  const auto step = [&](double* into) {
     const auto start = Clock::now();
     grads.setZero();
     model.forwardTraining(form, tokens, chunk, cache);
@@ -94,10 +95,16 @@ void benchTrain(benchmark::State& state, retnet::Form form) {
     const auto backward = Clock::now();
     retnet::clipGradientNorm(grads, 1.0);
     optimizer.step(model, grads, 1e-4);
-    seconds[0] += std::chrono::duration<double>(forward - start).count();
-    seconds[1] += std::chrono::duration<double>(backward - forward).count();
-    seconds[2] += since(backward);
-  }
+    into[0] += std::chrono::duration<double>(forward - start).count();
+    into[1] += std::chrono::duration<double>(backward - forward).count();
+    into[2] += since(backward);
+  };
+  // One untimed warm-up step, as train_torchscale.py gives the peer: it sizes the cache and the
+  // workspace and creates AdamW's moments, and it pays the first touch of all that memory (on some
+  // VMs ~30x a reused page's cost, which made the first step at T = 2048 take twice a later one).
+  double warmUp[3] = {0, 0, 0};
+  step(warmUp);
+  for (auto _ : state) step(seconds);
   benchmark::DoNotOptimize(loss);
   using benchmark::Counter;
   state.counters["tokens/s"] =
