@@ -78,12 +78,22 @@ void benchForm(benchmark::State& state, Layer layer, retnet::Form form) {
     const retnet::ConstTensor3Ref<float> v(pool + 2 * items * T * dk, items, T, dv);
     const retnet::Retention<float> retention(
         static_cast<float>(retnet::MultiScaleRetention<float>::headGamma(0)));
+    // as the layers below: the output and scratch kept (after one untimed call that sizes them),
+    // or with PER_CALL_BUFFERS=1 the form by value, which allocates them per call
+    static const bool perCall = std::getenv("PER_CALL_BUFFERS") != nullptr;
+    retnet::Retention<float>::Scratch scratch;
+    retnet::Tensor3<float> out;
+    retnet::RetentionState<float> warmUp;
+    retention.forward(form, q, k, v, chunk, warmUp, out, scratch);
     for (auto _ : state) {
-      retnet::Tensor3<float> out =
-          form == retnet::Form::kParallel    ? retention.forwardParallel(q, k, v)
-          : form == retnet::Form::kChunkwise ? retention.forwardChunkwise(q, k, v, chunk)
-                                             : retention.forwardRecurrent(q, k, v);
-      benchmark::DoNotOptimize(out.data());
+      retnet::RetentionState<float> fresh;
+      if (perCall) {
+        const retnet::Tensor3<float> result = retention.forward(form, q, k, v, chunk, fresh);
+        benchmark::DoNotOptimize(result.data());
+      } else {
+        retention.forward(form, q, k, v, chunk, fresh, out, scratch);
+        benchmark::DoNotOptimize(out.data());
+      }
       benchmark::ClobberMemory();
     }
   } else {

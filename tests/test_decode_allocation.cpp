@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "retnet/io/checkpoint.hpp"
+#include "retnet/retention.hpp"
 
 namespace retnet {
 namespace {
@@ -99,6 +100,24 @@ TEST(DecodeAllocation, EveryFormIntoKeptBuffersAllocatesNothing) {
   }
   Eigen::internal::set_is_malloc_allowed(true);
   EXPECT_EQ(state.position(0), 9 * 24);
+}
+
+// Single-head retention's kept-buffer form likewise, every form in turn with one scratch.
+TEST(DecodeAllocation, RetentionIntoKeptBuffersAllocatesNothing) {
+  const Retention<float> retention(0.9f);
+  Tensor3<float> q(3, 9, 16), v(3, 9, 32), out;
+  q.setConstant(0.25f);
+  v.setConstant(0.5f);
+  RetentionState<float> state;
+  Retention<float>::Scratch scratch;
+  const Form forms[] = {Form::kParallel, Form::kChunkwise, Form::kRecurrent};
+  for (int round = 0; round < 2; ++round)  // size the buffers: a zero, then a non-zero state
+    for (const Form form : forms) retention.forward(form, q, q, v, 4, state, out, scratch);
+  Eigen::internal::set_is_malloc_allowed(false);
+  for (int round = 0; round < 2; ++round)
+    for (const Form form : forms) retention.forward(form, q, q, v, 4, state, out, scratch);
+  Eigen::internal::set_is_malloc_allowed(true);
+  EXPECT_EQ(state.position(), 9 * 12);
 }
 
 // A model's prefill into kept buffers (the scratch decode takes) allocates nothing either once

@@ -127,8 +127,6 @@ TYPED_TEST(RetentionTest, GammaZeroKeepsOnlyTheCurrentToken) {
   }
 }
 
-enum class Form { kParallel, kChunkwise, kRecurrent };
-
 // Split a sequence at random points and hand the state from form to form: the concatenated
 // outputs and the final state equal one pass.
 TYPED_TEST(RetentionTest, StateHandsOverBetweenAnyFormsAtAnySplit) {
@@ -239,6 +237,54 @@ TYPED_TEST(RetentionTest, AcceptsTensorMapsAndIsDeterministic) {
   }
 }
 
+// The kept-buffer form: the same bits as the named forms by value, for every form, through calls
+// of other lengths and forms with the same `out` and scratch (the plans kept or remade),
+// continuing a state across calls as the forms by value do; forward(form, ...) by value likewise.
+TYPED_TEST(RetentionTest, KeptBuffersGiveTheBitsOfTheFormsByValue) {
+  using Scalar = TypeParam;
+  const Retention<Scalar> retention(Scalar(0.875));
+  typename Retention<Scalar>::Scratch scratch;
+  Tensor3<Scalar> out;
+  const Form forms[] = {Form::kChunkwise, Form::kParallel,  Form::kRecurrent,
+                        Form::kChunkwise, Form::kChunkwise, Form::kParallel};
+  const Index times[] = {37, 37, 5, 20, 64, 1};
+  const Index chunks[] = {8, 0, 0, 8, 100, 0};
+  RetentionState<Scalar> keptState, valueState, dispatchedState;
+  for (std::size_t call = 0; call < 6; ++call) {
+    SCOPED_TRACE(::testing::Message()
+                 << "call " << call << ", " << formName(forms[call]) << " T " << times[call]);
+    const Inputs in = makeInputs(3, times[call], 700 + call);
+    const Tensors<Scalar> t(in);
+    // a fresh state (by value and kept), then one continued from the previous call
+    RetentionState<Scalar> freshKept, freshValue, freshDispatched;
+    for (const bool continued : {false, true}) {
+      RetentionState<Scalar>& kept = continued ? keptState : freshKept;
+      RetentionState<Scalar>& byValue = continued ? valueState : freshValue;
+      RetentionState<Scalar>& dispatched = continued ? dispatchedState : freshDispatched;
+      retention.forward(forms[call], t.q, t.k, t.v, chunks[call], kept, out, scratch);
+      const Tensor3<Scalar> expected =
+          forms[call] == Form::kParallel ? retention.forwardParallel(t.q, t.k, t.v, byValue)
+          : forms[call] == Form::kChunkwise
+              ? retention.forwardChunkwise(t.q, t.k, t.v, chunks[call], byValue)
+              : retention.forwardRecurrent(t.q, t.k, t.v, byValue);
+      ASSERT_EQ(out.dimension(0), 3);
+      ASSERT_EQ(out.dimension(1), times[call]);
+      ASSERT_EQ(out.dimension(2), kValueDim);
+      // and forward(form, ...) by value is the named form
+      const Tensor3<Scalar> viaForm =
+          retention.forward(forms[call], t.q, t.k, t.v, chunks[call], dispatched);
+      for (Index i = 0; i < expected.size(); ++i) {
+        ASSERT_EQ(out.data()[i], expected.data()[i]);
+        ASSERT_EQ(viaForm.data()[i], expected.data()[i]);
+      }
+      ASSERT_EQ(kept.position(), byValue.position());
+      for (Index i = 0; i < kept.values().size(); ++i)
+        ASSERT_EQ(kept.values().data()[i], byValue.values().data()[i]);
+    }
+  }
+  EXPECT_EQ(keptState.position(), 37 + 37 + 5 + 20 + 64 + 1);
+}
+
 // float32 over 65 536 positions: no overflow, no NaN, and an error against the double formula
 // (checked on sampled rows, as the full O(T²) reference is too slow) within the random-walk
 // bound of `tolerance`. Measured: about 1e-6 normwise for γ < 1, a few 1e-6 for γ = 1.
@@ -323,6 +369,27 @@ TEST(RetentionErrors, RejectsChunkSizeZero) {
                            ">= 1", "got 0");
   RETNET_EXPECT_THROW_WITH(retention.forwardChunkwise(q, q, v, -3), InvalidArgument, "chunkSize",
                            "got -3");
+}
+
+TEST(RetentionErrors, KeptBufferFormRejectsOverlapAndBadChunkBeforeTouchingTheState) {
+  const Retention<double> retention(0.5);
+  Tensor3<double> q(1, 5, 8), v(1, 5, 12), out(1, 5, 12);
+  q.setConstant(0.1);
+  v.setConstant(0.2);
+  Retention<double>::Scratch scratch;
+  RetentionState<double> state;
+  Eigen::TensorMap<Tensor3<double>> vAlias(out.data(), 1, 5, 12);
+  RETNET_EXPECT_THROW_WITH(retention.forward(Form::kParallel, q, q, vAlias, 0, state, out, scratch),
+                           InvalidArgument, "Retention::forwardParallel",
+                           "out must not overlap q, k or v");
+  RETNET_EXPECT_THROW_WITH(retention.forward(Form::kChunkwise, q, q, v, 0, state, out, scratch),
+                           InvalidArgument, "Retention::forwardChunkwise", "chunkSize", "got 0");
+  RetentionState<double> otherKey(1, 4, 12);
+  RETNET_EXPECT_THROW_WITH(retention.forward(Form::kRecurrent, q, q, v, 0, otherKey, out, scratch),
+                           InvalidArgument, "Retention::forwardRecurrent", "state key dim",
+                           "must be 8, got 4");
+  EXPECT_TRUE(state.empty());
+  EXPECT_EQ(out.dimension(1), 5);  // untouched
 }
 
 TEST(RetentionErrors, RejectsStateOfAnotherShapeAndLeavesItUntouched) {

@@ -1,6 +1,8 @@
 // Single-head retention in its three equivalent forms (paper §2.1, eqs. 1–7).
 #pragma once
 
+#include <array>
+#include <functional>
 #include <type_traits>
 #include <vector>
 
@@ -22,7 +24,9 @@ namespace retnet {
 /// its input, so forms can hand a sequence over to each other anywhere.
 ///
 /// With OpenMP enabled by the caller, batch items run in parallel; results do not depend on
-/// the thread count.
+/// the thread count. The forms by value allocate their output and buffers per call;
+/// forward(form, q, k, v, chunkSize, state, out, scratch) keeps them in the caller's hands, so a
+/// loop of calls allocates nothing once they have their sizes (the layers' kept-buffer form).
 template <typename Scalar>
 class Retention {
   static_assert(std::is_floating_point_v<Scalar>,
@@ -30,6 +34,14 @@ class Retention {
 
  public:
   using State = RetentionState<Scalar>;
+
+  /// The buffers of forward(form, q, k, v, chunkSize, state, out, scratch), kept by the caller
+  /// from call to call (not part of any state's value): each form's plan (its decay tables, kept
+  /// while it serves the calls) and the retention stage's scratch per thread.
+  struct Scratch {
+    std::array<std::vector<RetentionPlan<Scalar>>, 3> plans;  // per form (Form's value): 0 or 1
+    std::vector<RetentionScratch<Scalar>> perThread;
+  };
 
   /// `gamma` must be finite and in [0, 1]: 0 keeps only the current token, 1 never forgets.
   explicit Retention(Scalar gamma)
@@ -76,6 +88,45 @@ class Retention {
     return run(Form::kRecurrent, q, k, v, 0, state, false);
   }
 
+  /// Any form by value: chunkSize is used by the chunkwise form only.
+  Tensor3<Scalar> forward(Form form, ConstTensor3Ref<Scalar> q, ConstTensor3Ref<Scalar> k,
+                          ConstTensor3Ref<Scalar> v, Index chunkSize, State& state) const {
+    switch (form) {
+      case Form::kParallel:
+        return forwardParallel(q, k, v, state);
+      case Form::kChunkwise:
+        return forwardChunkwise(q, k, v, chunkSize, state);
+      default:
+        return forwardRecurrent(q, k, v, state);
+    }
+  }
+
+  /// `form` into `out` (resized to (B, T, dv) if its shape differs) with the caller's scratch:
+  /// the same bits as the form by value, and once `out` and `scratch` have their sizes a call
+  /// allocates nothing beyond what Eigen's products take for packing. chunkSize is used by the
+  /// chunkwise form only. `out` must not overlap q, k or v (its buffer may be resized).
+  void forward(Form form, ConstTensor3Ref<Scalar> q, ConstTensor3Ref<Scalar> k,
+               ConstTensor3Ref<Scalar> v, Index chunkSize, State& state, Tensor3<Scalar>& out,
+               Scratch& scratch) const {
+    const char* where = form == Form::kParallel    ? "Retention::forwardParallel"
+                        : form == Form::kChunkwise ? "Retention::forwardChunkwise"
+                                                   : "Retention::forwardRecurrent";
+    if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
+    const std::less<const Scalar*> before;
+    const Scalar* outEnd = out.data() + out.size();
+    for (const auto* input : {&q, &k, &v}) {
+      const Scalar* inputEnd = input->data() + input->size();
+      detail::require(
+          out.size() == 0 || !before(input->data(), outEnd) || !before(out.data(), inputEnd), where,
+          "out must not overlap q, k or v (its buffer may be resized)");
+    }
+    const bool fresh = prepare(where, q, k, v, state) && form != Form::kRecurrent;
+    if (out.dimension(0) != q.batch() || out.dimension(1) != q.time() ||
+        out.dimension(2) != v.features())
+      out.resize(q.batch(), q.time(), v.features());
+    runInto(form, q, k, v, chunkSize, state, fresh, out, scratch);
+  }
+
  private:
   static double checkedDecay(Scalar gamma) {
     detail::requireDecay("Retention", static_cast<double>(gamma));
@@ -105,15 +156,32 @@ class Retention {
     return false;
   }
 
-  /// The retention stage over every batch item (in parallel), S advanced past the input.
+  /// The form by value: its output and buffers made for this call.
   Tensor3<Scalar> run(Form form, const ConstTensor3Ref<Scalar>& q, const ConstTensor3Ref<Scalar>& k,
                       const ConstTensor3Ref<Scalar>& v, Index chunkSize, State& state,
                       bool stateIsZero) const {
+    Tensor3<Scalar> out(q.batch(), q.time(), v.features());
+    Scratch scratch;
+    runInto(form, q, k, v, chunkSize, state, stateIsZero, out, scratch);
+    return out;
+  }
+
+  /// The retention stage over every batch item (in parallel) into `out` (already (B, T, dv)),
+  /// S advanced past the input.
+  void runInto(Form form, const ConstTensor3Ref<Scalar>& q, const ConstTensor3Ref<Scalar>& k,
+               const ConstTensor3Ref<Scalar>& v, Index chunkSize, State& state, bool stateIsZero,
+               Tensor3<Scalar>& out, Scratch& scratch) const {
     const Index time = q.time(), keyDim = q.features(), valueDim = v.features();
-    Tensor3<Scalar> out(q.batch(), time, valueDim);
-    const RetentionPlan<Scalar> plan(head_, form, chunkSize, time);
-    std::vector<RetentionScratch<Scalar>> scratch(
-        static_cast<std::size_t>(form == Form::kRecurrent ? 1 : detail::maxThreadSlots()));
+    auto& kept = scratch.plans[static_cast<std::size_t>(form)];
+    if (kept.empty() || !kept.front().serves(head_, form, chunkSize, time)) {
+      kept.clear();  // keeps its capacity
+      kept.emplace_back(head_, form, chunkSize, time);
+    }
+    const RetentionPlan<Scalar>& plan = kept.front();
+    // the recurrent form's stage uses no scratch, so one serves every thread
+    const auto slots =
+        static_cast<std::size_t>(form == Form::kRecurrent ? 1 : detail::maxThreadSlots());
+    if (scratch.perThread.size() < slots) scratch.perThread.resize(slots);
     detail::parallelFor(q.batch(), [&](Index b, int thread) {
       // per item: q, k (T x dk), v, out (T x dv), S (dk x dv)
       using Rows = Eigen::Map<const RowMatrix<Scalar>>;
@@ -123,10 +191,9 @@ class Retention {
           Rows(v.data() + b * time * valueDim, time, valueDim), state.matrix(b), state.position(),
           stateIsZero,
           Eigen::Map<RowMatrix<Scalar>>(out.data() + b * time * valueDim, time, valueDim),
-          scratch[form == Form::kRecurrent ? 0 : static_cast<std::size_t>(thread)]);
+          scratch.perThread[form == Form::kRecurrent ? 0 : static_cast<std::size_t>(thread)]);
     });
     state.setPosition(state.position() + time);
-    return out;
   }
 
   Scalar gamma_;
