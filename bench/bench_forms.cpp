@@ -35,30 +35,42 @@ double callFlops(Layer layer, retnet::Form form, const ModelConfig& c, double B,
   return flops;
 }
 
-/// Calls of `form` on a layer as a loop of prefills makes them: a fresh zero state each time (a
-/// new sequence), the output and scratch kept from call to call (forward(form, x, chunk, state,
-/// out, scratch), as RetNetModel keeps one scratch for all its blocks), after one untimed call
-/// that sizes them. PER_CALL_BUFFERS=1 runs the value-returning forms instead, which allocate
-/// and first-touch them on every call.
-template <typename LayerType>
-void runLayer(benchmark::State& state, const LayerType& layer, retnet::Form form,
-              const retnet::ConstTensor3Ref<float>& x, Index chunk) {
+/// Calls as a loop of prefills makes them: a fresh zero state each time (a new sequence), the
+/// output and scratch kept from call to call (`kept(state, out, scratch)`: forward(form, ...,
+/// state, out, scratch), as RetNetModel keeps one scratch for all its blocks), after one untimed
+/// call that sizes them. PER_CALL_BUFFERS=1 runs `byValue(state)`, the value-returning form,
+/// instead, which allocates and first-touches them on every call.
+template <typename LayerState, typename Scratch, typename Kept, typename ByValue>
+void timeCalls(benchmark::State& state, const Kept& kept, const ByValue& byValue) {
   static const bool perCall = std::getenv("PER_CALL_BUFFERS") != nullptr;
-  typename LayerType::Scratch scratch;
+  Scratch scratch;
   retnet::Tensor3<float> out;
-  typename LayerType::State warmUp;
-  layer.forward(form, x, chunk, warmUp, out, scratch);
+  LayerState warmUp;
+  kept(warmUp, out, scratch);
   for (auto _ : state) {
-    typename LayerType::State fresh;
+    LayerState fresh;
     if (perCall) {
-      const retnet::Tensor3<float> result = layer.forward(form, x, chunk, fresh);
+      const retnet::Tensor3<float> result = byValue(fresh);
       benchmark::DoNotOptimize(result.data());
     } else {
-      layer.forward(form, x, chunk, fresh, out, scratch);
+      kept(fresh, out, scratch);
       benchmark::DoNotOptimize(out.data());
     }
     benchmark::ClobberMemory();
   }
+}
+
+/// Calls of `form` on a layer (timeCalls).
+template <typename LayerType>
+void runLayer(benchmark::State& state, const LayerType& layer, retnet::Form form,
+              const retnet::ConstTensor3Ref<float>& x, Index chunk) {
+  using LayerState = typename LayerType::State;
+  timeCalls<LayerState, typename LayerType::Scratch>(
+      state,
+      [&](LayerState& s, retnet::Tensor3<float>& out, typename LayerType::Scratch& scratch) {
+        layer.forward(form, x, chunk, s, out, scratch);
+      },
+      [&](LayerState& s) { return layer.forward(form, x, chunk, s); });
 }
 
 void benchForm(benchmark::State& state, Layer layer, retnet::Form form) {
@@ -78,24 +90,15 @@ void benchForm(benchmark::State& state, Layer layer, retnet::Form form) {
     const retnet::ConstTensor3Ref<float> v(pool + 2 * items * T * dk, items, T, dv);
     const retnet::Retention<float> retention(
         static_cast<float>(retnet::MultiScaleRetention<float>::headGamma(0)));
-    // as the layers below: the output and scratch kept (after one untimed call that sizes them),
-    // or with PER_CALL_BUFFERS=1 the form by value, which allocates them per call
-    static const bool perCall = std::getenv("PER_CALL_BUFFERS") != nullptr;
-    retnet::Retention<float>::Scratch scratch;
-    retnet::Tensor3<float> out;
-    retnet::RetentionState<float> warmUp;
-    retention.forward(form, q, k, v, chunk, warmUp, out, scratch);
-    for (auto _ : state) {
-      retnet::RetentionState<float> fresh;
-      if (perCall) {
-        const retnet::Tensor3<float> result = retention.forward(form, q, k, v, chunk, fresh);
-        benchmark::DoNotOptimize(result.data());
-      } else {
-        retention.forward(form, q, k, v, chunk, fresh, out, scratch);
-        benchmark::DoNotOptimize(out.data());
-      }
-      benchmark::ClobberMemory();
-    }
+    using Scratch = retnet::Retention<float>::Scratch;
+    timeCalls<retnet::RetentionState<float>, Scratch>(
+        state,
+        [&](retnet::RetentionState<float>& s, retnet::Tensor3<float>& out, Scratch& scratch) {
+          retention.forward(form, q, k, v, chunk, s, out, scratch);
+        },
+        [&](retnet::RetentionState<float>& s) {
+          return retention.forward(form, q, k, v, chunk, s);
+        });
   } else {
     const retnet::ConstTensor3Ref<float> x(randomPool(B * T * c.embed), B, T, c.embed);
     if (layer == Layer::kMsr) {

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <array>
-#include <functional>
 #include <type_traits>
 #include <vector>
 
@@ -112,14 +111,9 @@ class Retention {
                         : form == Form::kChunkwise ? "Retention::forwardChunkwise"
                                                    : "Retention::forwardRecurrent";
     if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
-    const std::less<const Scalar*> before;
-    const Scalar* outEnd = out.data() + out.size();
-    for (const auto* input : {&q, &k, &v}) {
-      const Scalar* inputEnd = input->data() + input->size();
-      detail::require(
-          out.size() == 0 || !before(input->data(), outEnd) || !before(out.data(), inputEnd), where,
-          "out must not overlap q, k or v (its buffer may be resized)");
-    }
+    for (const auto* input : {&q, &k, &v})
+      detail::requireNoOverlap(where, out, *input,
+                               "out must not overlap q, k or v (its buffer may be resized)");
     const bool fresh = prepare(where, q, k, v, state) && form != Form::kRecurrent;
     if (out.dimension(0) != q.batch() || out.dimension(1) != q.time() ||
         out.dimension(2) != v.features())

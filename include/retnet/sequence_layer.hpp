@@ -28,8 +28,6 @@
 //                    State&, MatrixRef<Scalar> y, Scratch&) const;
 #pragma once
 
-#include <functional>
-
 #include "retnet/detail/checks.hpp"
 #include "retnet/detail/workspace.hpp"
 #include "retnet/form.hpp"
@@ -127,11 +125,7 @@ class SequenceLayer {
                         : form == Form::kChunkwise ? Layer::kFormNames.chunkwise
                                                    : Layer::kFormNames.recurrent;
     if (form == Form::kChunkwise) detail::requireChunkSize(where, chunkSize);
-    const std::less<const Scalar*> before;
-    const Scalar* xEnd = x.data() + x.size();
-    const Scalar* outEnd = out.data() + out.size();
-    detail::require(out.size() == 0 || !before(x.data(), outEnd) || !before(out.data(), xEnd),
-                    where, "out must not overlap x (its buffer may be resized)");
+    detail::requireNoOverlap(where, out, x, "out must not overlap x (its buffer may be resized)");
     prepare(where, x, state);  // sizes an empty state: the last check
     const Index width = layer().outputWidth();
     if (out.dimension(0) != x.batch() || out.dimension(1) != x.time() || out.dimension(2) != width)

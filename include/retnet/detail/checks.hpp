@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -37,6 +38,18 @@ void requireNonEmpty(const char* where, const char* name, const ConstTensor3Ref<
           " must be non-empty (batch, time, features all >= 1), got shape ",
           shapeString(t.batch(), t.time(), t.features()));
   require(t.data() != nullptr, where, name, " has a null data pointer");
+}
+
+/// A kept output buffer `out` (which a form may resize) must not share memory with an input;
+/// `message` says which (compared with std::less, defined for any two pointers).
+template <typename Scalar>
+void requireNoOverlap(const char* where, const Tensor3<Scalar>& out,
+                      const ConstTensor3Ref<Scalar>& input, const char* message) {
+  const std::less<const Scalar*> before;
+  const Scalar* outEnd = out.data() + out.size();
+  const Scalar* inputEnd = input.data() + input.size();
+  require(out.size() == 0 || !before(input.data(), outEnd) || !before(out.data(), inputEnd), where,
+          message);
 }
 
 inline void requireChunkSize(const char* where, Index chunkSize) {
