@@ -258,18 +258,44 @@ inline void setThreads(int threads) {
 // ---------------------------------------------------------------------------------------------
 // FLOP models (multiply-add = 2 FLOPs), per batch item
 
-/// Retention of one head over T positions (chunk ignored unless chunkwise).
-inline double retentionFlops(retnet::Form form, double T, double chunk, double dk, double dv) {
-  switch (form) {
-    case retnet::Form::kParallel:  // causal half of QKᵀ (2·T²·dk) and of (·)V (2·T²·dv)
-      return T * T * (dk + dv);
-    case retnet::Form::kChunkwise: {
-      const double c = std::min(chunk, T);  // in-chunk causal half + state update and read
-      return T * c * (dk + dv) + 4.0 * T * dk * dv;
+/// Retention of one head over T positions as retnet's kernel forms it
+/// (detail/retention_kernel.hpp), counting the useful FLOPs of the products it runs: a score
+/// q_i·k_j and its value product for each j <= i that the kernel takes from the scores (the causal
+/// half: masked entries are not counted), and 2·dk·dv for each q_i·S read and each k_jᵀv_j folded
+/// into S. The parallel form is one chunk of T rows, the chunkwise form chunks of `chunk`, the rows
+/// of a chunk in blocks of detail::kRowBlock; a block that starts more than 2·dk rows into its
+/// chunk (detail::blockViaState), and every chunk after the first, takes its earlier keys from S,
+/// so the parallel form is far below the textbook T²·(dk + dv) at large T. `normalised`
+/// (torchscale's normalisers, which sum |scores| over every earlier key of the chunk): such a
+/// block still forms those scores. `stateIsZero`: the sequence starts from S = 0 (a prefill).
+inline double retentionFlops(retnet::Form form, double T, double chunk, double dk, double dv,
+                             bool normalised, bool stateIsZero = true) {
+  if (form == retnet::Form::kRecurrent) return 4.0 * T * dk * dv;  // S <- γS + kᵀv, o = qS
+  const auto time = static_cast<retnet::Index>(T), keyDim = static_cast<retnet::Index>(dk);
+  const retnet::Index rows =
+      form == retnet::Form::kParallel ? time : std::min(time, static_cast<retnet::Index>(chunk));
+  // Σ_{i in [r0, r1)} (i + 1 − from): the pairs j in [from, i] of the block's rows
+  const auto pairs = [](retnet::Index r0, retnet::Index r1, retnet::Index from) {
+    const auto upTo = [](double n) { return n * (n + 1) / 2; };
+    return upTo(static_cast<double>(r1 - from)) - upTo(static_cast<double>(r0 - from));
+  };
+  double flops = 0;
+  for (retnet::Index start = 0; start < time; start += rows) {
+    const retnet::Index c = std::min(rows, time - start);
+    const bool entersWithState = start > 0 || !stateIsZero;
+    retnet::Index stateRow = 0;  // the chunk's keys before it are in S
+    for (retnet::Index r0 = 0; r0 < c; r0 += retnet::detail::kRowBlock) {
+      const retnet::Index r1 = std::min(c, r0 + retnet::detail::kRowBlock);
+      const bool viaState = retnet::detail::blockViaState(r0, keyDim);
+      if (viaState) stateRow = r0;
+      const retnet::Index keyBegin = viaState && !normalised ? r0 : 0;
+      flops += 2.0 * dk * pairs(r0, r1, keyBegin) + 2.0 * dv * pairs(r0, r1, stateRow);
+      if (stateRow > 0 || entersWithState)
+        flops += 2.0 * dk * dv * static_cast<double>(r1 - r0);  // q_i·S
     }
-    default:  // S <- γS + kᵀv and o = qS: 2·dk·dv each
-      return 4.0 * T * dk * dv;
+    flops += 2.0 * dk * dv * static_cast<double>(c);  // every key folded into S once
   }
+  return flops;
 }
 
 /// q, k, v, g projections and the output projection of multi-scale retention.

@@ -83,7 +83,8 @@ void benchRetNetStep(benchmark::State& state, const LayerType& layer, double wei
   const double flops =
       static_cast<double>(c.heads) * retentionFlops(retnet::Form::kRecurrent, 1, 1,
                                                     static_cast<double>(c.keyDim()),
-                                                    static_cast<double>(c.headValueDim())) +
+                                                    static_cast<double>(c.headValueDim()),
+                                                    /*normalised=*/true) +
       projectionFlops(1, static_cast<double>(c.embed), static_cast<double>(c.value)) + extraFlops;
   setDecodeCounters(state, stateBytes, weightBytes + stateBytes, flops, threads);
   setThreads(1);

@@ -29,7 +29,8 @@ double callFlops(Layer layer, retnet::Form form, const ModelConfig& c, double B,
   const double dk = static_cast<double>(c.keyDim()), dv = static_cast<double>(c.headValueDim());
   const double D = static_cast<double>(c.embed), V = static_cast<double>(c.value);
   const double H = static_cast<double>(c.heads), F = static_cast<double>(c.ffn);
-  double flops = B * H * retentionFlops(form, T, chunk, dk, dv);
+  // single-head Retention is plain retention; the layers have torchscale's normalisers
+  double flops = B * H * retentionFlops(form, T, chunk, dk, dv, layer != Layer::kRetention);
   if (layer != Layer::kRetention) flops += B * projectionFlops(T, D, V);
   if (layer == Layer::kBlock) flops += B * ffnFlops(T, D, F);
   return flops;

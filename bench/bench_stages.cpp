@@ -220,7 +220,8 @@ void benchRetention(benchmark::State& state, retnet::Form form) {
   const double t = static_cast<double>(T), stateBytes = 4.0 * static_cast<double>(H * dk * dv);
   const double flops =
       static_cast<double>(H) * retentionFlops(form, t, static_cast<double>(chunk),
-                                              static_cast<double>(dk), static_cast<double>(dv));
+                                              static_cast<double>(dk), static_cast<double>(dv),
+                                              /*normalised=*/true, stateIsZero);
   // q, k, v read, out written, the state read (unless zero) and written.
   const double bytes =
       4.0 * t * static_cast<double>(2 * D + 2 * V) + (stateIsZero ? 1.0 : 2.0) * stateBytes;

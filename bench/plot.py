@@ -299,6 +299,8 @@ def print_stages(runs, threads=1):
     same-binary SGEMM for the products, GB/s and share of the read bandwidth."""
     if not runs:
         return
+    # the rows of one config and length (stages/linear_weights has neither: bench/README.md)
+    runs = [r for r in runs if "cfg" in r["args"] and "T" in r["args"]]
     for cfg in sorted({r["args"]["cfg"] for r in runs}):
         for T in sorted({r["args"]["T"] for r in runs}):
             rs = {r["family"][1]: r for r in runs if r["args"].get("T") == T

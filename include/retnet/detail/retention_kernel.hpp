@@ -74,6 +74,11 @@ struct ChunkPlan {
 /// one chunk of T rows) needs O(block · T) scratch and skips the zero upper triangle of D.
 inline constexpr Index kRowBlock = 128;
 
+/// Whether the block of rows starting `r0` rows into a chunk takes the chunk's earlier keys from
+/// the state S (advanced to r0) instead of from their scores: once r0 > 2·dk, where the state's
+/// 2·dk·dv per row (q·S and folding k_jᵀv_j in) costs less than r0·dv for the earlier values.
+inline bool blockViaState(Index r0, Index keyDim) { return r0 > 2 * keyDim; }
+
 /// Per-thread workspace of the chunk kernel: flat buffers that only grow, viewed as matrices
 /// of the current shape, so steady-state chunks allocate nothing.
 template <typename Scalar>
@@ -178,7 +183,7 @@ void retentionChunk(const ConstRowsMap<Scalar>& q, const ConstRowsMap<Scalar>& k
     const Index rb = std::min(kRowBlock, c - r0), r1 = r0 + rb;  // rows [r0, r1) see keys [0, r1)
     const ConstRowsMap<Scalar> qBlock = middleRows(q, r0, rb);
     RowsMap<Scalar> outBlock = middleRows(out, r0, rb);
-    const bool viaState = r0 > 2 * keyDim;
+    const bool viaState = blockViaState(r0, keyDim);
     if (viaState && stateRow < r0) {
       advanceState(k, v, plan, stateRow, r0, state, stateIsZero && stateRow == 0, scratch);
       stateRow = r0;
