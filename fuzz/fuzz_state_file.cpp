@@ -13,7 +13,9 @@
 //   - read as double the same values (converted);
 //   - serialize back to the input exactly when its values are float32 (else to a file that reads
 //     back to the same state);
-//   - take a decoding step of the model from where it is, every position advancing by one.
+//   - take a decoding step of the model from where it is, every position advancing by one; or,
+//     when a sequence is at 2^53 (kMaxPosition, where a sequence ends), refuse that step with
+//     retnet::InvalidArgument.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -175,10 +177,26 @@ void exercise(const Fixture& f, const Case& k, const Bytes& bytes) {
   check(back.has_value() && sameState(*back, *state), "serialized state reads back differently",
         k.name);
 
-  // One decoding step from it.
+  // One decoding step from it. A sequence may end at 2^53, the furthest one may reach, and a
+  // state saved there is valid; a step from it must then be refused with retnet's InvalidArgument.
+  bool exhausted = false;
+  for (const auto& layer : state->layers)
+    for (Index b = 0; b < layer.batch(); ++b)
+      exhausted = exhausted || layer.position(b) >= retnet::kMaxPosition;
   RetNetModelState<float> next = *state;
+  const std::vector<std::int64_t> tokens(static_cast<std::size_t>(batch), 1);
+  if (exhausted) {
+    try {
+      (void)k.model->decode(tokens, next);
+    } catch (const retnet::InvalidArgument&) {
+      return;
+    } catch (const std::exception& error) {
+      broken("decoding from a state at 2^53 threw something else than InvalidArgument",
+             error.what());
+    }
+    broken("decoding from a state at 2^53 did not refuse", k.name);
+  }
   try {
-    const std::vector<std::int64_t> tokens(static_cast<std::size_t>(batch), 1);
     (void)k.model->decode(tokens, next);
   } catch (const std::exception& error) {
     broken("decoding from an accepted state threw", error.what());
